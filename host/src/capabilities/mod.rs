@@ -1,0 +1,91 @@
+//! Host capabilities offered to plugins. Each file links one WIT interface
+//! and checks the grant; a capability the operator did not grant answers
+//! `access-denied`. Scope (tenant, plugin) always comes from the host, so a
+//! plugin can never name another tenant's or plugin's data.
+
+mod config;
+mod kv;
+mod log;
+mod messaging;
+mod sql;
+
+pub use messaging::{Messenger, SentMessage};
+pub(crate) use log::truncate;
+pub use sql::SqlDb;
+
+use crate::bindings::types::{self, HostError};
+use crate::config::{Grant, Limits};
+use crate::store::Store;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What one delivery's plugin instance may do, and what it did.
+pub struct Capabilities {
+    pub tenant: Arc<str>,
+    pub plugin: Arc<str>,
+    pub event_seq: i64,
+    pub grants: BTreeSet<Grant>,
+    pub limits: Limits,
+    pub store: Store,
+    pub settings: Arc<serde_json::Value>,
+    /// The plugin's private SQL database, opened on first use.
+    pub sql: SqlDb,
+    pub messenger: Option<Arc<Messenger>>,
+    /// Ask the messaging capability to send again what a previous delivery
+    /// already sent (operator's explicit replay).
+    pub resend: bool,
+    pub deadline: Instant,
+    pub sends: u32,
+    pub log_lines: u32,
+    pub log_dropped: u32,
+    /// What the plugin did, when the caller wants a report (`plugin test`).
+    pub journal: Option<Vec<Action>>,
+}
+
+/// One side effect, as reported by `hookhost plugin test`.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    Log { level: String, message: String, fields: Vec<(String, String)> },
+    KvSet { key: String, bytes: usize },
+    KvDelete { key: String },
+    Sql { statement: String },
+    Send { to: String, text: String, quoted_message_id: Option<String> },
+}
+
+impl Capabilities {
+    fn check(&self, g: Grant) -> Result<(), HostError> {
+        if self.grants.contains(&g) {
+            Ok(())
+        } else {
+            Err(HostError::AccessDenied)
+        }
+    }
+
+    fn note(&mut self, a: impl FnOnce() -> Action) {
+        if let Some(j) = self.journal.as_mut() {
+            if j.len() < 10_000 {
+                j.push(a());
+            }
+        }
+    }
+
+    fn remaining(&self) -> std::time::Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+impl types::Host for Capabilities {}
+
+/// Store errors reach the guest without internals.
+fn store_err(e: crate::store::StoreError) -> HostError {
+    match e {
+        crate::store::StoreError::Invalid(m) if m == crate::store::KvError::Quota.to_string() => HostError::QuotaExceeded,
+        crate::store::StoreError::Invalid(m) => HostError::Invalid(m),
+        e => {
+            tracing::warn!(error = %e, "capability store error");
+            HostError::Unavailable("storage unavailable".into())
+        }
+    }
+}

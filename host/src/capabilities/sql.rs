@@ -1,0 +1,170 @@
+//! `sql`: a SQLite database private to (tenant, plugin), in its own file.
+//! The authorizer refuses everything that could leave that file (ATTACH,
+//! extensions, PRAGMAs, VACUUM INTO); size, rows and time are capped.
+
+use super::{Action, Capabilities};
+use crate::bindings::sql::{Host, Rows, Value};
+use crate::bindings::types::HostError;
+use crate::config::Grant;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, OpenFlags};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const MAX_STATEMENT: usize = 64 * 1024;
+const MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
+
+/// The plugin's database file, opened lazily.
+pub struct SqlDb {
+    path: PathBuf,
+    conn: Option<Connection>,
+}
+
+impl SqlDb {
+    pub fn new(path: PathBuf) -> SqlDb {
+        SqlDb { path, conn: None }
+    }
+
+    fn open(&mut self, max_mb: u64, deadline: Instant) -> Result<&Connection, HostError> {
+        if self.conn.is_none() {
+            let c = open(&self.path, max_mb).map_err(|e| {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot open plugin database");
+                HostError::Unavailable("database unavailable".into())
+            })?;
+            self.conn = Some(c);
+        }
+        let c = self.conn.as_ref().expect("opened above");
+        // Long statements stop at the delivery's deadline.
+        c.progress_handler(10_000, Some(move || Instant::now() > deadline));
+        Ok(c)
+    }
+}
+
+fn authorize(ctx: AuthContext<'_>) -> Authorization {
+    match ctx.action {
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } | AuthAction::Pragma { .. } => Authorization::Deny,
+        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => Authorization::Deny,
+        // Internal schema tables are read by SQLite itself; plugins may not write them.
+        AuthAction::Insert { table_name } | AuthAction::Update { table_name, .. } | AuthAction::Delete { table_name }
+            if table_name.to_ascii_lowercase().starts_with("sqlite_") =>
+        {
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
+}
+
+fn open(path: &std::path::Path, max_mb: u64) -> rusqlite::Result<Connection> {
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    c.pragma_update(None, "journal_mode", "WAL")?;
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+    c.pragma_update(None, "max_page_count", (max_mb as i64 * 1024 * 1024) / page.max(512))?;
+    c.pragma_update(None, "trusted_schema", "OFF")?;
+    c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
+    c.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)?;
+    c.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 8 * 1024 * 1024)?;
+    c.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_STATEMENT as i32)?;
+    c.authorizer(Some(authorize));
+    Ok(c)
+}
+
+struct Param<'a>(&'a Value);
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+fn sql_err(e: rusqlite::Error) -> HostError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => HostError::QuotaExceeded,
+        Some(rusqlite::ErrorCode::OperationInterrupted) => HostError::Unavailable("statement interrupted at the deadline".into()),
+        Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) => HostError::AccessDenied,
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => HostError::Unavailable("database busy".into()),
+        _ => HostError::Invalid(e.to_string()),
+    }
+}
+
+impl Capabilities {
+    fn sql_prepare(&mut self, statement: &str) -> Result<(), HostError> {
+        self.check(Grant::Sql)?;
+        if statement.len() > MAX_STATEMENT {
+            return Err(HostError::Invalid("statement too long".into()));
+        }
+        if self.journal.is_some() {
+            let s = statement.to_string();
+            self.note(|| Action::Sql { statement: s });
+        }
+        Ok(())
+    }
+}
+
+impl Host for Capabilities {
+    fn execute(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<u64, HostError>> {
+        Ok((|| {
+            self.sql_prepare(&statement)?;
+            let c = self.sql.open(self.limits.sql_mb, self.deadline)?;
+            let mut st = c.prepare(&statement).map_err(sql_err)?;
+            let params: Vec<Param> = params.iter().map(Param).collect();
+            let n = st.execute(rusqlite::params_from_iter(params)).map_err(sql_err)?;
+            Ok(n as u64)
+        })())
+    }
+
+    fn query(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<Rows, HostError>> {
+        Ok((|| {
+            self.sql_prepare(&statement)?;
+            let max_rows = self.limits.sql_rows;
+            let c = self.sql.open(self.limits.sql_mb, self.deadline)?;
+            let mut st = c.prepare(&statement).map_err(sql_err)?;
+            let columns: Vec<String> = st.column_names().iter().map(|s| s.to_string()).collect();
+            let params: Vec<Param> = params.iter().map(Param).collect();
+            let mut rows = st.query(rusqlite::params_from_iter(params)).map_err(sql_err)?;
+            let mut out = Vec::new();
+            let mut bytes = 0usize;
+            while let Some(r) = rows.next().map_err(sql_err)? {
+                if out.len() as u64 >= max_rows {
+                    return Err(HostError::QuotaExceeded);
+                }
+                let mut row = Vec::with_capacity(columns.len());
+                for i in 0..columns.len() {
+                    let v = match r.get_ref(i).map_err(sql_err)? {
+                        ValueRef::Null => Value::Null,
+                        ValueRef::Integer(i) => Value::Integer(i),
+                        ValueRef::Real(f) => Value::Real(f),
+                        ValueRef::Text(t) => {
+                            bytes += t.len();
+                            Value::Text(String::from_utf8_lossy(t).into_owned())
+                        }
+                        ValueRef::Blob(b) => {
+                            bytes += b.len();
+                            Value::Blob(b.to_vec())
+                        }
+                    };
+                    bytes += 8;
+                    row.push(v);
+                }
+                if bytes > MAX_RESULT_BYTES {
+                    return Err(HostError::QuotaExceeded);
+                }
+                out.push(row);
+            }
+            Ok(Rows { columns, rows: out })
+        })())
+    }
+}

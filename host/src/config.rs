@@ -1,0 +1,471 @@
+//! The operator's configuration: a TOML file, overridden by command-line flags
+//! and `HOOKHOST_*` environment variables. Everything is validated once at
+//! start so a running server never meets a half-valid config.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The tenant that `POST /webhook` (without a tenant) belongs to.
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("tenant `{tenant}`: environment variable {var} is not set (write `env:{var}?` to make it optional)")]
+    MissingEnv { tenant: String, var: String },
+    #[error("invalid tenant name `{0}`: use letters, digits, `-` and `_`")]
+    TenantName(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub limits: Limits,
+    pub dispatch: DispatchConfig,
+    pub runtime: RuntimeConfig,
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut tenants = BTreeMap::new();
+        tenants.insert(DEFAULT_TENANT.to_string(), TenantConfig::default());
+        Config {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            limits: Limits::default(),
+            dispatch: DispatchConfig::default(),
+            runtime: RuntimeConfig::default(),
+            tenants,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub plugins_dir: PathBuf,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// A request that has not been answered in this time is cut off.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            data_dir: PathBuf::from("hookhost-data"),
+            plugins_dir: PathBuf::from("hookhost-plugins"),
+            max_body_bytes: 1024 * 1024,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting for the inbox.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Every commit is on disk before the 200 (the default).
+    Full,
+    /// Survives a process crash but may lose the last commits on power loss.
+    Normal,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub synchronous: Synchronous,
+    /// Most operations committed in one transaction by the writer.
+    pub max_batch: usize,
+    /// Database size cap in MiB (0 = none). A full store answers 503.
+    pub max_size_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            synchronous: Synchronous::Full,
+            max_batch: 512,
+            max_size_mb: 0,
+        }
+    }
+}
+
+/// Sandbox limits of one delivery. Every field may be overridden per tenant
+/// and per plugin.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// WebAssembly fuel (roughly instructions) per delivery, start-up included.
+    pub fuel: u64,
+    /// Linear memory of one instance, in MiB.
+    pub memory_mb: u64,
+    /// Wall-clock deadline of one delivery.
+    pub timeout_ms: u64,
+    /// Log lines one delivery may write; the rest are counted and dropped.
+    pub log_lines: u32,
+    /// Key-value quota per (tenant, plugin), in keys and in bytes.
+    pub kv_keys: u64,
+    pub kv_bytes: u64,
+    /// SQL database cap per (tenant, plugin), in MiB, and rows per query.
+    pub sql_mb: u64,
+    pub sql_rows: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 10_000_000,
+            memory_mb: 64,
+            timeout_ms: 2_000,
+            log_lines: 100,
+            kv_keys: 10_000,
+            kv_bytes: 16 * 1024 * 1024,
+            sql_mb: 64,
+            sql_rows: 10_000,
+        }
+    }
+}
+
+/// A partial [`Limits`]: only the fields that are set override.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsOverride {
+    pub fuel: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub log_lines: Option<u32>,
+    pub kv_keys: Option<u64>,
+    pub kv_bytes: Option<u64>,
+    pub sql_mb: Option<u64>,
+    pub sql_rows: Option<u64>,
+}
+
+impl Limits {
+    pub fn apply(mut self, o: &LimitsOverride) -> Limits {
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f { self.$f = v; } )* };
+        }
+        set!(fuel, memory_mb, timeout_ms, log_lines, kv_keys, kv_bytes, sql_mb, sql_rows);
+        self
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatchConfig {
+    /// Tries of one delivery before it becomes a dead letter.
+    pub max_attempts: u32,
+    /// First retry delay; doubled each time, with jitter, up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Deliveries running at once in the whole process.
+    pub workers: usize,
+    /// Deliveries running at once for one tenant.
+    pub tenant_concurrency: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            max_attempts: 8,
+            backoff_base_ms: 500,
+            backoff_max_ms: 5 * 60_000,
+            workers: 8,
+            tenant_concurrency: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Pre-reserved instance slots: much faster instantiation.
+    pub pooling: bool,
+    /// Largest memory limit any plugin may be given, in MiB (pooling slots
+    /// are sized for it).
+    pub max_memory_mb: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            pooling: true,
+            max_memory_mb: 128,
+        }
+    }
+}
+
+/// A capability a plugin may be granted.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Grant {
+    Log,
+    Kv,
+    Sql,
+    Messaging,
+    Config,
+}
+
+impl Grant {
+    /// What a plugin gets when the operator says nothing: everything that
+    /// stays inside its own sandbox. Sending messages must be granted.
+    pub const DEFAULT: [Grant; 4] = [Grant::Log, Grant::Kv, Grant::Sql, Grant::Config];
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Accepted signing secrets: literals, `env:VAR` or `env:VAR?` (optional).
+    pub secrets: Vec<String>,
+    /// Plugins (file names without `.wasm`) that run for this tenant.
+    pub plugins: Vec<String>,
+    /// Per-plugin grants, limits and settings.
+    pub plugin: BTreeMap<String, PluginConfig>,
+    pub limits: LimitsOverride,
+    pub whapi: Option<WhapiConfig>,
+    /// Deliveries running at once for this tenant (default: dispatch.tenant_concurrency).
+    pub concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginConfig {
+    pub grants: Option<Vec<Grant>>,
+    pub limits: LimitsOverride,
+    pub settings: toml::Table,
+}
+
+/// The tenant's gateway account, used by the `messaging` capability.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhapiConfig {
+    #[serde(default = "default_whapi_url")]
+    pub base_url: String,
+    pub instance_id: String,
+    /// Literal, `env:VAR` or `env:VAR?`.
+    pub token: String,
+}
+
+fn default_whapi_url() -> String {
+    "https://whapi.co".to_string()
+}
+
+/// A secret value resolved at start; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Secret {
+        Secret(bytes.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A tenant as the server uses it: secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub secrets: Vec<Secret>,
+    pub config: TenantConfig,
+    pub whapi: Option<ResolvedWhapi>,
+}
+
+#[derive(Clone)]
+pub struct ResolvedWhapi {
+    pub base_url: String,
+    pub instance_id: String,
+    pub token: Secret,
+}
+
+impl std::fmt::Debug for ResolvedWhapi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResolvedWhapi")
+            .field("base_url", &self.base_url)
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Resolves secrets and checks names. Called once at start.
+    pub fn tenants(&self) -> Result<BTreeMap<String, Tenant>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for (name, tc) in &self.tenants {
+            if !valid_name(name) {
+                return Err(ConfigError::TenantName(name.clone()));
+            }
+            let mut secrets = Vec::new();
+            for s in &tc.secrets {
+                if let Some(v) = resolve(name, s)? {
+                    secrets.push(v);
+                }
+            }
+            let whapi = match &tc.whapi {
+                None => None,
+                Some(w) => resolve(name, &w.token)?.map(|token| ResolvedWhapi {
+                    base_url: w.base_url.trim_end_matches('/').to_string(),
+                    instance_id: w.instance_id.clone(),
+                    token,
+                }),
+            };
+            for p in tc.plugins.iter().chain(tc.plugin.keys()) {
+                if !valid_name(p) {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenant `{name}`: invalid plugin name `{p}`"
+                    )));
+                }
+            }
+            out.insert(
+                name.clone(),
+                Tenant {
+                    name: name.clone(),
+                    secrets,
+                    config: tc.clone(),
+                    whapi,
+                },
+            );
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_body_bytes must be > 0".into(),
+            ));
+        }
+        if self.dispatch.workers == 0 || self.dispatch.tenant_concurrency == 0 {
+            return Err(ConfigError::Invalid(
+                "dispatch.workers and dispatch.tenant_concurrency must be > 0".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// Names of tenants and plugins end up in URLs and file names.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn resolve(tenant: &str, spec: &str) -> Result<Option<Secret>, ConfigError> {
+    let Some(var) = spec.strip_prefix("env:") else {
+        return Ok(Some(Secret::new(spec.as_bytes())));
+    };
+    let (var, optional) = match var.strip_suffix('?') {
+        Some(v) => (v, true),
+        None => (var, false),
+    };
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v.into_bytes()))),
+        _ if optional => Ok(None),
+        _ => Err(ConfigError::MissingEnv {
+            tenant: tenant.to_string(),
+            var: var.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_full_example() {
+        let c = Config::parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:0"
+            [tenants.default]
+            secrets = ["s1", "s2"]
+            plugins = ["logger"]
+            [tenants.default.plugin.logger]
+            grants = ["log"]
+            limits = { fuel = 5 }
+            settings = { greeting = "hi" }
+            [tenants.acme]
+            "#,
+        )
+        .unwrap();
+        let t = c.tenants().unwrap();
+        assert_eq!(t["default"].secrets.len(), 2);
+        assert_eq!(t["default"].config.plugin["logger"].limits.fuel, Some(5));
+        assert!(t["acme"].secrets.is_empty());
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        assert!(Config::parse("[server]\nlisten_typo = 1").is_err());
+    }
+
+    #[test]
+    fn env_secrets() {
+        std::env::set_var("HOOKHOST_TEST_SECRET_X", "abc");
+        let c = Config::parse(
+            r#"[tenants.t]
+            secrets = ["env:HOOKHOST_TEST_SECRET_X", "env:HOOKHOST_TEST_UNSET_Y?"]"#,
+        )
+        .unwrap();
+        let t = c.tenants().unwrap();
+        assert_eq!(t["t"].secrets, vec![Secret::new("abc")]);
+        let c = Config::parse(r#"[tenants.t]
+            secrets = ["env:HOOKHOST_TEST_UNSET_Y"]"#)
+        .unwrap();
+        assert!(matches!(c.tenants(), Err(ConfigError::MissingEnv { .. })));
+    }
+
+    #[test]
+    fn limits_override() {
+        let l = Limits::default().apply(&LimitsOverride {
+            memory_mb: Some(8),
+            ..Default::default()
+        });
+        assert_eq!(l.memory_mb, 8);
+        assert_eq!(l.fuel, Limits::default().fuel);
+    }
+
+    #[test]
+    fn secret_debug_is_hidden() {
+        assert_eq!(format!("{:?}", Secret::new("x")), "Secret(***)");
+    }
+}

@@ -1,0 +1,329 @@
+//! The dispatcher: turns committed events into deliveries and runs them.
+//!
+//! Fan-out creates one ledger row per (event, plugin that runs for the
+//! tenant and wants the event kind) and moves a durable cursor in the same
+//! transaction. The scheduler runs due deliveries, at most one at a time per
+//! (tenant, plugin, chat) so a chat reaches a plugin in order, within global
+//! and per-tenant caps. Outcomes go to the ledger: done, failed with a
+//! backoff, or dead. Work left running by a crash is requeued at start.
+
+use crate::bindings::types as wit;
+use crate::config::{DispatchConfig, Tenant};
+use crate::event;
+use crate::metrics::Metrics;
+use crate::runtime::{self, convert, Registry};
+use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
+use rand::Rng;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+const FANOUT_BATCH: i64 = 1000;
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+pub struct Dispatcher {
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Inner {
+    cfg: DispatchConfig,
+    tenants: Arc<BTreeMap<String, Tenant>>,
+    store: Store,
+    registry: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+    running: Mutex<Running>,
+}
+
+#[derive(Default)]
+struct Running {
+    deliveries: HashSet<(i64, String)>,
+    chains: HashSet<(String, String, String)>,
+    per_tenant: HashMap<String, usize>,
+    total: usize,
+}
+
+/// A delivery's result, as the ledger records it.
+pub fn outcome_for(failure: Option<&runtime::Failure>, attempts: u32, cfg: &DispatchConfig) -> DeliveryOutcome {
+    match failure {
+        None => DeliveryOutcome::Done,
+        Some(f) if !f.retryable() || attempts >= cfg.max_attempts => DeliveryOutcome::Dead { error: f.to_string() },
+        Some(f) => DeliveryOutcome::Retry {
+            error: f.to_string(),
+            next_at: now_ms() + backoff_ms(attempts, cfg) as i64,
+        },
+    }
+}
+
+/// Exponential backoff with jitter: base·2^(n-1), capped, times 0.5–1.0.
+pub fn backoff_ms(attempts: u32, cfg: &DispatchConfig) -> u64 {
+    let exp = cfg.backoff_base_ms.saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
+    let capped = exp.min(cfg.backoff_max_ms).max(1);
+    let jitter: f64 = rand::rng().random_range(0.5..=1.0);
+    (capped as f64 * jitter) as u64
+}
+
+impl Dispatcher {
+    pub fn start(
+        cfg: DispatchConfig,
+        tenants: Arc<BTreeMap<String, Tenant>>,
+        store: Store,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Dispatcher {
+        let inner = Arc::new(Inner {
+            cfg,
+            tenants,
+            store,
+            registry,
+            metrics,
+            wake,
+            running: Mutex::new(Running::default()),
+        });
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(run(inner, stop.clone()));
+        Dispatcher { stop, task }
+    }
+
+    /// Stops taking new work and waits for running deliveries, up to `grace`.
+    pub async fn stop(self, grace: Duration) {
+        self.stop.notify_one();
+        if tokio::time::timeout(grace, self.task).await.is_err() {
+            tracing::warn!("deliveries still running at shutdown; they resume at the next start");
+        }
+    }
+}
+
+async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
+    let mut tasks = JoinSet::new();
+    let mut cursor: Option<i64> = None;
+    loop {
+        if inner.registry.initial_load_done() {
+            if let Err(e) = fan_out(&inner, &mut cursor).await {
+                tracing::warn!(error = %e, "fan-out failed; will retry");
+            }
+            if let Err(e) = schedule(&inner, &mut tasks).await {
+                tracing::warn!(error = %e, "scheduling failed; will retry");
+            }
+        }
+        while tasks.try_join_next().is_some() {}
+        let pause = next_pause(&inner);
+        tokio::select! {
+            _ = stop.notified() => break,
+            _ = inner.wake.notified() => {}
+            _ = tokio::time::sleep(pause) => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+fn next_pause(inner: &Inner) -> Duration {
+    let s = inner.store.clone();
+    match s.next_retry_at() {
+        Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(5, IDLE_POLL.as_millis() as i64) as u64),
+        _ => IDLE_POLL,
+    }
+}
+
+async fn fan_out(inner: &Arc<Inner>, cursor: &mut Option<i64>) -> Result<(), crate::store::StoreError> {
+    let mut pos = match *cursor {
+        Some(c) => c,
+        None => inner.store.fanout_cursor()?,
+    };
+    loop {
+        let events = inner.store.events_after(None, pos, FANOUT_BATCH)?;
+        let Some(last) = events.last().map(|e| e.seq) else { break };
+        let mut rows = Vec::new();
+        let mut per_tenant: HashMap<&str, Vec<String>> = HashMap::new();
+        for e in &events {
+            let plugins = per_tenant
+                .entry(e.tenant.as_str())
+                .or_insert_with(|| inner.registry.plugins_for(&e.tenant));
+            let kind = event::parse(&e.body).map(|p| convert::kind(&p.event)).ok();
+            for p in plugins.iter() {
+                // A plugin still loading gets the row; it is skipped at
+                // delivery time if it does not want the event.
+                let wants = match (inner.registry.get(p), kind) {
+                    (Some(lp), Some(k)) => lp.wants(k),
+                    _ => true,
+                };
+                if wants {
+                    rows.push(NewDelivery {
+                        event_seq: e.seq,
+                        plugin: p.clone(),
+                        tenant: e.tenant.clone(),
+                        ordering_key: e.ordering_key.clone(),
+                    });
+                }
+            }
+        }
+        inner.store.fan_out(rows, last).await?;
+        pos = last;
+        *cursor = Some(pos);
+        if (events.len() as i64) < FANOUT_BATCH {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn schedule(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) -> Result<(), crate::store::StoreError> {
+    let free = {
+        let r = inner.running.lock().unwrap();
+        inner.cfg.workers.saturating_sub(r.total)
+    };
+    if free == 0 {
+        return Ok(());
+    }
+    let due = inner.store.due(now_ms(), (free * 4) as i64)?;
+    let mut picked: Vec<DueDelivery> = Vec::new();
+    {
+        let mut r = inner.running.lock().unwrap();
+        for d in due {
+            if r.total >= inner.cfg.workers {
+                break;
+            }
+            let cap = inner
+                .tenants
+                .get(&d.tenant)
+                .and_then(|t| t.config.concurrency)
+                .unwrap_or(inner.cfg.tenant_concurrency);
+            let chain = (d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone());
+            if r.deliveries.contains(&(d.event_seq, d.plugin.clone()))
+                || r.chains.contains(&chain)
+                || r.per_tenant.get(&d.tenant).copied().unwrap_or(0) >= cap
+            {
+                continue;
+            }
+            r.deliveries.insert((d.event_seq, d.plugin.clone()));
+            r.chains.insert(chain);
+            *r.per_tenant.entry(d.tenant.clone()).or_default() += 1;
+            r.total += 1;
+            picked.push(d);
+        }
+    }
+    if picked.is_empty() {
+        return Ok(());
+    }
+    let marks = picked
+        .iter()
+        .map(|d| {
+            let hash = inner.registry.get(&d.plugin).map(|p| p.hash.clone()).unwrap_or_default();
+            (d.event_seq, d.plugin.clone(), hash)
+        })
+        .collect();
+    if let Err(e) = inner.store.mark_running(marks).await {
+        for d in &picked {
+            release(inner, d);
+        }
+        return Err(e);
+    }
+    for d in picked {
+        let inner = inner.clone();
+        tasks.spawn(async move {
+            let attempt = d.attempts + 1;
+            let i2 = inner.clone();
+            let d2 = d.clone();
+            let outcome = tokio::task::spawn_blocking(move || execute(&i2, &d2, attempt))
+                .await
+                .unwrap_or_else(|e| Some(runtime::Failure::Trap(format!("host task failed: {e}"))));
+            let ledger = outcome_for(outcome.as_ref(), attempt, &inner.cfg);
+            let label = match &ledger {
+                DeliveryOutcome::Done => "done",
+                DeliveryOutcome::Retry { .. } => "retry",
+                DeliveryOutcome::Dead { .. } => "dead",
+            };
+            inner.metrics.inc(
+                "hookhost_deliveries_total",
+                vec![("tenant", d.tenant.clone()), ("plugin", d.plugin.clone()), ("outcome", label.into())],
+            );
+            if matches!(ledger, DeliveryOutcome::Dead { .. }) {
+                inner.metrics.inc("hookhost_dead_letters_total", vec![("tenant", d.tenant.clone()), ("plugin", d.plugin.clone())]);
+            }
+            // The ledger must hear the outcome; retry the write while the
+            // store is unavailable (the delivery is requeued at restart anyway).
+            for i in 0..50u32 {
+                match inner.store.finish(d.event_seq, d.plugin.clone(), ledger.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, seq = d.event_seq, plugin = %d.plugin, "cannot record delivery outcome");
+                        tokio::time::sleep(Duration::from_millis(100 * (i as u64 + 1))).await;
+                    }
+                }
+            }
+            release(&inner, &d);
+            inner.wake.notify_one();
+        });
+    }
+    Ok(())
+}
+
+fn release(inner: &Inner, d: &DueDelivery) {
+    let mut r = inner.running.lock().unwrap();
+    r.deliveries.remove(&(d.event_seq, d.plugin.clone()));
+    r.chains.remove(&(d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone()));
+    if let Some(n) = r.per_tenant.get_mut(&d.tenant) {
+        *n = n.saturating_sub(1);
+    }
+    r.total = r.total.saturating_sub(1);
+}
+
+/// Runs one delivery on a blocking thread. `None` means success.
+fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Failure> {
+    let span = tracing::info_span!("delivery", tenant = %d.tenant, plugin = %d.plugin, seq = d.event_seq, attempt);
+    let _g = span.enter();
+    let Some(plugin) = inner.registry.get(&d.plugin) else {
+        return Some(runtime::Failure::Instantiate("plugin is not loaded".into()));
+    };
+    let ev = match inner.store.event(d.event_seq) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Some(runtime::Failure::Reject("event not found".into())),
+        Err(e) => return Some(runtime::Failure::Retry(format!("store: {e}"))),
+    };
+    let parsed = match event::parse(&ev.body) {
+        Ok(p) => p,
+        Err(e) => return Some(runtime::Failure::Reject(format!("stored event does not parse: {e}"))),
+    };
+    let kind = convert::kind(&parsed.event);
+    if !plugin.wants(kind) {
+        return None;
+    }
+    let raw = String::from_utf8_lossy(&ev.body);
+    let wit_event = convert::event(&parsed.event, &raw);
+    let ctx = wit::DeliveryContext {
+        tenant: d.tenant.clone(),
+        plugin: d.plugin.clone(),
+        event_key: ev.key.clone(),
+        attempt,
+        received_at: ev.received_at,
+        raw_json: raw.into_owned(),
+    };
+    let policy = inner.registry.policy(&d.tenant, &d.plugin);
+    let caps = inner.registry.capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
+    let report = runtime::deliver(&plugin, caps, &policy.limits, &wit_event, &ctx);
+    let labels = vec![("plugin", d.plugin.clone())];
+    inner.metrics.observe("hookhost_delivery_seconds", labels.clone(), report.total.as_secs_f64());
+    inner.metrics.observe("hookhost_instantiate_seconds", labels.clone(), report.instantiate.as_secs_f64());
+    inner.metrics.observe("hookhost_fuel_used", labels, report.fuel_used as f64);
+    for line in report.output.lines().take(200) {
+        tracing::info!(target: "plugin", tenant = %d.tenant, plugin = %d.plugin, stream = "stdio", "{line}");
+    }
+    if report.log_dropped > 0 {
+        tracing::warn!(dropped = report.log_dropped, "plugin log lines over the limit were dropped");
+    }
+    match report.result {
+        Ok(()) => {
+            tracing::debug!(fuel = report.fuel_used, us = report.total.as_micros() as u64, hash = plugin.short_hash(), "delivered");
+            None
+        }
+        Err(f) => {
+            tracing::warn!(reason = %f, fuel = report.fuel_used, hash = plugin.short_hash(), "delivery failed");
+            Some(f)
+        }
+    }
+}

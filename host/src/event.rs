@@ -1,0 +1,423 @@
+//! Typed gateway events, their idempotency keys and ordering keys.
+//!
+//! Parsing is strict about types (a field that is present has the spec's
+//! type) and lenient about presence (only the fields a key needs are
+//! required). Unknown event types are kept as raw JSON.
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ParseError {
+    #[error("body is not valid JSON: {0}")]
+    Json(String),
+    #[error("body must be a JSON object")]
+    NotObject,
+    #[error("missing or invalid `event_type`")]
+    EventType,
+    #[error("invalid `{event_type}` event: {message}")]
+    Invalid { event_type: String, message: String },
+}
+
+/// A message as received or sent (`message_received`, `message_sent`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Message {
+    #[serde(deserialize_with = "id_string")]
+    pub id: String,
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub instance_id: Option<String>,
+    #[serde(default)]
+    pub chat_id: String,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
+    #[serde(default, deserialize_with = "opt_flag")]
+    pub from_me: Option<bool>,
+    #[serde(default)]
+    pub sender_name: Option<String>,
+    #[serde(default, deserialize_with = "nullable_string")]
+    pub body: String,
+    #[serde(default, rename = "type")]
+    pub message_type: Option<String>,
+    #[serde(default, deserialize_with = "opt_timestamp")]
+    pub timestamp: Option<i64>,
+    #[serde(default, deserialize_with = "opt_flag")]
+    pub is_group: Option<bool>,
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub quoted_message_id: Option<String>,
+    #[serde(default)]
+    pub reaction: Option<String>,
+    #[serde(default)]
+    pub media_url: Option<String>,
+    #[serde(default)]
+    pub latitude: Option<f64>,
+    #[serde(default)]
+    pub longitude: Option<f64>,
+    #[serde(default)]
+    pub vcard: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub ack: Option<String>,
+    #[serde(default)]
+    pub group_sender: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct AckUpdate {
+    #[serde(deserialize_with = "id_string")]
+    pub id: String,
+    pub ack: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Reaction {
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub instance_id: Option<String>,
+    #[serde(deserialize_with = "id_string")]
+    pub message_id: String,
+    pub from_number: String,
+    pub reaction: String,
+    #[serde(deserialize_with = "timestamp")]
+    pub timestamp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct TestPing {
+    #[serde(default, deserialize_with = "opt_id_string")]
+    pub instance_id: Option<String>,
+    #[serde(deserialize_with = "timestamp")]
+    pub timestamp: i64,
+    #[serde(default, deserialize_with = "nullable_string")]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    MessageReceived(Message),
+    MessageSent(Message),
+    AckUpdate(AckUpdate),
+    MessageReaction(Reaction),
+    TestWebhook(TestPing),
+    Unknown { event_type: String },
+}
+
+/// A parsed body with the keys the store needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub event: Event,
+    /// Idempotency key, unique per tenant.
+    pub key: String,
+    /// Events with the same ordering key reach a plugin in arrival order.
+    pub ordering_key: String,
+}
+
+impl Event {
+    pub fn event_type(&self) -> &str {
+        match self {
+            Event::MessageReceived(_) => "message_received",
+            Event::MessageSent(_) => "message_sent",
+            Event::AckUpdate(_) => "ack_update",
+            Event::MessageReaction(_) => "message_reaction",
+            Event::TestWebhook(_) => "test_webhook",
+            Event::Unknown { event_type } => event_type,
+        }
+    }
+}
+
+/// Parses a raw body. Duplicate object keys are refused: two readers of the
+/// same body must never see two different events.
+pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
+    let value: serde_json::Value = {
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let v = crate::json_strict::StrictValue::deserialize(&mut de)
+            .map_err(|e| ParseError::Json(e.to_string()))?;
+        de.end().map_err(|e| ParseError::Json(e.to_string()))?;
+        v.0
+    };
+    let serde_json::Value::Object(ref obj) = value else {
+        return Err(ParseError::NotObject);
+    };
+    let event_type = match obj.get("event_type") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
+        _ => return Err(ParseError::EventType),
+    };
+    fn typed<T: serde::de::DeserializeOwned>(
+        et: &str,
+        v: serde_json::Value,
+    ) -> Result<T, ParseError> {
+        T::deserialize(v).map_err(|e| ParseError::Invalid {
+            event_type: et.to_string(),
+            message: e.to_string(),
+        })
+    }
+    let key_of = |parts: serde_json::Value| format!("{event_type}:{parts}");
+    let parsed = match event_type.as_str() {
+        "message_received" | "message_sent" => {
+            let m: Message = typed(&event_type, value.clone())?;
+            require_nonempty(&event_type, "id", &m.id)?;
+            let key = key_of(serde_json::json!([m.id]));
+            let ordering_key = if m.chat_id.is_empty() {
+                format!("chat:{}", m.from)
+            } else {
+                format!("chat:{}", m.chat_id)
+            };
+            let event = if event_type == "message_received" {
+                Event::MessageReceived(m)
+            } else {
+                Event::MessageSent(m)
+            };
+            Parsed { event, key, ordering_key }
+        }
+        "ack_update" => {
+            let a: AckUpdate = typed(&event_type, value.clone())?;
+            require_nonempty(&event_type, "id", &a.id)?;
+            require_nonempty(&event_type, "ack", &a.ack)?;
+            Parsed {
+                key: key_of(serde_json::json!([a.id, a.ack])),
+                ordering_key: format!("msg:{}", a.id),
+                event: Event::AckUpdate(a),
+            }
+        }
+        "message_reaction" => {
+            let r: Reaction = typed(&event_type, value.clone())?;
+            require_nonempty(&event_type, "message_id", &r.message_id)?;
+            require_nonempty(&event_type, "from_number", &r.from_number)?;
+            Parsed {
+                key: key_of(serde_json::json!([r.message_id, r.from_number, r.reaction, r.timestamp])),
+                ordering_key: format!("msg:{}", r.message_id),
+                event: Event::MessageReaction(r),
+            }
+        }
+        "test_webhook" => {
+            let t: TestPing = typed(&event_type, value.clone())?;
+            Parsed {
+                key: key_of(serde_json::json!([t.instance_id, t.timestamp])),
+                ordering_key: "test".to_string(),
+                event: Event::TestWebhook(t),
+            }
+        }
+        _ => {
+            // Unknown types: an `id` when there is one, else the body itself.
+            let key = match obj.get("id") {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => key_of(serde_json::json!(["id", s])),
+                Some(serde_json::Value::Number(n)) => key_of(serde_json::json!(["id", n.to_string()])),
+                _ => key_of(serde_json::json!(["sha256", hex::encode(Sha256::digest(body))])),
+            };
+            let ordering_key = match obj.get("chat_id") {
+                Some(serde_json::Value::String(c)) => format!("chat:{c}"),
+                _ => format!("key:{key}"),
+            };
+            Parsed {
+                event: Event::Unknown { event_type: event_type.clone() },
+                key,
+                ordering_key,
+            }
+        }
+    };
+    Ok(parsed)
+}
+
+fn require_nonempty(et: &str, field: &str, v: &str) -> Result<(), ParseError> {
+    if v.is_empty() {
+        Err(ParseError::Invalid {
+            event_type: et.to_string(),
+            message: format!("`{field}` must not be empty"),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+// --- field deserializers for the spec's loose types -------------------------
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum IdRepr {
+    S(String),
+    I(i64),
+    U(u64),
+}
+
+fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match IdRepr::deserialize(d).map_err(|_| de::Error::custom("expected a string or an integer"))? {
+        IdRepr::S(s) => Ok(s),
+        IdRepr::I(i) => Ok(i.to_string()),
+        IdRepr::U(u) => Ok(u.to_string()),
+    }
+}
+
+fn opt_id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<IdRepr>::deserialize(d)
+        .map_err(|_| de::Error::custom("expected a string, an integer or null"))?
+    {
+        None => Ok(None),
+        Some(IdRepr::S(s)) => Ok(Some(s)),
+        Some(IdRepr::I(i)) => Ok(Some(i.to_string())),
+        Some(IdRepr::U(u)) => Ok(Some(u.to_string())),
+    }
+}
+
+fn nullable_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum FlagRepr {
+    B(bool),
+    I(i64),
+}
+
+fn opt_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match Option::<FlagRepr>::deserialize(d)
+        .map_err(|_| de::Error::custom("expected 0, 1, true, false or null"))?
+    {
+        None => Ok(None),
+        Some(FlagRepr::B(b)) => Ok(Some(b)),
+        Some(FlagRepr::I(0)) => Ok(Some(false)),
+        Some(FlagRepr::I(1)) => Ok(Some(true)),
+        Some(FlagRepr::I(_)) => Err(de::Error::custom("expected 0 or 1")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TsRepr {
+    I(i64),
+    F(f64),
+}
+
+fn to_ts<E: de::Error>(t: TsRepr) -> Result<i64, E> {
+    match t {
+        TsRepr::I(i) => Ok(i),
+        // Some senders write seconds with a fraction; keys use whole seconds.
+        TsRepr::F(f) if f.is_finite() && f.abs() < 1e15 => Ok(f.trunc() as i64),
+        TsRepr::F(_) => Err(E::custom("timestamp out of range")),
+    }
+}
+
+fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let t = TsRepr::deserialize(d).map_err(|_| de::Error::custom("timestamp must be a number"))?;
+    to_ts(t)
+}
+
+fn opt_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<TsRepr>::deserialize(d)
+        .map_err(|_| de::Error::custom("timestamp must be a number or null"))?
+    {
+        None => Ok(None),
+        Some(t) => to_ts(t).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::samples;
+
+    #[test]
+    fn parses_every_sample_with_all_fields() {
+        let p = parse(samples::get("message_received").unwrap().as_bytes()).unwrap();
+        let Event::MessageReceived(m) = &p.event else { panic!("{p:?}") };
+        assert_eq!(m.id, "ABCD1234");
+        assert_eq!(m.instance_id.as_deref(), Some("123"));
+        assert_eq!(m.chat_id, "573001112233@c.us");
+        assert_eq!(m.from_me, Some(false));
+        assert_eq!(m.sender_name.as_deref(), Some("Juan Pérez"));
+        assert_eq!(m.body, "Hola, ¿tienen menú?");
+        assert_eq!(m.message_type.as_deref(), Some("text"));
+        assert_eq!(m.timestamp, Some(1724716800));
+        assert_eq!(m.is_group, Some(false));
+        assert_eq!(m.status.as_deref(), Some("received"));
+        assert_eq!(m.ack.as_deref(), Some("pending"));
+        assert_eq!(p.key, r#"message_received:["ABCD1234"]"#);
+        assert_eq!(p.ordering_key, "chat:573001112233@c.us");
+
+        for name in samples::NAMES {
+            let p = parse(samples::get(name).unwrap().as_bytes()).unwrap();
+            assert_eq!(p.event.event_type(), *name);
+        }
+    }
+
+    #[test]
+    fn loose_types() {
+        let p = parse(br#"{"event_type":"message_received","id":42,"instance_id":123,"from_me":true,"is_group":1,"timestamp":1.5e9}"#).unwrap();
+        let Event::MessageReceived(m) = p.event else { panic!() };
+        assert_eq!(m.id, "42");
+        assert_eq!(m.instance_id.as_deref(), Some("123"));
+        assert_eq!(m.from_me, Some(true));
+        assert_eq!(m.is_group, Some(true));
+        assert_eq!(m.timestamp, Some(1_500_000_000));
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        for body in [
+            r#"{"event_type":"message_received","id":"a","from_me":2}"#,
+            r#"{"event_type":"message_received","id":"a","from_me":"0"}"#,
+            r#"{"event_type":"message_received","id":"a","timestamp":"now"}"#,
+            r#"{"event_type":"message_received","id":"a","body":5}"#,
+            r#"{"event_type":"message_received","id":["a"]}"#,
+            r#"{"event_type":"message_received","id":"a","latitude":"north"}"#,
+            r#"{"event_type":"ack_update","id":"a","ack":1}"#,
+            r#"{"event_type":"message_reaction","message_id":"m","from_number":"f","reaction":"x","timestamp":null}"#,
+        ] {
+            assert!(matches!(parse(body.as_bytes()), Err(ParseError::Invalid { .. })), "{body}");
+        }
+    }
+
+    #[test]
+    fn missing_key_fields() {
+        for body in [
+            r#"{"event_type":"message_received"}"#,
+            r#"{"event_type":"message_received","id":""}"#,
+            r#"{"event_type":"ack_update","id":"x"}"#,
+            r#"{"event_type":"message_reaction","message_id":"m"}"#,
+            r#"{"event_type":"test_webhook"}"#,
+        ] {
+            assert!(matches!(parse(body.as_bytes()), Err(ParseError::Invalid { .. })), "{body}");
+        }
+        assert_eq!(parse(b"{}"), Err(ParseError::EventType));
+        assert_eq!(parse(br#"{"event_type":7}"#), Err(ParseError::EventType));
+        assert_eq!(parse(b"[1]"), Err(ParseError::NotObject));
+        assert!(matches!(parse(b"{\"a\":"), Err(ParseError::Json(_))));
+        assert!(matches!(parse(b"{} {}"), Err(ParseError::Json(_))));
+        assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Json(_))));
+    }
+
+    #[test]
+    fn keys_keep_real_events_apart() {
+        let k = |b: &str| parse(b.as_bytes()).unwrap().key;
+        assert_ne!(
+            k(r#"{"event_type":"ack_update","id":"m1","ack":"delivered"}"#),
+            k(r#"{"event_type":"ack_update","id":"m1","ack":"read"}"#)
+        );
+        let r = |from: &str, emoji: &str, ts: i64| {
+            k(&serde_json::json!({"event_type":"message_reaction","message_id":"m","from_number":from,"reaction":emoji,"timestamp":ts}).to_string())
+        };
+        assert_ne!(r("a", "👍", 1), r("b", "👍", 1));
+        assert_ne!(r("a", "👍", 1), r("a", "❤️", 1));
+        assert_ne!(r("a", "👍", 1), r("a", "👍", 2));
+        assert_eq!(r("a", "👍", 1), r("a", "👍", 1));
+        // Separators inside values cannot forge another key.
+        assert_ne!(r("a\",\"b", "x", 1), r("a", "b\",\"x", 1));
+    }
+
+    #[test]
+    fn duplicate_object_keys_are_refused() {
+        let e = parse(br#"{"event_type":"ack_update","id":"a","id":"b","ack":"read"}"#);
+        assert!(matches!(e, Err(ParseError::Json(_))), "{e:?}");
+    }
+
+    #[test]
+    fn unknown_types_are_kept() {
+        let p = parse(br#"{"event_type":"presence","who":"x"}"#).unwrap();
+        assert_eq!(p.event, Event::Unknown { event_type: "presence".into() });
+        assert!(p.key.starts_with("presence:[\"sha256\""));
+        let p2 = parse(br#"{"event_type":"presence","id":"7"}"#).unwrap();
+        assert_eq!(p2.key, r#"presence:["id","7"]"#);
+    }
+}

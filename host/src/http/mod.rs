@@ -1,0 +1,82 @@
+//! The HTTP surface: webhook intake, health and metrics. `router` builds the
+//! whole app so tests can drive it with or without a socket.
+
+mod error;
+mod webhook;
+
+pub use error::AppError;
+
+use crate::config::Tenant;
+use crate::metrics::Metrics;
+use crate::store::Store;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub tenants: Arc<BTreeMap<String, Tenant>>,
+    pub store: Store,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+    /// Woken after each stored event so the dispatcher picks it up at once.
+    pub wake: Arc<Notify>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let webhook = Router::new()
+        .route("/webhook", post(webhook::default_tenant))
+        .route("/webhook/{tenant}", post(webhook::tenant))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes));
+    Router::new()
+        .merge(webhook)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { AppError::NotFound })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .with_state(state)
+}
+
+/// Cuts off a request (slow body included) that takes longer than allowed.
+async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => AppError::Timeout.into_response(),
+    }
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.probe().await {
+        Ok(()) => Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness probe failed");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": "store not writable" })),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

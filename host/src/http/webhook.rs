@@ -1,0 +1,98 @@
+//! `POST /webhook/{tenant}`: size limit, tenant, signature, typed parse,
+//! idempotency key, durable commit, then 200. Nothing is answered 200 before
+//! the event is committed.
+
+use super::{AppError, AppState};
+use crate::config::DEFAULT_TENANT;
+use crate::store::{IngestOutcome, NewEvent};
+use crate::{event, signature};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde_json::json;
+
+pub async fn default_tenant(
+    state: State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    receive(state, DEFAULT_TENANT, headers, body).await
+}
+
+pub async fn tenant(
+    state: State<AppState>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    receive(state, &tenant, headers, body).await
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    tenant_name: &str,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let metrics = &state.metrics;
+    let outcome = async {
+        let body = body.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                AppError::TooLarge(state.max_body_bytes)
+            } else {
+                AppError::BadRequest("could not read request body".into())
+            }
+        })?;
+        let tenant = state.tenants.get(tenant_name).ok_or(AppError::UnknownTenant)?;
+        if !tenant.secrets.is_empty() {
+            let sig = headers.get(signature::HEADER).map(|v| v.as_bytes());
+            signature::verify(&tenant.secrets, sig, &body).map_err(|e| AppError::Unauthorized(e.to_string()))?;
+        }
+        let parsed = event::parse(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
+        let event_type = parsed.event.event_type().to_string();
+        let new = NewEvent {
+            tenant: tenant.name.clone(),
+            key: parsed.key.clone(),
+            event_type: event_type.clone(),
+            ordering_key: parsed.ordering_key,
+            body: body.to_vec(),
+            received_at: crate::store::now_ms(),
+        };
+        let stored = state.store.ingest(new).await.map_err(|e| {
+            tracing::warn!(tenant = tenant_name, error = %e, "event not committed");
+            AppError::StoreUnavailable
+        })?;
+        Ok::<_, AppError>((parsed.key, event_type, stored))
+    }
+    .await;
+    match outcome {
+        Ok((key, event_type, stored)) => {
+            let duplicate = matches!(stored, IngestOutcome::Duplicate { .. });
+            metrics.received(tenant_name, &event_type, if duplicate { "duplicate" } else { "stored" });
+            if duplicate {
+                tracing::debug!(tenant = tenant_name, key, "duplicate event");
+            } else {
+                tracing::info!(tenant = tenant_name, key, event_type, "event stored");
+                state.wake.notify_one();
+            }
+            Ok(Json(json!({ "ok": true, "duplicate": duplicate, "key": key })))
+        }
+        Err(e) => {
+            let label = match &e {
+                AppError::TooLarge(_) => "too_large",
+                AppError::UnknownTenant => "unknown_tenant",
+                AppError::Unauthorized(_) => "bad_signature",
+                AppError::BadRequest(_) => "bad_request",
+                AppError::StoreUnavailable => "store_unavailable",
+                _ => "error",
+            };
+            // Unknown tenants are not labelled by name: anyone could fill the
+            // metrics with invented names.
+            let t = if matches!(e, AppError::UnknownTenant) { "-" } else { tenant_name };
+            metrics.received(t, "-", label);
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Counters, gauges and histograms in Prometheus text format. Small on
+//! purpose: labelled series in a map, rendered on scrape.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+pub struct Metrics {
+    counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
+    gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
+    histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
+}
+
+const BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
+const FUEL_BUCKETS: &[f64] = &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8];
+
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+const HELP: &[(&str, &str, &str)] = &[
+    ("hookhost_events_received_total", "counter", "Webhook requests by tenant, event type and outcome."),
+    ("hookhost_deliveries_total", "counter", "Plugin deliveries by tenant, plugin and outcome."),
+    ("hookhost_dead_letters_total", "counter", "Deliveries that became dead letters."),
+    ("hookhost_delivery_seconds", "histogram", "Time of one delivery, instantiation included."),
+    ("hookhost_instantiate_seconds", "histogram", "Time to instantiate a plugin."),
+    ("hookhost_fuel_used", "histogram", "Fuel used by one delivery."),
+    ("hookhost_plugins_loaded", "gauge", "Loaded plugins by name and content hash."),
+    ("hookhost_inbox_lag", "gauge", "Events stored but not yet fanned out to plugins."),
+];
+
+impl Metrics {
+    pub fn received(&self, tenant: &str, event_type: &str, outcome: &str) {
+        self.inc(
+            "hookhost_events_received_total",
+            vec![("tenant", tenant.into()), ("event_type", event_type.into()), ("outcome", outcome.into())],
+        );
+    }
+
+    pub fn inc(&self, name: &'static str, labels: Labels) {
+        *self.counters.lock().unwrap().entry((name, labels)).or_default() += 1;
+    }
+
+    pub fn set(&self, name: &'static str, labels: Labels, v: f64) {
+        self.gauges.lock().unwrap().insert((name, labels), v);
+    }
+
+    pub fn remove_gauges(&self, name: &'static str, keep: impl Fn(&Labels) -> bool) {
+        self.gauges.lock().unwrap().retain(|(n, l), _| *n != name || keep(l));
+    }
+
+    pub fn observe(&self, name: &'static str, labels: Labels, v: f64) {
+        let bounds = if name == "hookhost_fuel_used" { FUEL_BUCKETS } else { BUCKETS };
+        let mut h = self.histograms.lock().unwrap();
+        let e = h.entry((name, labels)).or_insert_with(|| Histogram {
+            bounds,
+            counts: vec![0; bounds.len()],
+            sum: 0.0,
+            count: 0,
+        });
+        for (i, b) in e.bounds.iter().enumerate() {
+            if v <= *b {
+                e.counts[i] += 1;
+            }
+        }
+        e.sum += v;
+        e.count += 1;
+    }
+
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
+        let l: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.counters.lock().unwrap().get(&(name, l)).copied().unwrap_or(0)
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counters = self.counters.lock().unwrap();
+        let gauges = self.gauges.lock().unwrap();
+        let hists = self.histograms.lock().unwrap();
+        for (name, kind, help) in HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for ((n, l), v) in counters.iter().filter(|((n, _), _)| n == name) {
+                let _ = writeln!(out, "{n}{} {v}", fmt_labels(l, None));
+            }
+            for ((n, l), v) in gauges.iter().filter(|((n, _), _)| n == name) {
+                let _ = writeln!(out, "{n}{} {v}", fmt_labels(l, None));
+            }
+            for ((n, l), h) in hists.iter().filter(|((n, _), _)| n == name) {
+                for (i, b) in h.bounds.iter().enumerate() {
+                    let _ = writeln!(out, "{n}_bucket{} {}", fmt_labels(l, Some(&b.to_string())), h.counts[i]);
+                }
+                let _ = writeln!(out, "{n}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);
+                let _ = writeln!(out, "{n}_sum{} {}", fmt_labels(l, None), h.sum);
+                let _ = writeln!(out, "{n}_count{} {}", fmt_labels(l, None), h.count);
+            }
+        }
+        out
+    }
+}
+
+fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
+    let mut parts: Vec<String> = l
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .collect();
+    if let Some(le) = le {
+        parts.push(format!("le=\"{le}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}

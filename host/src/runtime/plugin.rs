@@ -1,0 +1,96 @@
+//! A loaded plugin: its compiled component, its `InstancePre` (made once,
+//! instantiated per delivery), its content hash and its subscriptions.
+
+use super::cache::{CompileCache, Source};
+use super::engine::Runtime;
+use super::sandbox::HostState;
+use crate::bindings::types::EventKind;
+use crate::bindings::PluginPre;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wasmtime::component::Component;
+
+pub struct LoadedPlugin {
+    pub name: String,
+    /// SHA-256 of the `.wasm` file, hex.
+    pub hash: String,
+    pub size: u64,
+    pub pre: PluginPre<HostState>,
+    pub component: Component,
+    /// `None`: every event kind.
+    pub subscriptions: Option<Vec<EventKind>>,
+    pub compile_time: Duration,
+    pub from_cache: bool,
+    pub loaded_at: std::time::SystemTime,
+    runtime: Arc<Runtime>,
+}
+
+impl LoadedPlugin {
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.runtime.engine
+    }
+
+    pub fn short_hash(&self) -> &str {
+        &self.hash[..12]
+    }
+
+    pub fn wants(&self, kind: EventKind) -> bool {
+        match &self.subscriptions {
+            None => true,
+            Some(k) => k.contains(&kind),
+        }
+    }
+}
+
+pub fn hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a valid component: {0}")]
+    Compile(String),
+    #[error("does not match the hookhost:plugin world: {0}")]
+    World(String),
+}
+
+/// Compiles (or loads from cache) and links a component. Subscriptions are
+/// filled in by the caller, which knows the plugin's limits.
+pub fn load(rt: &Arc<Runtime>, cache: &CompileCache, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+    let hash = hash(bytes);
+    let start = Instant::now();
+    let (component, source) = cache
+        .load(rt, &hash, bytes)
+        .map_err(|e| LoadError::Compile(first_line(&e.to_string())))?;
+    let compile_time = start.elapsed();
+    let pre = rt
+        .linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::World(format!("{e:#}")))?;
+    let pre = PluginPre::new(pre).map_err(|e| LoadError::World(format!("{e:#}")))?;
+    Ok(LoadedPlugin {
+        name: name.to_string(),
+        hash,
+        size: bytes.len() as u64,
+        pre,
+        component,
+        subscriptions: None,
+        compile_time,
+        from_cache: matches!(source, Source::Cache),
+        loaded_at: std::time::SystemTime::now(),
+        runtime: rt.clone(),
+    })
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(500).collect()
+}
+
+/// Import and export names of a component, for `plugin check`.
+pub fn interface_names(engine: &wasmtime::Engine, c: &Component) -> (Vec<String>, Vec<String>) {
+    let ty = c.component_type();
+    let imports = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+    let exports = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+    (imports, exports)
+}

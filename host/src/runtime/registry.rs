@@ -1,0 +1,461 @@
+//! The plugins folder, live: every `*.wasm` there is a plugin named after its
+//! file, with an optional `NAME.toml` sidecar. A watcher (plus a periodic
+//! rescan) loads new and replaced files off the request path; a broken file
+//! is reported and the previous version keeps running; a delivery holds an
+//! `Arc` of the version it started with.
+
+use super::cache::CompileCache;
+use super::engine::Runtime;
+use super::plugin::{self, LoadedPlugin};
+use super::sandbox;
+use crate::capabilities::{Capabilities, Messenger, SqlDb};
+use crate::config::{Config, Grant, Limits, LimitsOverride, Tenant, DEFAULT_TENANT};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// `NAME.toml` beside `NAME.wasm`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sidecar {
+    pub tenants: Option<Vec<String>>,
+    pub grants: Option<Vec<Grant>>,
+    pub limits: LimitsOverride,
+    pub settings: toml::Table,
+}
+
+/// What one plugin may do for one tenant.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub grants: BTreeSet<Grant>,
+    pub limits: Limits,
+    pub settings: Arc<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginStatus {
+    pub name: String,
+    pub status: &'static str,
+    pub hash: Option<String>,
+    pub size: Option<u64>,
+    pub loaded_at_ms: Option<i64>,
+    pub compile_ms: Option<u64>,
+    pub from_cache: Option<bool>,
+    pub subscriptions: Option<Vec<&'static str>>,
+    pub last_error: Option<String>,
+    pub tenants: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    plugins: BTreeMap<String, Arc<LoadedPlugin>>,
+    sidecars: BTreeMap<String, Sidecar>,
+    /// (size, mtime) of each file last looked at.
+    stamps: BTreeMap<String, (u64, SystemTime)>,
+    errors: BTreeMap<String, String>,
+}
+
+pub struct Registry {
+    runtime: Arc<Runtime>,
+    cache: CompileCache,
+    dir: PathBuf,
+    data_dir: PathBuf,
+    defaults: Limits,
+    tenants: Arc<BTreeMap<String, Tenant>>,
+    messengers: BTreeMap<String, Arc<Messenger>>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    state: RwLock<State>,
+    initial: (Mutex<bool>, Condvar),
+    stop: AtomicBool,
+    kick: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+impl Registry {
+    pub fn start(config: &Config, tenants: Arc<BTreeMap<String, Tenant>>, store: Store, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Registry>> {
+        let reg = Self::new(config, tenants, store, metrics)?;
+        let r = reg.clone();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        *reg.kick.lock().unwrap() = Some(tx.clone());
+        let watcher = watch(&reg.dir, tx);
+        std::thread::Builder::new().name("plugin-loader".into()).spawn(move || {
+            let _watcher = watcher;
+            r.scan();
+            r.mark_initial_done();
+            while !r.stop.load(Ordering::Relaxed) {
+                match rx.recv_timeout(RESCAN) {
+                    // Let a burst of file events settle (a copy in progress).
+                    Ok(()) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        while rx.try_recv().is_ok() {}
+                    }
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+                if !r.stop.load(Ordering::Relaxed) {
+                    r.scan();
+                }
+            }
+        })?;
+        Ok(reg)
+    }
+
+    /// A registry without the watcher thread (offline commands).
+    pub fn new(config: &Config, tenants: Arc<BTreeMap<String, Tenant>>, store: Store, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Registry>> {
+        let max_mem = max_memory_mb(config);
+        let runtime = Runtime::new(config.runtime.pooling, max_mem)?;
+        let messengers = tenants
+            .iter()
+            .filter_map(|(n, t)| t.whapi.clone().map(|w| (n.clone(), Arc::new(Messenger::new(w)))))
+            .collect();
+        Ok(Arc::new(Registry {
+            runtime,
+            cache: CompileCache::new(config.server.data_dir.join("cache")),
+            dir: config.server.plugins_dir.clone(),
+            data_dir: config.server.data_dir.clone(),
+            defaults: config.limits,
+            tenants,
+            messengers,
+            store,
+            metrics,
+            state: RwLock::new(State::default()),
+            initial: (Mutex::new(false), Condvar::new()),
+            stop: AtomicBool::new(false),
+            kick: Mutex::new(None),
+        }))
+    }
+
+    pub fn runtime(&self) -> &Arc<Runtime> {
+        &self.runtime
+    }
+
+    fn mark_initial_done(&self) {
+        *self.initial.0.lock().unwrap() = true;
+        self.initial.1.notify_all();
+    }
+
+    /// True once the plugins present at start have been loaded (or failed).
+    pub fn initial_load_done(&self) -> bool {
+        *self.initial.0.lock().unwrap()
+    }
+
+    /// Blocks until the first scan is over, at most `timeout`.
+    pub fn wait_initial(&self, timeout: Duration) -> bool {
+        let g = self.initial.0.lock().unwrap();
+        let (g, _) = self.initial.1.wait_timeout_while(g, timeout, |done| !*done).unwrap();
+        *g
+    }
+
+    /// Asks the loader to rescan now.
+    pub fn rescan_soon(&self) {
+        if let Some(tx) = self.kick.lock().unwrap().as_ref() {
+            let _ = tx.send(());
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.kick.lock().unwrap().take();
+        self.runtime.stop();
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<LoadedPlugin>> {
+        self.state.read().unwrap().plugins.get(name).cloned()
+    }
+
+    /// Plugins (present in the folder) that run for `tenant`.
+    pub fn plugins_for(&self, tenant: &str) -> Vec<String> {
+        let st = self.state.read().unwrap();
+        st.stamps
+            .keys()
+            .filter(|p| self.assigned(&st, p).iter().any(|t| t == tenant))
+            .cloned()
+            .collect()
+    }
+
+    fn assigned(&self, st: &State, plugin: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .tenants
+            .values()
+            .filter(|t| t.config.plugins.iter().any(|p| p == plugin) || t.config.plugin.contains_key(plugin))
+            .map(|t| t.name.clone())
+            .collect();
+        if let Some(ts) = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref()) {
+            for t in ts {
+                if self.tenants.contains_key(t) && !out.contains(t) {
+                    out.push(t.clone());
+                }
+            }
+        }
+        if out.is_empty() && self.tenants.contains_key(DEFAULT_TENANT) {
+            out.push(DEFAULT_TENANT.to_string());
+        }
+        out
+    }
+
+    pub fn policy(&self, tenant: &str, plugin: &str) -> Policy {
+        let st = self.state.read().unwrap();
+        let side = st.sidecars.get(plugin);
+        let t = self.tenants.get(tenant);
+        let tp = t.and_then(|t| t.config.plugin.get(plugin));
+        let grants = tp
+            .and_then(|p| p.grants.clone())
+            .or_else(|| side.and_then(|s| s.grants.clone()))
+            .unwrap_or_else(|| Grant::DEFAULT.to_vec());
+        let mut limits = self.defaults;
+        if let Some(t) = t {
+            limits = limits.apply(&t.config.limits);
+        }
+        if let Some(s) = side {
+            limits = limits.apply(&s.limits);
+        }
+        if let Some(p) = tp {
+            limits = limits.apply(&p.limits);
+        }
+        let mut settings = side.map(|s| s.settings.clone()).unwrap_or_default();
+        if let Some(p) = tp {
+            for (k, v) in &p.settings {
+                settings.insert(k.clone(), v.clone());
+            }
+        }
+        let settings = serde_json::to_value(settings).unwrap_or(serde_json::Value::Object(Default::default()));
+        Policy {
+            grants: grants.into_iter().collect(),
+            limits,
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// Capabilities for one delivery of `plugin` for `tenant`.
+    pub fn capabilities(&self, tenant: &str, plugin: &str, event_seq: i64, policy: &Policy) -> Capabilities {
+        Capabilities {
+            tenant: tenant.into(),
+            plugin: plugin.into(),
+            event_seq,
+            grants: policy.grants.clone(),
+            limits: policy.limits,
+            store: self.store.clone(),
+            settings: policy.settings.clone(),
+            sql: SqlDb::new(self.sql_path(tenant, plugin)),
+            messenger: self.messengers.get(tenant).cloned(),
+            resend: false,
+            deadline: Instant::now() + Duration::from_millis(policy.limits.timeout_ms),
+            sends: 0,
+            log_lines: 0,
+            log_dropped: 0,
+            journal: None,
+        }
+    }
+
+    pub fn sql_path(&self, tenant: &str, plugin: &str) -> PathBuf {
+        self.data_dir.join("plugin-data").join(tenant).join(format!("{plugin}.sqlite"))
+    }
+
+    pub fn statuses(&self) -> Vec<PluginStatus> {
+        let st = self.state.read().unwrap();
+        st.stamps
+            .keys()
+            .map(|name| {
+                let p = st.plugins.get(name);
+                let err = st.errors.get(name).cloned();
+                PluginStatus {
+                    name: name.clone(),
+                    status: match (p, &err) {
+                        (Some(_), None) => "loaded",
+                        (Some(_), Some(_)) => "loaded (newer file failed)",
+                        (None, Some(_)) => "failed",
+                        (None, None) => "loading",
+                    },
+                    hash: p.map(|p| p.hash.clone()),
+                    size: p.map(|p| p.size),
+                    loaded_at_ms: p.map(|p| p.loaded_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)),
+                    compile_ms: p.map(|p| p.compile_time.as_millis() as u64),
+                    from_cache: p.map(|p| p.from_cache),
+                    subscriptions: p.and_then(|p| p.subscriptions.as_ref().map(|s| s.iter().map(|k| super::convert::kind_name(*k)).collect())),
+                    last_error: err,
+                    tenants: self.assigned(&st, name),
+                }
+            })
+            .collect()
+    }
+
+    /// Looks at the folder once and applies what changed.
+    pub fn scan(&self) {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                if self.dir.exists() {
+                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read plugins folder");
+                }
+                self.apply_removals(&BTreeSet::new());
+                return;
+            }
+        };
+        let mut wasm = BTreeMap::new();
+        let mut sidecars = BTreeMap::new();
+        for e in entries.flatten() {
+            let path = e.path();
+            let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str())) else {
+                continue;
+            };
+            if !crate::config::valid_name(stem) {
+                continue;
+            }
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            match ext {
+                "wasm" => {
+                    wasm.insert(stem.to_string(), (path, (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH))));
+                }
+                "toml" => {
+                    sidecars.insert(stem.to_string(), path);
+                }
+                _ => {}
+            }
+        }
+        self.load_sidecars(&sidecars);
+        let names: BTreeSet<String> = wasm.keys().cloned().collect();
+        self.apply_removals(&names);
+        for (name, (path, stamp)) in wasm {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let unchanged = self.state.read().unwrap().stamps.get(&name) == Some(&stamp);
+            if !unchanged {
+                self.load_file(&name, &path, stamp);
+            }
+        }
+        self.publish_metrics();
+    }
+
+    fn load_sidecars(&self, files: &BTreeMap<String, PathBuf>) {
+        let mut parsed = BTreeMap::new();
+        for (name, path) in files {
+            match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<Sidecar>(&t).map_err(|e| e.to_string())) {
+                Ok(s) => {
+                    parsed.insert(name.clone(), s);
+                }
+                Err(e) => {
+                    // Keep the previous sidecar rather than run with none.
+                    tracing::warn!(plugin = %name, error = %e, "invalid sidecar; keeping the previous one");
+                    if let Some(old) = self.state.read().unwrap().sidecars.get(name) {
+                        parsed.insert(name.clone(), old.clone());
+                    }
+                }
+            }
+        }
+        self.state.write().unwrap().sidecars = parsed;
+    }
+
+    fn apply_removals(&self, present: &BTreeSet<String>) {
+        let mut st = self.state.write().unwrap();
+        let gone: Vec<String> = st.stamps.keys().filter(|n| !present.contains(*n)).cloned().collect();
+        for n in gone {
+            st.stamps.remove(&n);
+            st.errors.remove(&n);
+            if st.plugins.remove(&n).is_some() {
+                tracing::info!(plugin = %n, "plugin removed");
+            }
+        }
+    }
+
+    fn load_file(&self, name: &str, path: &Path, stamp: (u64, SystemTime)) {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(plugin = name, error = %e, "cannot read plugin file");
+                return;
+            }
+        };
+        let hash = plugin::hash(&bytes);
+        {
+            let mut st = self.state.write().unwrap();
+            if st.plugins.get(name).map(|p| p.hash == hash).unwrap_or(false) {
+                st.stamps.insert(name.to_string(), stamp);
+                st.errors.remove(name);
+                return;
+            }
+            // Seen now: `plugins_for` lists it while it compiles.
+            st.stamps.entry(name.to_string()).or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
+        }
+        match self.load_bytes(name, &bytes) {
+            Ok(p) => {
+                tracing::info!(plugin = name, hash = p.short_hash(), size = p.size, compile_ms = p.compile_time.as_millis() as u64, from_cache = p.from_cache, "plugin loaded");
+                let mut st = self.state.write().unwrap();
+                st.plugins.insert(name.to_string(), Arc::new(p));
+                st.stamps.insert(name.to_string(), stamp);
+                st.errors.remove(name);
+            }
+            Err(e) => {
+                let kept = self.get(name).map(|p| p.short_hash().to_string());
+                tracing::error!(plugin = name, error = %e, kept_version = ?kept, "plugin failed to load");
+                let mut st = self.state.write().unwrap();
+                st.stamps.insert(name.to_string(), stamp);
+                st.errors.insert(name.to_string(), e);
+            }
+        }
+    }
+
+    /// Compiles, links and asks for subscriptions.
+    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, String> {
+        let mut p = plugin::load(&self.runtime, &self.cache, name, bytes).map_err(|e| e.to_string())?;
+        let policy = Policy {
+            grants: BTreeSet::new(),
+            limits: self.defaults,
+            settings: Arc::new(serde_json::json!({})),
+        };
+        let caps = self.capabilities("-", name, -1, &policy);
+        p.subscriptions = sandbox::subscriptions(&p, caps, &self.defaults).map_err(|e| format!("subscriptions() failed: {e}"))?;
+        Ok(p)
+    }
+
+    fn publish_metrics(&self) {
+        let st = self.state.read().unwrap();
+        let live: BTreeSet<(String, String)> = st.plugins.values().map(|p| (p.name.clone(), p.short_hash().to_string())).collect();
+        self.metrics.remove_gauges("hookhost_plugins_loaded", |l| {
+            let name = l.iter().find(|(k, _)| *k == "plugin").map(|(_, v)| v.clone()).unwrap_or_default();
+            let hash = l.iter().find(|(k, _)| *k == "hash").map(|(_, v)| v.clone()).unwrap_or_default();
+            live.contains(&(name, hash))
+        });
+        for (name, hash) in live {
+            self.metrics.set("hookhost_plugins_loaded", vec![("plugin", name), ("hash", hash)], 1.0);
+        }
+    }
+}
+
+fn max_memory_mb(config: &Config) -> u64 {
+    let mut m = config.limits.memory_mb;
+    for t in config.tenants.values() {
+        m = m.max(t.limits.memory_mb.unwrap_or(0));
+        for p in t.plugin.values() {
+            m = m.max(p.limits.memory_mb.unwrap_or(0));
+        }
+    }
+    m.max(config.runtime.max_memory_mb)
+}
+
+fn watch(dir: &Path, tx: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let _ = std::fs::create_dir_all(dir);
+    let mut w = notify::recommended_watcher(move |_res: notify::Result<notify::Event>| {
+        let _ = tx.send(());
+    })
+    .map_err(|e| tracing::warn!(error = %e, "file watcher unavailable; rescanning periodically"))
+    .ok()?;
+    match w.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(w),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch plugins folder; rescanning periodically");
+            None
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Wires the pieces together: store, plugin runtime, dispatcher and HTTP,
+//! and shuts them down in order (stop accepting, finish requests, let the
+//! writer commit what it holds).
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::http::{router, AppState};
+use crate::metrics::Metrics;
+use crate::runtime::Registry;
+use crate::store::{Store, StoreOptions};
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub async fn serve(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tenants = Arc::new(config.tenants()?);
+    for t in tenants.values() {
+        if t.secrets.is_empty() {
+            tracing::warn!(tenant = %t.name, "tenant has no secret: unsigned events are accepted");
+        }
+    }
+    let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
+    let metrics = Arc::new(Metrics::default());
+    let wake = Arc::new(Notify::new());
+
+    let registry = Registry::start(&config, tenants.clone(), store.clone(), metrics.clone())
+        .context("starting the plugin runtime")?;
+    let dispatcher = Dispatcher::start(
+        config.dispatch.clone(),
+        tenants.clone(),
+        store.clone(),
+        registry.clone(),
+        metrics.clone(),
+        wake.clone(),
+    );
+
+    let state = AppState {
+        tenants,
+        store: store.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
+        metrics,
+        wake,
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.server.data_dir.display(), plugins_dir = %config.server.plugins_dir.display(), "hookhost listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("HTTP stopped; finishing deliveries");
+    dispatcher.stop(Duration::from_secs(10)).await;
+    registry.stop();
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || s.close()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A server running on its own threads, for tests and embedding.
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl ServerHandle {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful stop; returns the server's result.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        match self.thread.take() {
+            Some(t) => t.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.stop_inner();
+    }
+}
+
+/// Starts a server on `config.server.listen` (port 0 picks a free port).
+pub fn spawn(config: Config) -> anyhow::Result<ServerHandle> {
+    let std_listener = std::net::TcpListener::bind(config.server.listen)
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    std_listener.set_nonblocking(true)?;
+    let addr = std_listener.local_addr()?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("hookhost-server".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener)?;
+                serve(config, listener, async move {
+                    let _ = rx.await;
+                })
+                .await
+            })
+        })?;
+    Ok(ServerHandle { addr, stop: Some(tx), thread: Some(thread) })
+}

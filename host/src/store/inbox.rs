@@ -1,0 +1,94 @@
+//! The inbox: every accepted event, once per (tenant, idempotency key).
+
+use super::{Store, StoreError};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub tenant: String,
+    pub key: String,
+    pub event_type: String,
+    pub ordering_key: String,
+    pub body: Vec<u8>,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestOutcome {
+    Stored { seq: i64 },
+    Duplicate { seq: i64 },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventRow {
+    pub seq: i64,
+    pub tenant: String,
+    pub key: String,
+    pub event_type: String,
+    pub received_at: i64,
+    #[serde(skip)]
+    pub ordering_key: String,
+    #[serde(skip)]
+    pub body: Vec<u8>,
+}
+
+fn insert(c: &Connection, e: &NewEvent) -> Result<IngestOutcome, StoreError> {
+    let mut st = c.prepare_cached(
+        "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant, key) DO NOTHING",
+    )?;
+    let n = st.execute(params![e.tenant, e.key, e.event_type, e.ordering_key, e.body, e.received_at])?;
+    if n == 1 {
+        return Ok(IngestOutcome::Stored { seq: c.last_insert_rowid() });
+    }
+    let seq = c
+        .prepare_cached("SELECT seq FROM events WHERE tenant = ?1 AND key = ?2")?
+        .query_row(params![e.tenant, e.key], |r| r.get(0))?;
+    Ok(IngestOutcome::Duplicate { seq })
+}
+
+fn row(r: &rusqlite::Row) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        seq: r.get(0)?,
+        tenant: r.get(1)?,
+        key: r.get(2)?,
+        event_type: r.get(3)?,
+        ordering_key: r.get(4)?,
+        body: r.get(5)?,
+        received_at: r.get(6)?,
+    })
+}
+
+const COLUMNS: &str = "seq, tenant, key, event_type, ordering_key, body, received_at";
+
+/// Events after `after_seq`, oldest first.
+pub fn list(c: &Connection, tenant: Option<&str>, after_seq: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE seq > ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY seq LIMIT ?3"
+    ))?;
+    let rows = st
+        .query_map(params![after_seq, tenant, limit], row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn get(c: &Connection, seq: i64) -> Result<Option<EventRow>, StoreError> {
+    let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE seq = ?1"))?;
+    Ok(st.query_row([seq], row).optional()?)
+}
+
+impl Store {
+    /// Commits `event` (or finds its duplicate) before returning.
+    pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
+        self.write(move |c| insert(c, &event)).await
+    }
+
+    pub fn events_after(&self, tenant: Option<&str>, after_seq: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+        self.read(|c| list(c, tenant, after_seq, limit))
+    }
+
+    pub fn event(&self, seq: i64) -> Result<Option<EventRow>, StoreError> {
+        self.read(|c| get(c, seq))
+    }
+}

@@ -1,0 +1,185 @@
+//! The delivery ledger: one row per (event, plugin).
+//! pending → running → done | failed (retry at `next_at`) → dead.
+
+use super::{now_ms, Store, StoreError};
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub event_seq: i64,
+    pub plugin: String,
+    pub tenant: String,
+    pub ordering_key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub event_seq: i64,
+    pub plugin: String,
+    pub tenant: String,
+    pub ordering_key: String,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum DeliveryOutcome {
+    Done,
+    Retry { error: String, next_at: i64 },
+    Dead { error: String },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRow {
+    pub event_seq: i64,
+    pub plugin: String,
+    pub tenant: String,
+    pub state: String,
+    pub attempts: u32,
+    pub next_at: i64,
+    pub last_error: Option<String>,
+    pub plugin_hash: Option<String>,
+    pub updated_at: i64,
+}
+
+pub(super) fn requeue_running(c: &Connection) -> rusqlite::Result<usize> {
+    c.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'running'", [])
+}
+
+const FANOUT_CURSOR: &str = "fanout_cursor";
+
+impl Store {
+    /// Where fan-out stopped: every event with a smaller or equal seq has its
+    /// delivery rows.
+    pub fn fanout_cursor(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            let v: Option<i64> = c
+                .query_row("SELECT value FROM meta WHERE key = ?1", [FANOUT_CURSOR], |r| r.get(0))
+                .ok();
+            Ok(v.unwrap_or(0))
+        })
+    }
+
+    /// Creates delivery rows and moves the cursor, in one transaction.
+    pub async fn fan_out(&self, rows: Vec<NewDelivery>, cursor: i64) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let now = now_ms();
+            let mut st = c.prepare_cached(
+                "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5) ON CONFLICT DO NOTHING",
+            )?;
+            for r in &rows {
+                st.execute(params![r.event_seq, r.plugin, r.tenant, r.ordering_key, now])?;
+            }
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                params![FANOUT_CURSOR, cursor],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deliveries that may run now: due, and the oldest open one of their
+    /// (tenant, plugin, ordering key), so one chat reaches a plugin in order.
+    pub fn due(&self, now: i64, limit: i64) -> Result<Vec<DueDelivery>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts
+                 FROM deliveries d
+                 WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
+                   AND NOT EXISTS (
+                     SELECT 1 FROM deliveries o
+                     WHERE o.tenant = d.tenant AND o.plugin = d.plugin
+                       AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
+                       AND o.state IN ('pending', 'running', 'failed'))
+                 ORDER BY d.event_seq LIMIT ?2",
+            )?;
+            let rows = st
+                .query_map(params![now, limit], |r| {
+                    Ok(DueDelivery {
+                        event_seq: r.get(0)?,
+                        plugin: r.get(1)?,
+                        tenant: r.get(2)?,
+                        ordering_key: r.get(3)?,
+                        attempts: r.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// The earliest `next_at` of a delivery waiting for a retry.
+    pub fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT min(next_at) FROM deliveries WHERE state IN ('pending', 'failed')",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    pub async fn mark_running(&self, items: Vec<(i64, String, String)>) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let now = now_ms();
+            let mut st = c.prepare_cached(
+                "UPDATE deliveries SET state = 'running', attempts = attempts + 1, plugin_hash = ?3, updated_at = ?4
+                 WHERE event_seq = ?1 AND plugin = ?2",
+            )?;
+            for (seq, plugin, hash) in &items {
+                st.execute(params![seq, plugin, hash, now])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn finish(&self, event_seq: i64, plugin: String, outcome: DeliveryOutcome) -> Result<(), StoreError> {
+        self.write(move |c| {
+            let now = now_ms();
+            let (state, error, next_at) = match &outcome {
+                DeliveryOutcome::Done => ("done", None, 0),
+                DeliveryOutcome::Retry { error, next_at } => ("failed", Some(error.as_str()), *next_at),
+                DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), 0),
+            };
+            c.prepare_cached(
+                "UPDATE deliveries SET state = ?3, last_error = ?4, next_at = ?5, updated_at = ?6
+                 WHERE event_seq = ?1 AND plugin = ?2",
+            )?
+            .execute(params![event_seq, plugin, state, error, next_at, now])?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub fn deliveries(&self, event_seq: Option<i64>, state: Option<&str>, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read(|c| list_deliveries(c, event_seq, state, limit))
+    }
+}
+
+pub fn list_deliveries(c: &Connection, event_seq: Option<i64>, state: Option<&str>, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT event_seq, plugin, tenant, state, attempts, next_at, last_error, plugin_hash, updated_at
+         FROM deliveries WHERE (?1 IS NULL OR event_seq = ?1) AND (?2 IS NULL OR state = ?2)
+         ORDER BY event_seq, plugin LIMIT ?3",
+    )?;
+    let rows = st
+        .query_map(params![event_seq, state, limit], |r| {
+            Ok(DeliveryRow {
+                event_seq: r.get(0)?,
+                plugin: r.get(1)?,
+                tenant: r.get(2)?,
+                state: r.get(3)?,
+                attempts: r.get(4)?,
+                next_at: r.get(5)?,
+                last_error: r.get(6)?,
+                plugin_hash: r.get(7)?,
+                updated_at: r.get(8)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}

@@ -1,0 +1,251 @@
+//! The durable store: inbox, delivery ledger, sends and plugin key-value in
+//! one SQLite database (WAL). One writer thread owns the write connection;
+//! reads use their own connections. An event that received 200 is in the
+//! inbox, committed.
+
+mod inbox;
+mod kv;
+mod ledger;
+mod schema;
+mod writer;
+
+pub use inbox::{list as list_events, EventRow, IngestOutcome, NewEvent};
+pub use kv::{KvError, Scope as KvScope};
+
+pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
+    KvScope { tenant, plugin }
+}
+pub use ledger::{list_deliveries, DeliveryOutcome, DeliveryRow, DueDelivery, NewDelivery};
+
+use crate::config::{StoreConfig, Synchronous};
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+use writer::{Op, WriteOp, Writer};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Sqlite(Arc<rusqlite::Error>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+}
+
+impl StoreError {
+    fn from_sqlite(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(Arc::new(e))
+    }
+    /// True when the store itself failed (the sender should retry later).
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(self, StoreError::Invalid(_))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub synchronous: Synchronous,
+    pub max_batch: usize,
+    pub max_size_mb: u64,
+}
+
+impl From<&StoreConfig> for StoreOptions {
+    fn from(c: &StoreConfig) -> Self {
+        StoreOptions {
+            synchronous: c.synchronous,
+            max_batch: c.max_batch.max(1),
+            max_size_mb: c.max_size_mb,
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn open_connection(path: &Path, opts: &StoreOptions, write: bool) -> rusqlite::Result<Connection> {
+    let flags = if write {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let c = Connection::open_with_flags(path, flags)?;
+    c.busy_timeout(Duration::from_secs(5))?;
+    if write {
+        c.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match opts.synchronous {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        };
+        c.pragma_update(None, "synchronous", sync)?;
+        if opts.max_size_mb > 0 {
+            let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = (opts.max_size_mb as i64 * 1024 * 1024) / page.max(512);
+            c.pragma_update(None, "max_page_count", pages)?;
+        }
+    }
+    c.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(c)
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    opts: StoreOptions,
+    tx: Mutex<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
+    readers: Mutex<Vec<Connection>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) `DIR/hookhost.sqlite` and starts the writer.
+    /// When the database cannot be opened the store still starts and answers
+    /// every write with `Unavailable`, so the server stays up and says 503.
+    pub fn open(data_dir: &Path, opts: StoreOptions) -> Store {
+        let path = data_dir.join("hookhost.sqlite");
+        let conn = (|| -> Result<Connection, StoreError> {
+            std::fs::create_dir_all(data_dir)
+                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display())))?;
+            let mut c = open_connection(&path, &opts, true)?;
+            schema::migrate(&mut c)?;
+            // Deliveries that were running when the process stopped run again.
+            ledger::requeue_running(&c)?;
+            Ok(c)
+        })();
+        let conn = match conn {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "store unavailable at start; writes answer 503");
+                None
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let w = Writer { path: path.clone(), opts: opts.clone(), rx };
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run(conn))
+            .expect("spawn store writer");
+        Store {
+            inner: Arc::new(Inner {
+                path,
+                opts,
+                tx: Mutex::new(Some(tx)),
+                readers: Mutex::new(Vec::new()),
+                writer: Mutex::new(Some(handle)),
+            }),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn submit<T, F>(&self, f: F) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let op: Box<dyn WriteOp> = Box::new(Op { f: Some(f), result: None, reply });
+        let sent = match self.inner.tx.lock().unwrap().as_ref() {
+            Some(tx) => tx.send(op).map_err(|e| e.0),
+            None => Err(op),
+        };
+        if let Err(op) = sent {
+            op.complete(Err(StoreError::Unavailable("store is shut down".into())));
+        }
+        rx
+    }
+
+    /// Runs `f` in the writer's next batch; resolves after COMMIT.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(f)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+    }
+
+    /// The same as [`Store::write`] for threads outside the async runtime.
+    pub fn write_blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(f)
+            .blocking_recv()
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+    }
+
+    /// Runs `f` on a read connection (blocking; call from a blocking thread).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.inner.readers.lock().unwrap().pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => open_connection(&self.inner.path, &self.inner.opts, false)?,
+        };
+        let r = f(&conn);
+        let mut pool = self.inner.readers.lock().unwrap();
+        if pool.len() < 8 {
+            pool.push(conn);
+        }
+        r
+    }
+
+    /// A real write, for readiness checks.
+    pub async fn probe(&self) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute(
+                "INSERT INTO meta (key, value) VALUES ('probe', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops the writer after the operations already queued are committed.
+    pub fn close(&self) {
+        self.inner.tx.lock().unwrap().take();
+        if let Some(h) = self.inner.writer.lock().unwrap().take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Opens an existing store read-only, for the offline CLI commands.
+pub fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = data_dir.join("hookhost.sqlite");
+    if !path.exists() {
+        return Err(StoreError::Unavailable(format!("no store at {}", path.display())));
+    }
+    let opts = StoreOptions {
+        synchronous: Synchronous::Full,
+        max_batch: 1,
+        max_size_mb: 0,
+    };
+    Ok(open_connection(&path, &opts, false)?)
+}
+
+pub fn schema_version() -> i64 {
+    schema::latest()
+}

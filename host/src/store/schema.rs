@@ -1,0 +1,69 @@
+//! Schema migrations, applied in order at start. A released migration is
+//! never edited: changes are new entries at the end of `MIGRATIONS`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: inbox, delivery ledger, sends, plugin key-value, meta.
+    r#"
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        key TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        ordering_key TEXT NOT NULL,
+        body BLOB NOT NULL,
+        received_at INTEGER NOT NULL,
+        UNIQUE (tenant, key)
+    );
+    CREATE TABLE deliveries (
+        event_seq INTEGER NOT NULL REFERENCES events(seq),
+        plugin TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        ordering_key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_at INTEGER NOT NULL,
+        last_error TEXT,
+        plugin_hash TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (event_seq, plugin)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_due ON deliveries (next_at)
+        WHERE state IN ('pending', 'failed');
+    CREATE INDEX deliveries_open ON deliveries (tenant, plugin, ordering_key, event_seq)
+        WHERE state IN ('pending', 'running', 'failed');
+    CREATE TABLE sends (
+        idem_key TEXT PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        plugin TEXT NOT NULL,
+        event_seq INTEGER NOT NULL,
+        recipient TEXT NOT NULL,
+        message_id TEXT,
+        sent_at INTEGER NOT NULL
+    );
+    CREATE TABLE kv (
+        tenant TEXT NOT NULL,
+        plugin TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (tenant, plugin, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    "#,
+];
+
+pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
+    let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()
+}
+
+/// The newest schema version this build knows.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}

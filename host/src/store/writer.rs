@@ -1,0 +1,151 @@
+//! The single writer: one thread owns the write connection and commits the
+//! operations it receives in batches (group commit). Each operation runs in
+//! its own savepoint, so one failing operation does not undo its neighbours;
+//! its caller hears back only after the batch's COMMIT succeeded.
+
+use super::{open_connection, StoreError, StoreOptions};
+use rusqlite::Connection;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// One unit of work for the writer.
+pub(super) trait WriteOp: Send {
+    /// `Ok(false)`: this operation failed on its own and its savepoint is
+    /// rolled back; `Err`: the storage failed and the whole batch with it.
+    fn apply(&mut self, c: &Connection) -> rusqlite::Result<bool>;
+    fn complete(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+pub(super) struct Op<T, F> {
+    pub f: Option<F>,
+    pub result: Option<Result<T, StoreError>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> WriteOp for Op<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+{
+    fn apply(&mut self, c: &Connection) -> rusqlite::Result<bool> {
+        let f = self.f.take().expect("applied once");
+        let r = f(c);
+        // A storage failure (disk full, I/O) fails the whole batch; a
+        // domain error (quota, constraint) fails this operation only.
+        if let Err(StoreError::Sqlite(e)) = &r {
+            if is_fatal(e) {
+                return Err(clone_err(e));
+            }
+        }
+        let ok = r.is_ok();
+        self.result = Some(r);
+        Ok(ok)
+    }
+
+    fn complete(self: Box<Self>, committed: Result<(), StoreError>) {
+        let r = match committed {
+            Ok(()) => self
+                .result
+                .unwrap_or_else(|| Err(StoreError::Unavailable("operation not applied".into()))),
+            Err(e) => Err(e),
+        };
+        let _ = self.reply.send(r);
+    }
+}
+
+fn is_fatal(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseBusy | DatabaseLocked | DatabaseCorrupt | NotADatabase | FileLockingProtocolFailed | PermissionDenied)
+    )
+}
+
+fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, m) => rusqlite::Error::SqliteFailure(*f, m.clone()),
+        other => rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), Some(other.to_string())),
+    }
+}
+
+pub(super) struct Writer {
+    pub path: PathBuf,
+    pub opts: StoreOptions,
+    pub rx: mpsc::Receiver<Box<dyn WriteOp>>,
+}
+
+impl Writer {
+    pub fn run(self, mut conn: Option<Connection>) {
+        let identity = conn.as_ref().and_then(|_| file_identity(&self.path));
+        let mut last_open_try = Instant::now();
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.opts.max_batch {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            // The database file must still be the one we opened: writing to
+            // a deleted file would acknowledge events that are already lost.
+            if conn.is_some() && file_identity(&self.path) != identity {
+                tracing::error!(path = %self.path.display(), "database file vanished or was replaced; refusing writes until restart");
+                conn = None;
+            }
+            if conn.is_none() && identity.is_none() && last_open_try.elapsed() > Duration::from_millis(500) {
+                // Never opened (the store was unavailable at start): try again.
+                last_open_try = Instant::now();
+                if let Ok(c) = open_connection(&self.path, &self.opts, true) {
+                    conn = Some(c);
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                for op in batch {
+                    op.complete(Err(StoreError::Unavailable("database is not available".into())));
+                }
+                continue;
+            };
+            let outcome = commit_batch(c, &mut batch);
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, ops = batch.len(), "store batch failed");
+            }
+            for op in batch {
+                op.complete(outcome.clone());
+            }
+        }
+    }
+}
+
+fn commit_batch(c: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), StoreError> {
+    let run = |c: &mut Connection, batch: &mut [Box<dyn WriteOp>]| -> rusqlite::Result<()> {
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        for op in batch.iter_mut() {
+            c.execute_batch("SAVEPOINT op")?;
+            if op.apply(c)? {
+                c.execute_batch("RELEASE op")?;
+            } else {
+                c.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            }
+        }
+        c.execute_batch("COMMIT")
+    };
+    match run(c, batch) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK");
+            Err(StoreError::from_sqlite(e))
+        }
+    }
+}
+
+#[cfg(unix)]
+fn file_identity(p: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(p: &std::path::Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|_| (0, 0))
+}
