@@ -286,12 +286,16 @@ fn plugin_check(file: &PathBuf, json: bool) -> anyhow::Result<i32> {
     let tmp = tempdir_cache();
     let cache = crate::runtime::cache::CompileCache::new(tmp.clone());
     let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-    let component = wasmtime::component::Component::new(&rt.engine, &bytes);
-    let (imports, exports) = match &component {
-        Ok(c) => crate::runtime::plugin::interface_names(&rt.engine, c),
-        Err(_) => (vec![], vec![]),
+    let loaded = crate::runtime::plugin::load(&rt, &cache, name, &bytes).map_err(|e| e.to_string());
+    let (imports, exports) = match &loaded {
+        Ok(p) => crate::runtime::plugin::interface_names(&rt.engine, &p.component),
+        // Not linkable: still list what it asks for when it is a component.
+        Err(_) => match wasmtime::component::Component::new(&rt.engine, &bytes) {
+            Ok(c) => crate::runtime::plugin::interface_names(&rt.engine, &c),
+            Err(_) => (vec![], vec![]),
+        },
     };
-    let result = crate::runtime::plugin::load(&rt, &cache, name, &bytes).map_err(|e| e.to_string()).and_then(|mut p| {
+    let result = loaded.and_then(|mut p| {
         let caps = offline_caps(name);
         let limits = crate::config::Limits::default();
         p.subscriptions = crate::runtime::sandbox::subscriptions(&p, caps, &limits).map_err(|e| format!("subscriptions() failed: {e}"))?;

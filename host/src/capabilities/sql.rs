@@ -45,12 +45,9 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match ctx.action {
         AuthAction::Attach { .. } | AuthAction::Detach { .. } | AuthAction::Pragma { .. } => Authorization::Deny,
         AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => Authorization::Deny,
-        // Internal schema tables are read by SQLite itself; plugins may not write them.
-        AuthAction::Insert { table_name } | AuthAction::Update { table_name, .. } | AuthAction::Delete { table_name }
-            if table_name.to_ascii_lowercase().starts_with("sqlite_") =>
-        {
-            Authorization::Deny
-        }
+        // Direct writes to sqlite_master are refused by SQLITE_DBCONFIG_DEFENSIVE
+        // (and `PRAGMA writable_schema` by the rule above); CREATE statements
+        // still update it through SQLite itself.
         _ => Authorization::Allow,
     }
 }

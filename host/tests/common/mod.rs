@@ -124,3 +124,83 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+pub mod whapi;
+
+/// Builds the test plugins once per test binary and returns their folder.
+pub fn test_plugins() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| build_workspace("tests/plugins", "test-plugins")).clone()
+}
+
+/// Builds the sample plugins once per test binary and returns their folder.
+pub fn sample_plugins() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| build_workspace("plugins", "sample-plugins")).clone()
+}
+
+fn build_workspace(ws: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let out = root.join("target").join(name);
+    let status = std::process::Command::new("bash")
+        .arg(root.join("scripts/build-plugins.sh"))
+        .arg(ws)
+        .arg(&out)
+        .status()
+        .expect("run build-plugins.sh");
+    assert!(status.success(), "building {ws} failed");
+    out
+}
+
+/// Copies a built plugin into the server's plugins folder under `name`,
+/// with an optional sidecar.
+pub fn deploy(from: &Path, plugin: &str, dir: &Path, name: &str, sidecar: Option<&str>) {
+    std::fs::create_dir_all(dir).unwrap();
+    if let Some(s) = sidecar {
+        std::fs::write(dir.join(format!("{name}.toml")), s).unwrap();
+    }
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(from.join(format!("{plugin}.wasm")), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).unwrap();
+}
+
+/// Deliveries from the ledger: (event seq, plugin, state, attempts, last error, hash).
+pub fn deliveries(data_dir: &Path) -> Vec<hookhost::store::DeliveryRow> {
+    match hookhost::store::open_read_only(data_dir) {
+        Ok(c) => hookhost::store::list_deliveries(&c, None, None, 1_000_000).unwrap_or_default(),
+        Err(_) => vec![],
+    }
+}
+
+/// Waits until every delivery is done or dead and at least `min` exist.
+pub fn wait_settled(data_dir: &Path, min: usize, timeout: Duration) -> Vec<hookhost::store::DeliveryRow> {
+    let mut rows = vec![];
+    wait_until(timeout, || {
+        rows = deliveries(data_dir);
+        rows.len() >= min && rows.iter().all(|d| d.state == "done" || d.state == "dead")
+    });
+    rows
+}
+
+/// Rows of a plugin's private SQL database.
+pub fn plugin_sql(data_dir: &Path, tenant: &str, plugin: &str, query: &str) -> Vec<Vec<String>> {
+    let path = data_dir.join("plugin-data").join(tenant).join(format!("{plugin}.sqlite"));
+    let Ok(c) = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return vec![];
+    };
+    let Ok(mut st) = c.prepare(query) else { return vec![] };
+    let n = st.column_count();
+    st.query_map([], |r| {
+        Ok((0..n)
+            .map(|i| match r.get_ref(i).unwrap() {
+                rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                rusqlite::types::ValueRef::Real(f) => f.to_string(),
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                rusqlite::types::ValueRef::Blob(b) => format!("{b:?}"),
+            })
+            .collect())
+    })
+    .map(|it| it.filter_map(Result::ok).collect())
+    .unwrap_or_default()
+}

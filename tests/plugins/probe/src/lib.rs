@@ -1,0 +1,170 @@
+//! A test plugin whose behaviour comes from its settings, so one build can
+//! be deployed under several names (each with a sidecar) to exercise the
+//! host: recording events, capability probes, retries, replies, and attacks
+//! on the sandbox.
+
+use hookhost_sdk::prelude::*;
+use hookhost_sdk::sql::Value;
+
+struct Probe;
+
+fn setting(key: &str) -> Option<String> {
+    settings::get(key)
+}
+
+fn fields(event: &Event) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        Event::MessageReceived(m) | Event::MessageSent(m) => json!({
+            "id": m.id, "instance_id": m.instance_id, "chat_id": m.chat_id, "from": m.sender,
+            "to": m.recipient, "from_me": m.from_me, "sender_name": m.sender_name, "body": m.body,
+            "type": m.message_type.as_str(), "timestamp": m.timestamp, "is_group": m.is_group,
+            "quoted_message_id": m.quoted_message_id, "reaction": m.reaction, "media_url": m.media_url,
+            "latitude": m.latitude, "longitude": m.longitude, "vcard": m.vcard, "status": m.status,
+            "ack": m.ack.as_ref().map(|a| a.as_str().to_string()), "group_sender": m.group_sender,
+        }),
+        Event::AckUpdate(a) => json!({"id": a.id, "ack": a.ack.as_str()}),
+        Event::MessageReaction(r) => json!({
+            "instance_id": r.instance_id, "message_id": r.message_id, "from_number": r.from_number,
+            "reaction": r.reaction, "timestamp": r.timestamp,
+        }),
+        Event::TestWebhook(t) => json!({"instance_id": t.instance_id, "timestamp": t.timestamp, "message": t.message}),
+        Event::Unknown(u) => json!({"event_type": u.event_type, "raw_json": u.raw_json}),
+    }
+}
+
+fn kind(event: &Event) -> &'static str {
+    match event {
+        Event::MessageReceived(_) => "message_received",
+        Event::MessageSent(_) => "message_sent",
+        Event::AckUpdate(_) => "ack_update",
+        Event::MessageReaction(_) => "message_reaction",
+        Event::TestWebhook(_) => "test_webhook",
+        Event::Unknown(_) => "unknown",
+    }
+}
+
+fn outcome<T>(r: std::result::Result<T, HostError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(HostError::AccessDenied) => "access-denied".into(),
+        Err(HostError::QuotaExceeded) => "quota-exceeded".into(),
+        Err(HostError::Invalid(_)) => "invalid".into(),
+        Err(HostError::Unavailable(_)) => "unavailable".into(),
+        Err(HostError::Other(_)) => "other".into(),
+    }
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion)]
+fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(n % 256) as usize] = n as u8;
+    let mut next = *pad;
+    recurse(n + 1, &mut next) + next[0] as u64
+}
+
+fn attack(name: &str) -> Result {
+    match name {
+        "spin" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "membomb" => {
+            let mut v: Vec<Vec<u8>> = Vec::new();
+            loop {
+                v.push(vec![1u8; 1 << 20]);
+                std::hint::black_box(&v);
+            }
+        }
+        "recurse" => {
+            let mut pad = [0u8; 256];
+            let n = recurse(0, &mut pad);
+            Err(Error::reject(format!("recursion ended at {n}")))
+        }
+        "panic" => panic!("probe was told to panic"),
+        "logflood" => {
+            let line = "x".repeat(10_000);
+            for i in 0..1_000_000u32 {
+                log::info(&line, &[("i", &i.to_string())]);
+            }
+            Ok(())
+        }
+        "sleep" => {
+            let ms: u128 = setting("sleep_ms").and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let start = std::time::Instant::now();
+            while start.elapsed().as_millis() < ms {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(())
+        }
+        other => Err(Error::reject(format!("unknown attack {other}"))),
+    }
+}
+
+impl Plugin for Probe {
+    fn subscriptions() -> Vec<EventKind> {
+        match setting("subscribe").as_deref() {
+            Some("messages") => vec![EventKind::MessageReceived],
+            _ => vec![],
+        }
+    }
+
+    fn on_event(event: &Event, ctx: &Context) -> Result {
+        if let Some(a) = setting("attack") {
+            attack(&a)?;
+        }
+        if setting("probe").is_some() {
+            // Try every capability and report the outcomes in a reject.
+            let report = format!(
+                "log=ok kv={} sql={} send={} config={}",
+                outcome(kv::set("probe", b"1")),
+                outcome(sql::query("SELECT 1", &[])),
+                outcome(send("573001112233", "probe", None)),
+                if settings::get("probe").is_some() { "ok" } else { "none" },
+            );
+            return Err(Error::reject(report));
+        }
+        if let Some(key) = setting("read_kv") {
+            // Report what this plugin's kv holds under `key`.
+            let v = kv::get_string(&key)?;
+            return Err(Error::reject(format!("kv[{key}]={v:?}")));
+        }
+        if setting("record").as_deref() != Some("false") {
+            sql::execute(
+                "CREATE TABLE IF NOT EXISTS seen (n INTEGER PRIMARY KEY, key TEXT, kind TEXT, fields TEXT, attempt INTEGER, tenant TEXT)",
+                &[],
+            )?;
+            sql::execute(
+                "INSERT INTO seen (key, kind, fields, attempt, tenant) VALUES (?1, ?2, ?3, ?4, ?5)",
+                &[
+                    Value::from(ctx.event_key.as_str()),
+                    Value::from(kind(event)),
+                    Value::from(fields(event).to_string()),
+                    Value::Integer(ctx.attempt as i64),
+                    Value::from(ctx.tenant.as_str()),
+                ],
+            )?;
+            kv::set(&format!("seen/{}", ctx.event_key), ctx.tenant.as_bytes())?;
+        }
+        if let Some(text) = setting("reply") {
+            if let Event::MessageReceived(m) = event {
+                ctx.reply_quoting(m, &text)?;
+            }
+        }
+        if let Some(n) = setting("fail_until_attempt").and_then(|s| s.parse::<u32>().ok()) {
+            if ctx.attempt < n {
+                return Err(Error::retry(format!("attempt {} < {n}", ctx.attempt)));
+            }
+        }
+        if let Event::MessageReceived(m) = event {
+            if m.body.contains("please reject") {
+                return Err(Error::reject("asked to reject"));
+            }
+        }
+        Ok(())
+    }
+}
+
+export_plugin!(Probe);
