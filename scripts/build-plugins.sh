@@ -8,6 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 ws=${1:?workspace folder}
 out=${2:?output folder}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 eval "$("$here/scripts/setup-toolchain.sh")"
 
 target_dir="${HOOKHOST_WASM_TARGET_DIR:-$here/target/wasm}"

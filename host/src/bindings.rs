@@ -7,5 +7,5 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use exports::hookhost::plugin::handler;
-pub use hookhost::plugin::{config, kv, log, messaging, sql, types};
+pub use self::exports::hookhost::plugin::handler;
+pub use self::hookhost::plugin::{config, kv, log, messaging, sql, types};

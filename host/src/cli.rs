@@ -10,10 +10,20 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "hookhost", version, about = "Webhook receiver for WhatsApp gateway events with WebAssembly plugins")]
+#[command(
+    name = "hookhost",
+    version,
+    about = "Webhook receiver for WhatsApp gateway events with WebAssembly plugins"
+)]
 pub struct Cli {
     /// Log format.
-    #[arg(long, global = true, value_enum, default_value = "human", env = "HOOKHOST_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "HOOKHOST_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -96,7 +106,12 @@ pub struct SendArgs {
     #[arg(long, default_value = "http://127.0.0.1:3000/webhook")]
     pub url: String,
     /// Signing secret; no signature header when empty.
-    #[arg(long, env = "WHAPI_WEBHOOK_SECRET", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "WHAPI_WEBHOOK_SECRET",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub secret: String,
     /// Replace the sample's message id (and timestamp) so it is not a duplicate.
     #[arg(long)]
@@ -150,8 +165,11 @@ pub enum PluginCommand {
 
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HOOKHOST_LOG").unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_env("HOOKHOST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => b.try_init(),
         LogFormat::Json => b.json().flatten_event(true).try_init(),
@@ -162,7 +180,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(args) => {
             let config = args.load()?;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
@@ -177,14 +197,29 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", crate::signature::sign(secret.as_bytes(), &body));
             Ok(0)
         }
-        Command::Events { command: EventsCommand::List { data_dir, tenant, json, limit } } => {
+        Command::Events {
+            command:
+                EventsCommand::List {
+                    data_dir,
+                    tenant,
+                    json,
+                    limit,
+                },
+        } => {
             let c = store::open_read_only(&data_dir)?;
             let rows = store::list_events(&c, tenant.as_deref(), 0, limit)?;
             for r in rows {
                 if json {
                     println!("{}", serde_json::to_string(&r)?);
                 } else {
-                    println!("{:>6}  {}  {:<10}  {:<18}  {}", r.seq, fmt_ms(r.received_at), r.tenant, r.event_type, r.key);
+                    println!(
+                        "{:>6}  {}  {:<10}  {:<18}  {}",
+                        r.seq,
+                        fmt_ms(r.received_at),
+                        r.tenant,
+                        r.event_type,
+                        r.key
+                    );
                 }
             }
             Ok(0)
@@ -209,7 +244,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Plugin { command: PluginCommand::Check { file, json } } => plugin_check(&file, json),
+        Command::Plugin {
+            command: PluginCommand::Check { file, json },
+        } => plugin_check(&file, json),
     }
 }
 
@@ -220,7 +257,9 @@ fn fmt_ms(ms: i64) -> String {
 fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
     let mut body = Vec::new();
     match file {
-        Some(p) if p.as_os_str() != "-" => body = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        Some(p) if p.as_os_str() != "-" => {
+            body = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?
+        }
         _ => {
             std::io::stdin().read_to_end(&mut body)?;
         }
@@ -240,7 +279,10 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
         let mut out = Vec::new();
         for n in names {
             let Some(s) = crate::samples::get(n) else {
-                bail!("unknown sample `{n}`; known: {} or all", crate::samples::NAMES.join(", "));
+                bail!(
+                    "unknown sample `{n}`; known: {} or all",
+                    crate::samples::NAMES.join(", ")
+                );
             };
             let mut v: serde_json::Value = serde_json::from_str(s)?;
             if let Some(id) = &a.id {
@@ -267,11 +309,18 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
         .new_agent();
     let mut failed = false;
     for (name, body) in bodies {
-        let mut req = agent.post(&a.url).header("Content-Type", "application/json");
+        let mut req = agent
+            .post(&a.url)
+            .header("Content-Type", "application/json");
         if !a.secret.is_empty() {
-            req = req.header("X-Whapi-Signature", crate::signature::sign(a.secret.as_bytes(), &body));
+            req = req.header(
+                "X-Whapi-Signature",
+                crate::signature::sign(a.secret.as_bytes(), &body),
+            );
         }
-        let mut resp = req.send(&body[..]).with_context(|| format!("POST {}", a.url))?;
+        let mut resp = req
+            .send(&body[..])
+            .with_context(|| format!("POST {}", a.url))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         println!("{name}: {status} {text}");
@@ -285,7 +334,10 @@ fn plugin_check(file: &PathBuf, json: bool) -> anyhow::Result<i32> {
     let rt = crate::runtime::engine::Runtime::new(false, 4096)?;
     let tmp = tempdir_cache();
     let cache = crate::runtime::cache::CompileCache::new(tmp.clone());
-    let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin");
     let loaded = crate::runtime::plugin::load(&rt, &cache, name, &bytes).map_err(|e| e.to_string());
     let (imports, exports) = match &loaded {
         Ok(p) => crate::runtime::plugin::interface_names(&rt.engine, &p.component),
@@ -298,14 +350,18 @@ fn plugin_check(file: &PathBuf, json: bool) -> anyhow::Result<i32> {
     let result = loaded.and_then(|mut p| {
         let caps = offline_caps(name);
         let limits = crate::config::Limits::default();
-        p.subscriptions = crate::runtime::sandbox::subscriptions(&p, caps, &limits).map_err(|e| format!("subscriptions() failed: {e}"))?;
+        p.subscriptions = crate::runtime::sandbox::subscriptions(&p, caps, &limits)
+            .map_err(|e| format!("subscriptions() failed: {e}"))?;
         Ok(p)
     });
     let _ = std::fs::remove_dir_all(&tmp);
     rt.stop();
     let subs: Option<Vec<&str>> = result.as_ref().ok().map(|p| match &p.subscriptions {
         None => vec!["*"],
-        Some(k) => k.iter().map(|k| crate::runtime::convert::kind_name(*k)).collect(),
+        Some(k) => k
+            .iter()
+            .map(|k| crate::runtime::convert::kind_name(*k))
+            .collect(),
     });
     if json {
         println!(
@@ -322,7 +378,12 @@ fn plugin_check(file: &PathBuf, json: bool) -> anyhow::Result<i32> {
             })
         );
     } else {
-        println!("{}: {} bytes, sha256 {}", file.display(), bytes.len(), crate::runtime::plugin::hash(&bytes));
+        println!(
+            "{}: {} bytes, sha256 {}",
+            file.display(),
+            bytes.len(),
+            crate::runtime::plugin::hash(&bytes)
+        );
         println!("imports:");
         for i in &imports {
             println!("  {i}");
@@ -352,7 +413,10 @@ fn offline_caps(plugin: &str) -> crate::capabilities::Capabilities {
         event_seq: -1,
         grants: Default::default(),
         limits: crate::config::Limits::default(),
-        store: store::Store::open(&dir.join("store"), store::StoreOptions::from(&crate::config::StoreConfig::default())),
+        store: store::Store::open(
+            &dir.join("store"),
+            store::StoreOptions::from(&crate::config::StoreConfig::default()),
+        ),
         settings: std::sync::Arc::new(serde_json::json!({})),
         sql: crate::capabilities::SqlDb::new(dir.join("sql.sqlite")),
         messenger: None,

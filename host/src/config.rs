@@ -258,8 +258,10 @@ pub struct PluginConfig {
 pub struct WhapiConfig {
     #[serde(default = "default_whapi_url")]
     pub base_url: String,
-    pub instance_id: String,
     /// Literal, `env:VAR` or `env:VAR?`.
+    pub instance_id: String,
+    /// Literal, `env:VAR` or `env:VAR?`. With an optional variable unset,
+    /// the tenant has no gateway account and sends are refused.
     pub token: String,
 }
 
@@ -342,11 +344,14 @@ impl Config {
             }
             let whapi = match &tc.whapi {
                 None => None,
-                Some(w) => resolve(name, &w.token)?.map(|token| ResolvedWhapi {
-                    base_url: w.base_url.trim_end_matches('/').to_string(),
-                    instance_id: w.instance_id.clone(),
-                    token,
-                }),
+                Some(w) => match (resolve(name, &w.token)?, resolve(name, &w.instance_id)?) {
+                    (Some(token), Some(id)) => Some(ResolvedWhapi {
+                        base_url: w.base_url.trim_end_matches('/').to_string(),
+                        instance_id: String::from_utf8_lossy(id.expose()).into_owned(),
+                        token,
+                    }),
+                    _ => None,
+                },
             };
             for p in tc.plugins.iter().chain(tc.plugin.keys()) {
                 if !valid_name(p) {
@@ -448,8 +453,10 @@ mod tests {
         .unwrap();
         let t = c.tenants().unwrap();
         assert_eq!(t["t"].secrets, vec![Secret::new("abc")]);
-        let c = Config::parse(r#"[tenants.t]
-            secrets = ["env:HOOKHOST_TEST_UNSET_Y"]"#)
+        let c = Config::parse(
+            r#"[tenants.t]
+            secrets = ["env:HOOKHOST_TEST_UNSET_Y"]"#,
+        )
         .unwrap();
         assert!(matches!(c.tenants(), Err(ConfigError::MissingEnv { .. })));
     }

@@ -47,10 +47,16 @@ struct Running {
 }
 
 /// A delivery's result, as the ledger records it.
-pub fn outcome_for(failure: Option<&runtime::Failure>, attempts: u32, cfg: &DispatchConfig) -> DeliveryOutcome {
+pub fn outcome_for(
+    failure: Option<&runtime::Failure>,
+    attempts: u32,
+    cfg: &DispatchConfig,
+) -> DeliveryOutcome {
     match failure {
         None => DeliveryOutcome::Done,
-        Some(f) if !f.retryable() || attempts >= cfg.max_attempts => DeliveryOutcome::Dead { error: f.to_string() },
+        Some(f) if !f.retryable() || attempts >= cfg.max_attempts => DeliveryOutcome::Dead {
+            error: f.to_string(),
+        },
         Some(f) => DeliveryOutcome::Retry {
             error: f.to_string(),
             next_at: now_ms() + backoff_ms(attempts, cfg) as i64,
@@ -60,7 +66,9 @@ pub fn outcome_for(failure: Option<&runtime::Failure>, attempts: u32, cfg: &Disp
 
 /// Exponential backoff with jitter: base·2^(n-1), capped, times 0.5–1.0.
 pub fn backoff_ms(attempts: u32, cfg: &DispatchConfig) -> u64 {
-    let exp = cfg.backoff_base_ms.saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
+    let exp = cfg
+        .backoff_base_ms
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(30));
     let capped = exp.min(cfg.backoff_max_ms).max(1);
     let jitter: f64 = rand::rng().random_range(0.5..=1.0);
     (capped as f64 * jitter) as u64
@@ -125,19 +133,26 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
 fn next_pause(inner: &Inner) -> Duration {
     let s = inner.store.clone();
     match s.next_retry_at() {
-        Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(5, IDLE_POLL.as_millis() as i64) as u64),
+        Ok(Some(at)) => {
+            Duration::from_millis((at - now_ms()).clamp(5, IDLE_POLL.as_millis() as i64) as u64)
+        }
         _ => IDLE_POLL,
     }
 }
 
-async fn fan_out(inner: &Arc<Inner>, cursor: &mut Option<i64>) -> Result<(), crate::store::StoreError> {
+async fn fan_out(
+    inner: &Arc<Inner>,
+    cursor: &mut Option<i64>,
+) -> Result<(), crate::store::StoreError> {
     let mut pos = match *cursor {
         Some(c) => c,
         None => inner.store.fanout_cursor()?,
     };
     loop {
         let events = inner.store.events_after(None, pos, FANOUT_BATCH)?;
-        let Some(last) = events.last().map(|e| e.seq) else { break };
+        let Some(last) = events.last().map(|e| e.seq) else {
+            break;
+        };
         let mut rows = Vec::new();
         let mut per_tenant: HashMap<&str, Vec<String>> = HashMap::new();
         for e in &events {
@@ -172,7 +187,10 @@ async fn fan_out(inner: &Arc<Inner>, cursor: &mut Option<i64>) -> Result<(), cra
     Ok(())
 }
 
-async fn schedule(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) -> Result<(), crate::store::StoreError> {
+async fn schedule(
+    inner: &Arc<Inner>,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), crate::store::StoreError> {
     let free = {
         let r = inner.running.lock().unwrap();
         inner.cfg.workers.saturating_sub(r.total)
@@ -213,7 +231,11 @@ async fn schedule(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) -> Result<(), cra
     let marks = picked
         .iter()
         .map(|d| {
-            let hash = inner.registry.get(&d.plugin).map(|p| p.hash.clone()).unwrap_or_default();
+            let hash = inner
+                .registry
+                .get(&d.plugin)
+                .map(|p| p.hash.clone())
+                .unwrap_or_default();
             (d.event_seq, d.plugin.clone(), hash)
         })
         .collect();
@@ -266,7 +288,8 @@ async fn schedule(inner: &Arc<Inner>, tasks: &mut JoinSet<()>) -> Result<(), cra
 fn release(inner: &Inner, d: &DueDelivery) {
     let mut r = inner.running.lock().unwrap();
     r.deliveries.remove(&(d.event_seq, d.plugin.clone()));
-    r.chains.remove(&(d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone()));
+    r.chains
+        .remove(&(d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone()));
     if let Some(n) = r.per_tenant.get_mut(&d.tenant) {
         *n = n.saturating_sub(1);
     }
@@ -287,7 +310,11 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
     };
     let parsed = match event::parse(&ev.body) {
         Ok(p) => p,
-        Err(e) => return Some(runtime::Failure::Reject(format!("stored event does not parse: {e}"))),
+        Err(e) => {
+            return Some(runtime::Failure::Reject(format!(
+                "stored event does not parse: {e}"
+            )))
+        }
     };
     let kind = convert::kind(&parsed.event);
     if !plugin.wants(kind) {
@@ -304,21 +331,41 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
         raw_json: raw.into_owned(),
     };
     let policy = inner.registry.policy(&d.tenant, &d.plugin);
-    let caps = inner.registry.capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
+    let caps = inner
+        .registry
+        .capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
     let report = runtime::deliver(&plugin, caps, &policy.limits, &wit_event, &ctx);
     let labels = vec![("plugin", d.plugin.clone())];
-    inner.metrics.observe("hookhost_delivery_seconds", labels.clone(), report.total.as_secs_f64());
-    inner.metrics.observe("hookhost_instantiate_seconds", labels.clone(), report.instantiate.as_secs_f64());
-    inner.metrics.observe("hookhost_fuel_used", labels, report.fuel_used as f64);
+    inner.metrics.observe(
+        "hookhost_delivery_seconds",
+        labels.clone(),
+        report.total.as_secs_f64(),
+    );
+    inner.metrics.observe(
+        "hookhost_instantiate_seconds",
+        labels.clone(),
+        report.instantiate.as_secs_f64(),
+    );
+    inner
+        .metrics
+        .observe("hookhost_fuel_used", labels, report.fuel_used as f64);
     for line in report.output.lines().take(200) {
         tracing::info!(target: "plugin", tenant = %d.tenant, plugin = %d.plugin, stream = "stdio", "{line}");
     }
     if report.log_dropped > 0 {
-        tracing::warn!(dropped = report.log_dropped, "plugin log lines over the limit were dropped");
+        tracing::warn!(
+            dropped = report.log_dropped,
+            "plugin log lines over the limit were dropped"
+        );
     }
     match report.result {
         Ok(()) => {
-            tracing::debug!(fuel = report.fuel_used, us = report.total.as_micros() as u64, hash = plugin.short_hash(), "delivered");
+            tracing::debug!(
+                fuel = report.fuel_used,
+                us = report.total.as_micros() as u64,
+                hash = plugin.short_hash(),
+                "delivered"
+            );
             None
         }
         Err(f) => {

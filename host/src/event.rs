@@ -169,7 +169,11 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             } else {
                 Event::MessageSent(m)
             };
-            Parsed { event, key, ordering_key }
+            Parsed {
+                event,
+                key,
+                ordering_key,
+            }
         }
         "ack_update" => {
             let a: AckUpdate = typed(&event_type, value.clone())?;
@@ -186,7 +190,12 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             require_nonempty(&event_type, "message_id", &r.message_id)?;
             require_nonempty(&event_type, "from_number", &r.from_number)?;
             Parsed {
-                key: key_of(serde_json::json!([r.message_id, r.from_number, r.reaction, r.timestamp])),
+                key: key_of(serde_json::json!([
+                    r.message_id,
+                    r.from_number,
+                    r.reaction,
+                    r.timestamp
+                ])),
                 ordering_key: format!("msg:{}", r.message_id),
                 event: Event::MessageReaction(r),
             }
@@ -202,16 +211,25 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         _ => {
             // Unknown types: an `id` when there is one, else the body itself.
             let key = match obj.get("id") {
-                Some(serde_json::Value::String(s)) if !s.is_empty() => key_of(serde_json::json!(["id", s])),
-                Some(serde_json::Value::Number(n)) => key_of(serde_json::json!(["id", n.to_string()])),
-                _ => key_of(serde_json::json!(["sha256", hex::encode(Sha256::digest(body))])),
+                Some(serde_json::Value::String(s)) if !s.is_empty() => {
+                    key_of(serde_json::json!(["id", s]))
+                }
+                Some(serde_json::Value::Number(n)) => {
+                    key_of(serde_json::json!(["id", n.to_string()]))
+                }
+                _ => key_of(serde_json::json!([
+                    "sha256",
+                    hex::encode(Sha256::digest(body))
+                ])),
             };
             let ordering_key = match obj.get("chat_id") {
                 Some(serde_json::Value::String(c)) => format!("chat:{c}"),
                 _ => format!("key:{key}"),
             };
             Parsed {
-                event: Event::Unknown { event_type: event_type.clone() },
+                event: Event::Unknown {
+                    event_type: event_type.clone(),
+                },
                 key,
                 ordering_key,
             }
@@ -242,7 +260,9 @@ enum IdRepr {
 }
 
 fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match IdRepr::deserialize(d).map_err(|_| de::Error::custom("expected a string or an integer"))? {
+    match IdRepr::deserialize(d)
+        .map_err(|_| de::Error::custom("expected a string or an integer"))?
+    {
         IdRepr::S(s) => Ok(s),
         IdRepr::I(i) => Ok(i.to_string()),
         IdRepr::U(u) => Ok(u.to_string()),
@@ -321,7 +341,9 @@ mod tests {
     #[test]
     fn parses_every_sample_with_all_fields() {
         let p = parse(samples::get("message_received").unwrap().as_bytes()).unwrap();
-        let Event::MessageReceived(m) = &p.event else { panic!("{p:?}") };
+        let Event::MessageReceived(m) = &p.event else {
+            panic!("{p:?}")
+        };
         assert_eq!(m.id, "ABCD1234");
         assert_eq!(m.instance_id.as_deref(), Some("123"));
         assert_eq!(m.chat_id, "573001112233@c.us");
@@ -345,7 +367,9 @@ mod tests {
     #[test]
     fn loose_types() {
         let p = parse(br#"{"event_type":"message_received","id":42,"instance_id":123,"from_me":true,"is_group":1,"timestamp":1.5e9}"#).unwrap();
-        let Event::MessageReceived(m) = p.event else { panic!() };
+        let Event::MessageReceived(m) = p.event else {
+            panic!()
+        };
         assert_eq!(m.id, "42");
         assert_eq!(m.instance_id.as_deref(), Some("123"));
         assert_eq!(m.from_me, Some(true));
@@ -365,7 +389,10 @@ mod tests {
             r#"{"event_type":"ack_update","id":"a","ack":1}"#,
             r#"{"event_type":"message_reaction","message_id":"m","from_number":"f","reaction":"x","timestamp":null}"#,
         ] {
-            assert!(matches!(parse(body.as_bytes()), Err(ParseError::Invalid { .. })), "{body}");
+            assert!(
+                matches!(parse(body.as_bytes()), Err(ParseError::Invalid { .. })),
+                "{body}"
+            );
         }
     }
 
@@ -378,7 +405,10 @@ mod tests {
             r#"{"event_type":"message_reaction","message_id":"m"}"#,
             r#"{"event_type":"test_webhook"}"#,
         ] {
-            assert!(matches!(parse(body.as_bytes()), Err(ParseError::Invalid { .. })), "{body}");
+            assert!(
+                matches!(parse(body.as_bytes()), Err(ParseError::Invalid { .. })),
+                "{body}"
+            );
         }
         assert_eq!(parse(b"{}"), Err(ParseError::EventType));
         assert_eq!(parse(br#"{"event_type":7}"#), Err(ParseError::EventType));
@@ -415,7 +445,12 @@ mod tests {
     #[test]
     fn unknown_types_are_kept() {
         let p = parse(br#"{"event_type":"presence","who":"x"}"#).unwrap();
-        assert_eq!(p.event, Event::Unknown { event_type: "presence".into() });
+        assert_eq!(
+            p.event,
+            Event::Unknown {
+                event_type: "presence".into()
+            }
+        );
         assert!(p.key.starts_with("presence:[\"sha256\""));
         let p2 = parse(br#"{"event_type":"presence","id":"7"}"#).unwrap();
         assert_eq!(p2.key, r#"presence:["id","7"]"#);

@@ -25,26 +25,67 @@ struct Histogram {
 }
 
 const HELP: &[(&str, &str, &str)] = &[
-    ("hookhost_events_received_total", "counter", "Webhook requests by tenant, event type and outcome."),
-    ("hookhost_deliveries_total", "counter", "Plugin deliveries by tenant, plugin and outcome."),
-    ("hookhost_dead_letters_total", "counter", "Deliveries that became dead letters."),
-    ("hookhost_delivery_seconds", "histogram", "Time of one delivery, instantiation included."),
-    ("hookhost_instantiate_seconds", "histogram", "Time to instantiate a plugin."),
-    ("hookhost_fuel_used", "histogram", "Fuel used by one delivery."),
-    ("hookhost_plugins_loaded", "gauge", "Loaded plugins by name and content hash."),
-    ("hookhost_inbox_lag", "gauge", "Events stored but not yet fanned out to plugins."),
+    (
+        "hookhost_events_received_total",
+        "counter",
+        "Webhook requests by tenant, event type and outcome.",
+    ),
+    (
+        "hookhost_deliveries_total",
+        "counter",
+        "Plugin deliveries by tenant, plugin and outcome.",
+    ),
+    (
+        "hookhost_dead_letters_total",
+        "counter",
+        "Deliveries that became dead letters.",
+    ),
+    (
+        "hookhost_delivery_seconds",
+        "histogram",
+        "Time of one delivery, instantiation included.",
+    ),
+    (
+        "hookhost_instantiate_seconds",
+        "histogram",
+        "Time to instantiate a plugin.",
+    ),
+    (
+        "hookhost_fuel_used",
+        "histogram",
+        "Fuel used by one delivery.",
+    ),
+    (
+        "hookhost_plugins_loaded",
+        "gauge",
+        "Loaded plugins by name and content hash.",
+    ),
+    (
+        "hookhost_inbox_lag",
+        "gauge",
+        "Events stored but not yet fanned out to plugins.",
+    ),
 ];
 
 impl Metrics {
     pub fn received(&self, tenant: &str, event_type: &str, outcome: &str) {
         self.inc(
             "hookhost_events_received_total",
-            vec![("tenant", tenant.into()), ("event_type", event_type.into()), ("outcome", outcome.into())],
+            vec![
+                ("tenant", tenant.into()),
+                ("event_type", event_type.into()),
+                ("outcome", outcome.into()),
+            ],
         );
     }
 
     pub fn inc(&self, name: &'static str, labels: Labels) {
-        *self.counters.lock().unwrap().entry((name, labels)).or_default() += 1;
+        *self
+            .counters
+            .lock()
+            .unwrap()
+            .entry((name, labels))
+            .or_default() += 1;
     }
 
     pub fn set(&self, name: &'static str, labels: Labels, v: f64) {
@@ -52,11 +93,18 @@ impl Metrics {
     }
 
     pub fn remove_gauges(&self, name: &'static str, keep: impl Fn(&Labels) -> bool) {
-        self.gauges.lock().unwrap().retain(|(n, l), _| *n != name || keep(l));
+        self.gauges
+            .lock()
+            .unwrap()
+            .retain(|(n, l), _| *n != name || keep(l));
     }
 
     pub fn observe(&self, name: &'static str, labels: Labels, v: f64) {
-        let bounds = if name == "hookhost_fuel_used" { FUEL_BUCKETS } else { BUCKETS };
+        let bounds = if name == "hookhost_fuel_used" {
+            FUEL_BUCKETS
+        } else {
+            BUCKETS
+        };
         let mut h = self.histograms.lock().unwrap();
         let e = h.entry((name, labels)).or_insert_with(|| Histogram {
             bounds,
@@ -75,7 +123,12 @@ impl Metrics {
 
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
         let l: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        self.counters.lock().unwrap().get(&(name, l)).copied().unwrap_or(0)
+        self.counters
+            .lock()
+            .unwrap()
+            .get(&(name, l))
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn render(&self) -> String {
@@ -93,7 +146,12 @@ impl Metrics {
             }
             for ((n, l), h) in hists.iter().filter(|((n, _), _)| n == name) {
                 for (i, b) in h.bounds.iter().enumerate() {
-                    let _ = writeln!(out, "{n}_bucket{} {}", fmt_labels(l, Some(&b.to_string())), h.counts[i]);
+                    let _ = writeln!(
+                        out,
+                        "{n}_bucket{} {}",
+                        fmt_labels(l, Some(&b.to_string())),
+                        h.counts[i]
+                    );
                 }
                 let _ = writeln!(out, "{n}_bucket{} {}", fmt_labels(l, Some("+Inf")), h.count);
                 let _ = writeln!(out, "{n}_sum{} {}", fmt_labels(l, None), h.sum);
@@ -107,7 +165,14 @@ impl Metrics {
 fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
     let mut parts: Vec<String> = l
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")))
+        .map(|(k, v)| {
+            format!(
+                "{k}=\"{}\"",
+                v.replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n")
+            )
+        })
         .collect();
     if let Some(le) = le {
         parts.push(format!("le=\"{le}\""));

@@ -85,7 +85,9 @@ impl ServerHandle {
             let _ = tx.send(());
         }
         match self.thread.take() {
-            Some(t) => t.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?,
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("server thread panicked"))?,
             None => Ok(()),
         }
     }
@@ -119,5 +121,9 @@ pub fn spawn(config: Config) -> anyhow::Result<ServerHandle> {
                 .await
             })
         })?;
-    Ok(ServerHandle { addr, stop: Some(tx), thread: Some(thread) })
+    Ok(ServerHandle {
+        addr,
+        stop: Some(tx),
+        thread: Some(thread),
+    })
 }

@@ -49,7 +49,11 @@ fn parse(header: &[u8]) -> Result<[u8; 32], SignatureError> {
 
 /// Checks `header` against every secret. With no secret configured the
 /// caller must not call this (unsigned tenants accept everything).
-pub fn verify(secrets: &[Secret], header: Option<&[u8]>, body: &[u8]) -> Result<(), SignatureError> {
+pub fn verify(
+    secrets: &[Secret],
+    header: Option<&[u8]>,
+    body: &[u8],
+) -> Result<(), SignatureError> {
     let given = parse(header.ok_or(SignatureError::Missing)?)?;
     // Try every secret without stopping early: the time taken does not tell
     // which secret matched.
@@ -96,7 +100,10 @@ mod tests {
     fn good_signature() {
         let body = br#"{"event_type":"test_webhook"}"#;
         let sig = sign(b"s3cret", body);
-        assert_eq!(verify(&secrets(&["s3cret"]), Some(sig.as_bytes()), body), Ok(()));
+        assert_eq!(
+            verify(&secrets(&["s3cret"]), Some(sig.as_bytes()), body),
+            Ok(())
+        );
     }
 
     #[test]
@@ -104,10 +111,22 @@ mod tests {
         let body = b"{}";
         let sig = sign(b"k", body);
         let s = secrets(&["k"]);
-        assert_eq!(verify(&s, Some(sig.to_uppercase().as_bytes()), body), Ok(()));
-        assert_eq!(verify(&s, Some(format!("sha256={sig}").as_bytes()), body), Ok(()));
-        assert_eq!(verify(&s, Some(format!("SHA256={sig}").as_bytes()), body), Ok(()));
-        assert_eq!(verify(&s, Some(format!(" {sig} ").as_bytes()), body), Ok(()));
+        assert_eq!(
+            verify(&s, Some(sig.to_uppercase().as_bytes()), body),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&s, Some(format!("sha256={sig}").as_bytes()), body),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&s, Some(format!("SHA256={sig}").as_bytes()), body),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&s, Some(format!(" {sig} ").as_bytes()), body),
+            Ok(())
+        );
     }
 
     #[test]
@@ -115,13 +134,22 @@ mod tests {
         let body = b"{}";
         let mut sig = sign(b"k", body).into_bytes();
         sig[10] = if sig[10] == b'0' { b'1' } else { b'0' };
-        assert_eq!(verify(&secrets(&["k"]), Some(&sig), body), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&secrets(&["k"]), Some(&sig), body),
+            Err(SignatureError::Mismatch)
+        );
         // Right signature, other body.
         let sig = sign(b"k", b"{ }");
-        assert_eq!(verify(&secrets(&["k"]), Some(sig.as_bytes()), body), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&secrets(&["k"]), Some(sig.as_bytes()), body),
+            Err(SignatureError::Mismatch)
+        );
         // Other secret.
         let sig = sign(b"other", body);
-        assert_eq!(verify(&secrets(&["k"]), Some(sig.as_bytes()), body), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&secrets(&["k"]), Some(sig.as_bytes()), body),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -130,21 +158,42 @@ mod tests {
         assert_eq!(verify(&s, None, b"{}"), Err(SignatureError::Missing));
         assert_eq!(verify(&s, Some(b""), b"{}"), Err(SignatureError::Malformed));
         let sig = sign(b"k", b"{}");
-        assert_eq!(verify(&s, Some(&sig.as_bytes()[..63]), b"{}"), Err(SignatureError::Malformed));
-        assert_eq!(verify(&s, Some(&sig.as_bytes()[..62]), b"{}"), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(&s, Some(&sig.as_bytes()[..63]), b"{}"),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(&s, Some(&sig.as_bytes()[..62]), b"{}"),
+            Err(SignatureError::Malformed)
+        );
         let long = format!("{sig}00");
-        assert_eq!(verify(&s, Some(long.as_bytes()), b"{}"), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(&s, Some(long.as_bytes()), b"{}"),
+            Err(SignatureError::Malformed)
+        );
         let nonhex = format!("zz{}", &sig[2..]);
-        assert_eq!(verify(&s, Some(nonhex.as_bytes()), b"{}"), Err(SignatureError::Malformed));
-        assert_eq!(verify(&s, Some("é".repeat(32).as_bytes()), b"{}"), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(&s, Some(nonhex.as_bytes()), b"{}"),
+            Err(SignatureError::Malformed)
+        );
+        assert_eq!(
+            verify(&s, Some("é".repeat(32).as_bytes()), b"{}"),
+            Err(SignatureError::Malformed)
+        );
     }
 
     #[test]
     fn rotation_accepts_any_configured_secret() {
         let body = b"{\"a\":1}";
         let s = secrets(&["old", "new"]);
-        assert_eq!(verify(&s, Some(sign(b"old", body).as_bytes()), body), Ok(()));
-        assert_eq!(verify(&s, Some(sign(b"new", body).as_bytes()), body), Ok(()));
+        assert_eq!(
+            verify(&s, Some(sign(b"old", body).as_bytes()), body),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&s, Some(sign(b"new", body).as_bytes()), body),
+            Ok(())
+        );
         assert_eq!(
             verify(&s, Some(sign(b"newer", body).as_bytes()), body),
             Err(SignatureError::Mismatch)

@@ -22,13 +22,24 @@ fn every_event_type_is_accepted_and_stored() {
         assert_eq!(r.body["duplicate"], false);
     }
     // An unknown type is stored too.
-    let r = post_signed(&s.url("/webhook"), br#"{"event_type":"presence_update","chat_id":"x"}"#, "s3cret");
+    let r = post_signed(
+        &s.url("/webhook"),
+        br#"{"event_type":"presence_update","chat_id":"x"}"#,
+        "s3cret",
+    );
     assert_eq!(r.status, 200);
     let stored = s.stored();
     let types: Vec<&str> = stored.iter().map(|(_, t, _)| t.as_str()).collect();
     assert_eq!(
         types,
-        ["message_received", "message_sent", "ack_update", "message_reaction", "test_webhook", "presence_update"]
+        [
+            "message_received",
+            "message_sent",
+            "ack_update",
+            "message_reaction",
+            "test_webhook",
+            "presence_update"
+        ]
     );
     assert!(stored.iter().all(|(t, _, _)| t == "default"));
 }
@@ -39,7 +50,10 @@ fn duplicates_are_refused_but_real_events_are_kept() {
     let url = s.url("/webhook");
     let delivered = br#"{"event_type":"ack_update","id":"M1","ack":"delivered"}"#;
     let read = br#"{"event_type":"ack_update","id":"M1","ack":"read"}"#;
-    assert_eq!(post_signed(&url, delivered, "s3cret").body["duplicate"], false);
+    assert_eq!(
+        post_signed(&url, delivered, "s3cret").body["duplicate"],
+        false
+    );
     assert_eq!(post_signed(&url, read, "s3cret").body["duplicate"], false);
     let again = post_signed(&url, delivered, "s3cret");
     assert_eq!(again.status, 200);
@@ -48,9 +62,18 @@ fn duplicates_are_refused_but_real_events_are_kept() {
     let react = |from: &str| {
         serde_json::json!({"event_type":"message_reaction","message_id":"M1","from_number":from,"reaction":"👍","timestamp":1}).to_string()
     };
-    assert_eq!(post_signed(&url, react("a@c.us").as_bytes(), "s3cret").body["duplicate"], false);
-    assert_eq!(post_signed(&url, react("b@c.us").as_bytes(), "s3cret").body["duplicate"], false);
-    assert_eq!(post_signed(&url, react("b@c.us").as_bytes(), "s3cret").body["duplicate"], true);
+    assert_eq!(
+        post_signed(&url, react("a@c.us").as_bytes(), "s3cret").body["duplicate"],
+        false
+    );
+    assert_eq!(
+        post_signed(&url, react("b@c.us").as_bytes(), "s3cret").body["duplicate"],
+        false
+    );
+    assert_eq!(
+        post_signed(&url, react("b@c.us").as_bytes(), "s3cret").body["duplicate"],
+        true
+    );
     // The same key for another tenant is not a duplicate.
     let r = post_signed(&s.url("/webhook/acme"), delivered, "new-secret");
     assert_eq!(r.body["duplicate"], false);
@@ -69,7 +92,10 @@ fn signatures_good_bad_missing_rotated() {
     assert_eq!(r.status, 200);
     // Rotation: the new secret works too (same body: a duplicate, still 200).
     let r = post_signed(&url, body, "new-secret");
-    assert_eq!((r.status, r.body["duplicate"].clone()), (200, serde_json::json!(true)));
+    assert_eq!(
+        (r.status, r.body["duplicate"].clone()),
+        (200, serde_json::json!(true))
+    );
     // Uppercase hex and the sha256= prefix.
     let sig = hookhost::signature::sign(b"new-secret", body);
     assert_eq!(post(&url, body, Some(&sig.to_uppercase())).status, 200);
@@ -92,14 +118,26 @@ fn signatures_good_bad_missing_rotated() {
         assert_eq!(post(&url, other, Some(sig.trim())).status, 200);
     }
     // 401 bodies are JSON errors and nothing was stored from them.
-    let r = post(&url, br#"{"event_type":"test_webhook","timestamp":99}"#, None);
+    let r = post(
+        &url,
+        br#"{"event_type":"test_webhook","timestamp":99}"#,
+        None,
+    );
     assert_eq!(r.status, 401);
-    assert!(r.body["error"].as_str().unwrap().to_lowercase().contains("signature"));
+    assert!(r.body["error"]
+        .as_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("signature"));
     assert_eq!(s.stored().len(), 2);
 }
 
 fn write_tmp(body: &[u8]) -> std::path::PathBuf {
-    let p = std::env::temp_dir().join(format!("hookhost-sig-{}-{}", std::process::id(), body.len()));
+    let p = std::env::temp_dir().join(format!(
+        "hookhost-sig-{}-{}",
+        std::process::id(),
+        body.len()
+    ));
     std::fs::write(&p, body).unwrap();
     p
 }
@@ -107,7 +145,11 @@ fn write_tmp(body: &[u8]) -> std::path::PathBuf {
 #[test]
 fn unsigned_tenant_accepts_unsigned_events() {
     let s = TestServer::start(CONFIG);
-    let r = post(&s.url("/webhook/open"), samples::ACK_UPDATE.as_bytes(), None);
+    let r = post(
+        &s.url("/webhook/open"),
+        samples::ACK_UPDATE.as_bytes(),
+        None,
+    );
     assert_eq!(r.status, 200);
 }
 
@@ -121,14 +163,32 @@ fn malformed_bodies_are_4xx_and_nothing_is_stored() {
         ("array", b"[1,2]".to_vec()),
         ("string", b"\"x\"".to_vec()),
         ("truncated", truncated.to_vec()),
-        ("invalid utf-8", b"{\"event_type\":\"message_received\",\"id\":\"\xff\"}".to_vec()),
+        (
+            "invalid utf-8",
+            b"{\"event_type\":\"message_received\",\"id\":\"\xff\"}".to_vec(),
+        ),
         ("empty", b"".to_vec()),
-        ("missing id", br#"{"event_type":"message_received","body":"x"}"#.to_vec()),
-        ("missing ack", br#"{"event_type":"ack_update","id":"x"}"#.to_vec()),
+        (
+            "missing id",
+            br#"{"event_type":"message_received","body":"x"}"#.to_vec(),
+        ),
+        (
+            "missing ack",
+            br#"{"event_type":"ack_update","id":"x"}"#.to_vec(),
+        ),
         ("missing event_type", br#"{"id":"x"}"#.to_vec()),
-        ("wrong type", br#"{"event_type":"message_received","id":"x","from_me":"yes"}"#.to_vec()),
-        ("deep nesting", format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes()),
-        ("duplicate keys", br#"{"event_type":"ack_update","id":"a","ack":"read","ack":"sent"}"#.to_vec()),
+        (
+            "wrong type",
+            br#"{"event_type":"message_received","id":"x","from_me":"yes"}"#.to_vec(),
+        ),
+        (
+            "deep nesting",
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(),
+        ),
+        (
+            "duplicate keys",
+            br#"{"event_type":"ack_update","id":"a","ack":"read","ack":"sent"}"#.to_vec(),
+        ),
     ];
     for (name, body) in &cases {
         let r = post_signed(&url, body, "s3cret");
@@ -146,7 +206,11 @@ fn oversize_unknown_tenant_and_wrong_method() {
     let r = post_signed(&s.url("/webhook"), &big, "s3cret");
     assert_eq!(r.status, 413);
     assert!(r.body["error"].is_string());
-    let r = post_signed(&s.url("/webhook/nobody"), samples::ACK_UPDATE.as_bytes(), "s3cret");
+    let r = post_signed(
+        &s.url("/webhook/nobody"),
+        samples::ACK_UPDATE.as_bytes(),
+        "s3cret",
+    );
     assert_eq!(r.status, 404);
     assert_eq!(r.body["error"], "unknown tenant");
     let r = get(&s.url("/webhook"));
@@ -162,7 +226,10 @@ fn oversize_unknown_tenant_and_wrong_method() {
 fn restart_keeps_idempotency_memory() {
     let mut s = TestServer::start(CONFIG);
     let body = samples::MESSAGE_RECEIVED.as_bytes();
-    assert_eq!(post_signed(&s.url("/webhook"), body, "s3cret").body["duplicate"], false);
+    assert_eq!(
+        post_signed(&s.url("/webhook"), body, "s3cret").body["duplicate"],
+        false
+    );
     s.restart();
     let r = post_signed(&s.url("/webhook"), body, "s3cret");
     assert_eq!(r.status, 200);
@@ -174,11 +241,17 @@ fn restart_keeps_idempotency_memory() {
 fn vanished_data_directory_answers_503_not_a_crash() {
     let s = TestServer::start(CONFIG);
     let url = s.url("/webhook");
-    assert_eq!(post_signed(&url, samples::ACK_UPDATE.as_bytes(), "s3cret").status, 200);
+    assert_eq!(
+        post_signed(&url, samples::ACK_UPDATE.as_bytes(), "s3cret").status,
+        200
+    );
     std::fs::remove_dir_all(s.data_dir()).unwrap();
     let r = post_signed(&url, samples::TEST_WEBHOOK.as_bytes(), "s3cret");
     assert_eq!(r.status, 503, "{:?}", r.body);
-    assert!(r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("retry-after")));
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("retry-after")));
     assert_eq!(get(&s.url("/readyz")).status, 503);
     assert_eq!(get(&s.url("/healthz")).status, 200);
 }
@@ -214,5 +287,9 @@ fn full_store_answers_503_and_keeps_what_it_acknowledged() {
         }
     }
     assert!(full > 0, "the store never filled up");
-    assert_eq!(s.stored().len(), acked, "every acknowledged event is stored");
+    assert_eq!(
+        s.stored().len(),
+        acked,
+        "every acknowledged event is stored"
+    );
 }

@@ -31,14 +31,38 @@ fn a_plugin_receives_every_event_type_with_all_fields() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(wait_until(SETTLE, || plugin_loaded(&s, "recorder")));
     for name in samples::NAMES {
-        assert_eq!(post(&s.url("/webhook"), samples::get(name).unwrap().as_bytes(), None).status, 200);
+        assert_eq!(
+            post(
+                &s.url("/webhook"),
+                samples::get(name).unwrap().as_bytes(),
+                None
+            )
+            .status,
+            200
+        );
     }
-    post(&s.url("/webhook"), br#"{"event_type":"presence","id":"p1","chat_id":"c"}"#, None);
+    post(
+        &s.url("/webhook"),
+        br#"{"event_type":"presence","id":"p1","chat_id":"c"}"#,
+        None,
+    );
     let rows = wait_settled(&s.data_dir(), 6, SETTLE);
     assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
     // Different chats run in parallel: look events up by kind.
-    let seen = plugin_sql(&s.data_dir(), "default", "recorder", "SELECT kind, fields FROM seen");
-    let order = ["message_received", "message_sent", "ack_update", "message_reaction", "test_webhook", "unknown"];
+    let seen = plugin_sql(
+        &s.data_dir(),
+        "default",
+        "recorder",
+        "SELECT kind, fields FROM seen",
+    );
+    let order = [
+        "message_received",
+        "message_sent",
+        "ack_update",
+        "message_reaction",
+        "test_webhook",
+        "unknown",
+    ];
     let mut kinds: Vec<&str> = seen.iter().map(|r| r[0].as_str()).collect();
     kinds.sort_by_key(|k| order.iter().position(|o| o == k));
     assert_eq!(kinds, order);
@@ -58,22 +82,35 @@ fn a_plugin_receives_every_event_type_with_all_fields() {
     assert_eq!(m, expect);
     assert_eq!(f(1)["from_me"], true);
     assert_eq!(f(1)["body"], "¡Hola! Te comparto el menú 👇");
-    assert_eq!(f(2), serde_json::json!({"id": "WXYZ5678", "ack": "delivered"}));
+    assert_eq!(
+        f(2),
+        serde_json::json!({"id": "WXYZ5678", "ack": "delivered"})
+    );
     assert_eq!(f(3)["reaction"], "👍");
     assert_eq!(f(3)["timestamp"], 1724717000);
-    assert_eq!(f(4)["message"], "This is a test webhook message from WhApi.co");
+    assert_eq!(
+        f(4)["message"],
+        "This is a test webhook message from WhApi.co"
+    );
     assert_eq!(f(5)["event_type"], "presence");
     assert!(f(5)["raw_json"].as_str().unwrap().contains("\"p1\""));
     // Every delivery records the plugin's content hash.
-    let hash = hookhost::runtime::plugin::hash(&std::fs::read(s.plugins_dir().join("recorder.wasm")).unwrap());
-    assert!(rows.iter().all(|d| d.plugin_hash.as_deref() == Some(hash.as_str())));
+    let hash = hookhost::runtime::plugin::hash(
+        &std::fs::read(s.plugins_dir().join("recorder.wasm")).unwrap(),
+    );
+    assert!(rows
+        .iter()
+        .all(|d| d.plugin_hash.as_deref() == Some(hash.as_str())));
 }
 
 fn plugin_loaded(s: &TestServer, name: &str) -> bool {
     deliveries_ready(s) && {
         // The loader logs; the simplest observable is the plugins gauge.
         let m = get(&s.url("/metrics"));
-        m.body.as_str().map(|t| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{name}\""))).unwrap_or(false)
+        m.body
+            .as_str()
+            .map(|t| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{name}\"")))
+            .unwrap_or(false)
     }
 }
 
@@ -104,10 +141,18 @@ settings = {{ probe = "1" }}
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "locked", None);
     deploy(&tp, "probe", &s.plugins_dir(), "open", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "locked") && plugin_loaded(&s, "open")));
+    assert!(wait_until(SETTLE, || plugin_loaded(&s, "locked")
+        && plugin_loaded(&s, "open")));
     post(&s.url("/webhook"), samples::TEST_WEBHOOK.as_bytes(), None);
     let rows = wait_settled(&s.data_dir(), 2, SETTLE);
-    let err = |p: &str| rows.iter().find(|d| d.plugin == p).unwrap().last_error.clone().unwrap();
+    let err = |p: &str| {
+        rows.iter()
+            .find(|d| d.plugin == p)
+            .unwrap()
+            .last_error
+            .clone()
+            .unwrap()
+    };
     // Without `config` the locked plugin cannot read its settings, so it
     // takes its default path (recording) and is refused SQL.
     assert!(err("locked").contains("access denied"), "{}", err("locked"));
@@ -130,19 +175,47 @@ read_kv = "seen/message_received:[\"ABCD1234\"]"
     );
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
     deploy(&tp, "probe", &s.plugins_dir(), "reader", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "recorder") && plugin_loaded(&s, "reader")));
-    assert_eq!(post(&s.url("/webhook/a"), samples::MESSAGE_RECEIVED.as_bytes(), None).status, 200);
-    assert_eq!(post(&s.url("/webhook/b"), samples::ACK_UPDATE.as_bytes(), None).status, 200);
+    assert!(wait_until(SETTLE, || plugin_loaded(&s, "recorder")
+        && plugin_loaded(&s, "reader")));
+    assert_eq!(
+        post(
+            &s.url("/webhook/a"),
+            samples::MESSAGE_RECEIVED.as_bytes(),
+            None
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        post(&s.url("/webhook/b"), samples::ACK_UPDATE.as_bytes(), None).status,
+        200
+    );
     let rows = wait_settled(&s.data_dir(), 3, SETTLE);
     // Each tenant's recorder wrote only its own database.
-    let a = plugin_sql(&s.data_dir(), "a", "recorder", "SELECT kind, tenant FROM seen");
-    let b = plugin_sql(&s.data_dir(), "b", "recorder", "SELECT kind, tenant FROM seen");
-    assert_eq!(a, vec![vec!["message_received".to_string(), "a".to_string()]]);
+    let a = plugin_sql(
+        &s.data_dir(),
+        "a",
+        "recorder",
+        "SELECT kind, tenant FROM seen",
+    );
+    let b = plugin_sql(
+        &s.data_dir(),
+        "b",
+        "recorder",
+        "SELECT kind, tenant FROM seen",
+    );
+    assert_eq!(
+        a,
+        vec![vec!["message_received".to_string(), "a".to_string()]]
+    );
     assert_eq!(b, vec![vec!["ack_update".to_string(), "b".to_string()]]);
     // The reader plugin on tenant a cannot see the recorder's key, although
     // it names it exactly.
     let reader = rows.iter().find(|d| d.plugin == "reader").unwrap();
-    assert_eq!(reader.last_error.as_deref(), Some("reject: kv[seen/message_received:[\"ABCD1234\"]]=None"));
+    assert_eq!(
+        reader.last_error.as_deref(),
+        Some("reject: kv[seen/message_received:[\"ABCD1234\"]]=None")
+    );
 }
 
 #[test]
@@ -158,7 +231,11 @@ fail_until_attempt = "3"
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "flaky", None);
     assert!(wait_until(SETTLE, || plugin_loaded(&s, "flaky")));
-    post(&s.url("/webhook"), samples::MESSAGE_RECEIVED.as_bytes(), None);
+    post(
+        &s.url("/webhook"),
+        samples::MESSAGE_RECEIVED.as_bytes(),
+        None,
+    );
     let reject = serde_json::json!({"event_type":"message_received","id":"R1","chat_id":"x@c.us","body":"please reject"});
     post(&s.url("/webhook"), reject.to_string().as_bytes(), None);
     let rows = wait_settled(&s.data_dir(), 2, SETTLE);
@@ -189,10 +266,16 @@ settings = {{ reply = "Gracias!", fail_until_attempt = "3" }}
         whapi.url
     )));
     // The gateway fails the first send: the delivery retries and sends again.
-    whapi.fail_first.store(1, std::sync::atomic::Ordering::SeqCst);
+    whapi
+        .fail_first
+        .store(1, std::sync::atomic::Ordering::SeqCst);
     deploy(&tp, "probe", &s.plugins_dir(), "replier", None);
     assert!(wait_until(SETTLE, || plugin_loaded(&s, "replier")));
-    post(&s.url("/webhook"), samples::MESSAGE_RECEIVED.as_bytes(), None);
+    post(
+        &s.url("/webhook"),
+        samples::MESSAGE_RECEIVED.as_bytes(),
+        None,
+    );
     let rows = wait_settled(&s.data_dir(), 1, SETTLE);
     assert_eq!(rows[0].state, "done", "{rows:?}");
     assert!(rows[0].attempts >= 3);
@@ -208,7 +291,10 @@ settings = {{ reply = "Gracias!", fail_until_attempt = "3" }}
     assert_eq!(b["quotedMessageId"], "ABCD1234");
     assert_eq!(b["token"], "secret-token");
     assert_eq!(b["instanceId"], "123");
-    assert_eq!(sent[0].headers.iter().find(|(k, _)| k == "idempotency-key"), sent[1].headers.iter().find(|(k, _)| k == "idempotency-key"));
+    assert_eq!(
+        sent[0].headers.iter().find(|(k, _)| k == "idempotency-key"),
+        sent[1].headers.iter().find(|(k, _)| k == "idempotency-key")
+    );
 }
 
 #[test]
@@ -239,33 +325,63 @@ settings = { attack = "sleep", sleep_ms = "5000" }
 "#,
     )
     .replace("[dispatch]\nbackoff_base_ms = 20\nbackoff_max_ms = 100\nmax_attempts = 4\n\n[dispatch]", "[dispatch]\nbackoff_base_ms = 20\nbackoff_max_ms = 100"));
-    for p in ["recorder", "spin", "membomb", "recurse", "panic", "logflood", "sleeper"] {
+    for p in [
+        "recorder", "spin", "membomb", "recurse", "panic", "logflood", "sleeper",
+    ] {
         deploy(&tp, "probe", &s.plugins_dir(), p, None);
     }
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "sleeper") && plugin_loaded(&s, "recorder")));
+    assert!(wait_until(SETTLE, || plugin_loaded(&s, "sleeper")
+        && plugin_loaded(&s, "recorder")));
     let bad = s.url("/webhook/bad");
     let good = s.url("/webhook/good");
-    assert_eq!(post(&bad, samples::TEST_WEBHOOK.as_bytes(), None).status, 200);
+    assert_eq!(
+        post(&bad, samples::TEST_WEBHOOK.as_bytes(), None).status,
+        200
+    );
     for i in 0..50 {
         let body = serde_json::json!({"event_type":"message_received","id":format!("g{i}"),"chat_id":format!("c{}@c.us", i % 5),"body":"hi"});
         assert_eq!(post(&good, body.to_string().as_bytes(), None).status, 200);
     }
     let rows = wait_settled(&s.data_dir(), 56, SETTLE);
-    let reason = |p: &str| rows.iter().find(|d| d.plugin == p).map(|d| (d.state.clone(), d.last_error.clone().unwrap_or_default())).unwrap();
+    let reason = |p: &str| {
+        rows.iter()
+            .find(|d| d.plugin == p)
+            .map(|d| (d.state.clone(), d.last_error.clone().unwrap_or_default()))
+            .unwrap()
+    };
     assert_eq!(reason("spin"), ("dead".into(), "out-of-fuel".into()));
     assert_eq!(reason("membomb"), ("dead".into(), "memory-limit".into()));
     assert_eq!(reason("sleeper"), ("dead".into(), "deadline".into()));
-    assert!(reason("recurse").1.starts_with("trap: "), "{:?}", reason("recurse"));
+    assert!(
+        reason("recurse").1.starts_with("trap: "),
+        "{:?}",
+        reason("recurse")
+    );
     // Rust's shadow stack lives in linear memory: overflowing it is an
     // out-of-bounds access, caught like any other trap.
     let r = reason("recurse").1;
     assert!(r.contains("stack") || r.contains("out of bounds"), "{r}");
-    assert!(reason("panic").1.starts_with("trap: "), "{:?}", reason("panic"));
+    assert!(
+        reason("panic").1.starts_with("trap: "),
+        "{:?}",
+        reason("panic")
+    );
     // The log flood is cut at the line limit and runs out of fuel or time.
     assert_eq!(reason("logflood").0, "dead");
-    let good_done = rows.iter().filter(|d| d.tenant == "good" && d.state == "done").count();
+    let good_done = rows
+        .iter()
+        .filter(|d| d.tenant == "good" && d.state == "done")
+        .count();
     assert_eq!(good_done, 50);
-    assert_eq!(plugin_sql(&s.data_dir(), "good", "recorder", "SELECT count(*) FROM seen"), vec![vec!["50".to_string()]]);
+    assert_eq!(
+        plugin_sql(
+            &s.data_dir(),
+            "good",
+            "recorder",
+            "SELECT count(*) FROM seen"
+        ),
+        vec![vec!["50".to_string()]]
+    );
     // The host is still serving.
     assert_eq!(get(&s.url("/healthz")).status, 200);
 }
@@ -289,17 +405,32 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
     let dir = s.plugins_dir();
     let v1 = std::fs::read(tp.join("probe.wasm")).unwrap();
     let v2 = variant(&v1, "v2");
-    let (h1, h2) = (hookhost::runtime::plugin::hash(&v1), hookhost::runtime::plugin::hash(&v2));
+    let (h1, h2) = (
+        hookhost::runtime::plugin::hash(&v1),
+        hookhost::runtime::plugin::hash(&v2),
+    );
     deploy(&tp, "probe", &dir, "hot", None);
     assert!(wait_until(SETTLE, || plugin_loaded(&s, "hot")));
-    post(&s.url("/webhook"), br#"{"event_type":"ack_update","id":"a","ack":"sent"}"#, None);
+    post(
+        &s.url("/webhook"),
+        br#"{"event_type":"ack_update","id":"a","ack":"sent"}"#,
+        None,
+    );
     wait_settled(&s.data_dir(), 1, SETTLE);
 
     // Replace the file (atomically, as the README tells operators to).
     std::fs::write(dir.join(".hot.tmp"), &v2).unwrap();
     std::fs::rename(dir.join(".hot.tmp"), dir.join("hot.wasm")).unwrap();
-    assert!(wait_until(SETTLE, || get(&s.url("/metrics")).body.as_str().unwrap().contains(&h2[..12])));
-    post(&s.url("/webhook"), br#"{"event_type":"ack_update","id":"b","ack":"sent"}"#, None);
+    assert!(wait_until(SETTLE, || get(&s.url("/metrics"))
+        .body
+        .as_str()
+        .unwrap()
+        .contains(&h2[..12])));
+    post(
+        &s.url("/webhook"),
+        br#"{"event_type":"ack_update","id":"b","ack":"sent"}"#,
+        None,
+    );
     let rows = wait_settled(&s.data_dir(), 2, SETTLE);
     assert_eq!(rows[0].plugin_hash.as_deref(), Some(h1.as_str()));
     assert_eq!(rows[1].plugin_hash.as_deref(), Some(h2.as_str()));
@@ -308,16 +439,31 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
     std::fs::write(dir.join(".hot.tmp"), b"\0asm garbage").unwrap();
     std::fs::rename(dir.join(".hot.tmp"), dir.join("hot.wasm")).unwrap();
     std::thread::sleep(Duration::from_millis(3000));
-    post(&s.url("/webhook"), br#"{"event_type":"ack_update","id":"c","ack":"sent"}"#, None);
+    post(
+        &s.url("/webhook"),
+        br#"{"event_type":"ack_update","id":"c","ack":"sent"}"#,
+        None,
+    );
     let rows = wait_settled(&s.data_dir(), 3, SETTLE);
     assert_eq!(rows[2].state, "done");
     assert_eq!(rows[2].plugin_hash.as_deref(), Some(h2.as_str()));
-    assert_eq!(plugin_sql(&s.data_dir(), "default", "hot", "SELECT count(*) FROM seen"), vec![vec!["3".to_string()]]);
+    assert_eq!(
+        plugin_sql(&s.data_dir(), "default", "hot", "SELECT count(*) FROM seen"),
+        vec![vec!["3".to_string()]]
+    );
 
     // Removing the file unloads the plugin: new events get no delivery.
     std::fs::remove_file(dir.join("hot.wasm")).unwrap();
-    assert!(wait_until(SETTLE, || !get(&s.url("/metrics")).body.as_str().unwrap().contains("hookhost_plugins_loaded{plugin=\"hot\"")));
-    post(&s.url("/webhook"), br#"{"event_type":"ack_update","id":"d","ack":"sent"}"#, None);
+    assert!(wait_until(SETTLE, || !get(&s.url("/metrics"))
+        .body
+        .as_str()
+        .unwrap()
+        .contains("hookhost_plugins_loaded{plugin=\"hot\"")));
+    post(
+        &s.url("/webhook"),
+        br#"{"event_type":"ack_update","id":"d","ack":"sent"}"#,
+        None,
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(deliveries(&s.data_dir()).len(), 3);
 }
@@ -325,7 +471,10 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
 #[test]
 fn one_chat_reaches_a_plugin_in_order() {
     let tp = test_plugins();
-    let s = TestServer::start(&fast_retries("[tenants.default]").replace("max_attempts = 4", "max_attempts = 4\nworkers = 8"));
+    let s = TestServer::start(
+        &fast_retries("[tenants.default]")
+            .replace("max_attempts = 4", "max_attempts = 4\nworkers = 8"),
+    );
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
     assert!(wait_until(SETTLE, || plugin_loaded(&s, "recorder")));
     for i in 0..60 {
@@ -353,7 +502,13 @@ fn a_crash_mid_delivery_resumes_after_restart() {
     let tp = test_plugins();
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
-    deploy(&tp, "probe", &plugins, "slow", Some("[settings]\nattack = \"sleep\"\nsleep_ms = \"1500\"\n[limits]\ntimeout_ms = 10000\n"));
+    deploy(
+        &tp,
+        "probe",
+        &plugins,
+        "slow",
+        Some("[settings]\nattack = \"sleep\"\nsleep_ms = \"1500\"\n[limits]\ntimeout_ms = 10000\n"),
+    );
     let cfg = dir.path().join("hookhost.toml");
     std::fs::write(&cfg, "[tenants.default]\n").unwrap();
     let data = dir.path().join("data");
@@ -378,7 +533,10 @@ fn a_crash_mid_delivery_resumes_after_restart() {
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
                     if v["message"] == "hookhost listening" {
                         let _ = tx.send(v["addr"].as_str().unwrap().to_string());
@@ -386,16 +544,27 @@ fn a_crash_mid_delivery_resumes_after_restart() {
                 }
             }
         });
-        rx.recv_timeout(SETTLE).expect("server announces its address")
+        rx.recv_timeout(SETTLE)
+            .expect("server announces its address")
     };
     let mut child = start();
     let addr = addr_of(&mut child);
     for i in 0..3 {
         let body = serde_json::json!({"event_type":"message_received","id":format!("k{i}"),"chat_id":"one@c.us","body":"x"});
-        assert_eq!(post(&format!("http://{addr}/webhook"), body.to_string().as_bytes(), None).status, 200);
+        assert_eq!(
+            post(
+                &format!("http://{addr}/webhook"),
+                body.to_string().as_bytes(),
+                None
+            )
+            .status,
+            200
+        );
     }
     // Kill while the first delivery runs.
-    assert!(wait_until(SETTLE, || deliveries(&data).iter().any(|d| d.state == "running")));
+    assert!(wait_until(SETTLE, || deliveries(&data)
+        .iter()
+        .any(|d| d.state == "running")));
     child.kill().unwrap();
     child.wait().unwrap();
     let mut child = start();
@@ -406,5 +575,12 @@ fn a_crash_mid_delivery_resumes_after_restart() {
     assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
     let seen = plugin_sql(&data, "default", "slow", "SELECT key FROM seen ORDER BY n");
     let keys: Vec<&str> = seen.iter().map(|r| r[0].as_str()).collect();
-    assert_eq!(keys, [r#"message_received:["k0"]"#, r#"message_received:["k1"]"#, r#"message_received:["k2"]"#]);
+    assert_eq!(
+        keys,
+        [
+            r#"message_received:["k0"]"#,
+            r#"message_received:["k1"]"#,
+            r#"message_received:["k2"]"#
+        ]
+    );
 }

@@ -21,7 +21,9 @@ impl Host for Capabilities {
         Ok((|| {
             self.check(Grant::Kv)?;
             check_key(&key)?;
-            self.store.kv_get(kv_scope(&self.tenant, &self.plugin), &key).map_err(store_err)
+            self.store
+                .kv_get(kv_scope(&self.tenant, &self.plugin), &key)
+                .map_err(store_err)
         })())
     }
 
@@ -32,7 +34,14 @@ impl Host for Capabilities {
             let bytes = value.len();
             let k = key.clone();
             self.store
-                .kv_set(&self.tenant, &self.plugin, key, value, self.limits.kv_keys, self.limits.kv_bytes)
+                .kv_set(
+                    &self.tenant,
+                    &self.plugin,
+                    key,
+                    value,
+                    self.limits.kv_keys,
+                    self.limits.kv_bytes,
+                )
                 .map_err(store_err)?;
             self.note(|| Action::KvSet { key: k, bytes });
             Ok(())
@@ -44,7 +53,9 @@ impl Host for Capabilities {
             self.check(Grant::Kv)?;
             check_key(&key)?;
             let k = key.clone();
-            self.store.kv_delete(&self.tenant, &self.plugin, key).map_err(store_err)?;
+            self.store
+                .kv_delete(&self.tenant, &self.plugin, key)
+                .map_err(store_err)?;
             self.note(|| Action::KvDelete { key: k });
             Ok(())
         })())

@@ -20,7 +20,12 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 }
 
 impl Host for Capabilities {
-    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+    fn log(
+        &mut self,
+        level: Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
         if self.check(Grant::Log).is_err() {
             return Ok(());
         }
@@ -42,15 +47,29 @@ impl Host for Capabilities {
             .join(" ");
         let (tenant, plugin) = (&*self.tenant, &*self.plugin);
         match level {
-            Level::Trace => tracing::trace!(target: "plugin", tenant, plugin, fields = %rendered, "{message}"),
-            Level::Debug => tracing::debug!(target: "plugin", tenant, plugin, fields = %rendered, "{message}"),
-            Level::Info => tracing::info!(target: "plugin", tenant, plugin, fields = %rendered, "{message}"),
-            Level::Warn => tracing::warn!(target: "plugin", tenant, plugin, fields = %rendered, "{message}"),
-            Level::Error => tracing::error!(target: "plugin", tenant, plugin, fields = %rendered, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "plugin", tenant, plugin, fields = %rendered, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "plugin", tenant, plugin, fields = %rendered, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "plugin", tenant, plugin, fields = %rendered, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "plugin", tenant, plugin, fields = %rendered, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "plugin", tenant, plugin, fields = %rendered, "{message}")
+            }
         }
         let level = format!("{level:?}").to_lowercase();
         let message = message.to_string();
-        self.note(|| Action::Log { level, message, fields });
+        self.note(|| Action::Log {
+            level,
+            message,
+            fields,
+        });
         Ok(())
     }
 }

@@ -37,7 +37,12 @@ impl Messenger {
     }
 
     /// One POST to `{base}/api/send-message`.
-    pub fn send_text(&self, msg: &OutgoingText, idem_key: &str, timeout: Duration) -> Result<SentMessage, HostError> {
+    pub fn send_text(
+        &self,
+        msg: &OutgoingText,
+        idem_key: &str,
+        timeout: Duration,
+    ) -> Result<SentMessage, HostError> {
         let mut body = serde_json::json!({
             "instanceId": self.whapi.instance_id,
             "token": String::from_utf8_lossy(self.whapi.token.expose()),
@@ -66,11 +71,20 @@ impl Messenger {
             }
         };
         let status = resp.status().as_u16();
-        let text = resp.body_mut().with_config().limit(64 * 1024).read_to_string().unwrap_or_default();
+        let text = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024)
+            .read_to_string()
+            .unwrap_or_default();
         match status {
-            200..=299 => Ok(SentMessage { message_id: message_id(&text) }),
+            200..=299 => Ok(SentMessage {
+                message_id: message_id(&text),
+            }),
             429 | 500..=599 => Err(HostError::Unavailable(format!("gateway answered {status}"))),
-            _ => Err(HostError::Other(format!("gateway refused the message ({status})"))),
+            _ => Err(HostError::Other(format!(
+                "gateway refused the message ({status})"
+            ))),
         }
     }
 }
@@ -88,24 +102,39 @@ fn message_id(body: &str) -> Option<String> {
         }
         None
     };
-    pick(&v).or_else(|| v.get("data").and_then(pick)).or_else(|| v.get("message").and_then(pick))
+    pick(&v)
+        .or_else(|| v.get("data").and_then(pick))
+        .or_else(|| v.get("message").and_then(pick))
 }
 
 impl Host for Capabilities {
-    fn send_text(&mut self, message: OutgoingText) -> wasmtime::Result<Result<Option<String>, HostError>> {
+    fn send_text(
+        &mut self,
+        message: OutgoingText,
+    ) -> wasmtime::Result<Result<Option<String>, HostError>> {
         Ok((|| {
             self.check(Grant::Messaging)?;
             let Some(messenger) = self.messenger.clone() else {
-                return Err(HostError::Unavailable("no gateway account configured for this tenant".into()));
+                // Permanent: retrying will not create the account.
+                return Err(HostError::Other(
+                    "no gateway account configured for this tenant".into(),
+                ));
             };
-            if message.text.is_empty() || message.text.len() > MAX_TEXT || message.to.is_empty() || message.to.len() > 256 {
+            if message.text.is_empty()
+                || message.text.len() > MAX_TEXT
+                || message.to.is_empty()
+                || message.to.len() > 256
+            {
                 return Err(HostError::Invalid("empty or oversized message".into()));
             }
             if self.sends >= MAX_SENDS_PER_DELIVERY {
                 return Err(HostError::QuotaExceeded);
             }
             self.sends += 1;
-            let idem_key = format!("{}/{}/{}/{}", self.tenant, self.event_seq, self.plugin, self.sends);
+            let idem_key = format!(
+                "{}/{}/{}/{}",
+                self.tenant, self.event_seq, self.plugin, self.sends
+            );
             self.note(|| Action::Send {
                 to: message.to.clone(),
                 text: message.text.clone(),

@@ -9,8 +9,8 @@ mod log;
 mod messaging;
 mod sql;
 
-pub use messaging::{Messenger, SentMessage};
 pub(crate) use log::truncate;
+pub use messaging::{Messenger, SentMessage};
 pub use sql::SqlDb;
 
 use crate::bindings::types::{self, HostError};
@@ -47,11 +47,26 @@ pub struct Capabilities {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Action {
-    Log { level: String, message: String, fields: Vec<(String, String)> },
-    KvSet { key: String, bytes: usize },
-    KvDelete { key: String },
-    Sql { statement: String },
-    Send { to: String, text: String, quoted_message_id: Option<String> },
+    Log {
+        level: String,
+        message: String,
+        fields: Vec<(String, String)>,
+    },
+    KvSet {
+        key: String,
+        bytes: usize,
+    },
+    KvDelete {
+        key: String,
+    },
+    Sql {
+        statement: String,
+    },
+    Send {
+        to: String,
+        text: String,
+        quoted_message_id: Option<String>,
+    },
 }
 
 impl Capabilities {
@@ -81,7 +96,9 @@ impl types::Host for Capabilities {}
 /// Store errors reach the guest without internals.
 fn store_err(e: crate::store::StoreError) -> HostError {
     match e {
-        crate::store::StoreError::Invalid(m) if m == crate::store::KvError::Quota.to_string() => HostError::QuotaExceeded,
+        crate::store::StoreError::Invalid(m) if m == crate::store::KvError::Quota.to_string() => {
+            HostError::QuotaExceeded
+        }
         crate::store::StoreError::Invalid(m) => HostError::Invalid(m),
         e => {
             tracing::warn!(error = %e, "capability store error");

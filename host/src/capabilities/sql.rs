@@ -43,8 +43,14 @@ impl SqlDb {
 
 fn authorize(ctx: AuthContext<'_>) -> Authorization {
     match ctx.action {
-        AuthAction::Attach { .. } | AuthAction::Detach { .. } | AuthAction::Pragma { .. } => Authorization::Deny,
-        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => Authorization::Deny,
+        AuthAction::Attach { .. } | AuthAction::Detach { .. } | AuthAction::Pragma { .. } => {
+            Authorization::Deny
+        }
+        AuthAction::Function { function_name }
+            if function_name.eq_ignore_ascii_case("load_extension") =>
+        {
+            Authorization::Deny
+        }
         // Direct writes to sqlite_master are refused by SQLITE_DBCONFIG_DEFENSIVE
         // (and `PRAGMA writable_schema` by the rule above); CREATE statements
         // still update it through SQLite itself.
@@ -58,17 +64,29 @@ fn open(path: &std::path::Path, max_mb: u64) -> rusqlite::Result<Connection> {
     }
     let c = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
     let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-    c.pragma_update(None, "max_page_count", (max_mb as i64 * 1024 * 1024) / page.max(512))?;
+    c.pragma_update(
+        None,
+        "max_page_count",
+        (max_mb as i64 * 1024 * 1024) / page.max(512),
+    )?;
     c.pragma_update(None, "trusted_schema", "OFF")?;
     c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true)?;
     c.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_ATTACHED, 0)?;
-    c.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 8 * 1024 * 1024)?;
-    c.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH, MAX_STATEMENT as i32)?;
+    c.set_limit(
+        rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+        8 * 1024 * 1024,
+    )?;
+    c.set_limit(
+        rusqlite::limits::Limit::SQLITE_LIMIT_SQL_LENGTH,
+        MAX_STATEMENT as i32,
+    )?;
     c.authorizer(Some(authorize));
     Ok(c)
 }
@@ -90,9 +108,13 @@ impl rusqlite::ToSql for Param<'_> {
 fn sql_err(e: rusqlite::Error) -> HostError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DiskFull) => HostError::QuotaExceeded,
-        Some(rusqlite::ErrorCode::OperationInterrupted) => HostError::Unavailable("statement interrupted at the deadline".into()),
+        Some(rusqlite::ErrorCode::OperationInterrupted) => {
+            HostError::Unavailable("statement interrupted at the deadline".into())
+        }
         Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) => HostError::AccessDenied,
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => HostError::Unavailable("database busy".into()),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            HostError::Unavailable("database busy".into())
+        }
         _ => HostError::Invalid(e.to_string()),
     }
 }
@@ -112,18 +134,28 @@ impl Capabilities {
 }
 
 impl Host for Capabilities {
-    fn execute(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<u64, HostError>> {
+    fn execute(
+        &mut self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<u64, HostError>> {
         Ok((|| {
             self.sql_prepare(&statement)?;
             let c = self.sql.open(self.limits.sql_mb, self.deadline)?;
             let mut st = c.prepare(&statement).map_err(sql_err)?;
             let params: Vec<Param> = params.iter().map(Param).collect();
-            let n = st.execute(rusqlite::params_from_iter(params)).map_err(sql_err)?;
+            let n = st
+                .execute(rusqlite::params_from_iter(params))
+                .map_err(sql_err)?;
             Ok(n as u64)
         })())
     }
 
-    fn query(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<Rows, HostError>> {
+    fn query(
+        &mut self,
+        statement: String,
+        params: Vec<Value>,
+    ) -> wasmtime::Result<Result<Rows, HostError>> {
         Ok((|| {
             self.sql_prepare(&statement)?;
             let max_rows = self.limits.sql_rows;
@@ -131,7 +163,9 @@ impl Host for Capabilities {
             let mut st = c.prepare(&statement).map_err(sql_err)?;
             let columns: Vec<String> = st.column_names().iter().map(|s| s.to_string()).collect();
             let params: Vec<Param> = params.iter().map(Param).collect();
-            let mut rows = st.query(rusqlite::params_from_iter(params)).map_err(sql_err)?;
+            let mut rows = st
+                .query(rusqlite::params_from_iter(params))
+                .map_err(sql_err)?;
             let mut out = Vec::new();
             let mut bytes = 0usize;
             while let Some(r) = rows.next().map_err(sql_err)? {

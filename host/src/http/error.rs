@@ -47,13 +47,19 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let mut r = (self.status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        let mut r = (
+            self.status(),
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
         match self {
             AppError::RateLimited { retry_after_s } => {
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
             }
             AppError::StoreUnavailable => {
-                r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -45,10 +45,14 @@ async fn receive(
                 AppError::BadRequest("could not read request body".into())
             }
         })?;
-        let tenant = state.tenants.get(tenant_name).ok_or(AppError::UnknownTenant)?;
+        let tenant = state
+            .tenants
+            .get(tenant_name)
+            .ok_or(AppError::UnknownTenant)?;
         if !tenant.secrets.is_empty() {
             let sig = headers.get(signature::HEADER).map(|v| v.as_bytes());
-            signature::verify(&tenant.secrets, sig, &body).map_err(|e| AppError::Unauthorized(e.to_string()))?;
+            signature::verify(&tenant.secrets, sig, &body)
+                .map_err(|e| AppError::Unauthorized(e.to_string()))?;
         }
         let parsed = event::parse(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
         let event_type = parsed.event.event_type().to_string();
@@ -70,14 +74,20 @@ async fn receive(
     match outcome {
         Ok((key, event_type, stored)) => {
             let duplicate = matches!(stored, IngestOutcome::Duplicate { .. });
-            metrics.received(tenant_name, &event_type, if duplicate { "duplicate" } else { "stored" });
+            metrics.received(
+                tenant_name,
+                &event_type,
+                if duplicate { "duplicate" } else { "stored" },
+            );
             if duplicate {
                 tracing::debug!(tenant = tenant_name, key, "duplicate event");
             } else {
                 tracing::info!(tenant = tenant_name, key, event_type, "event stored");
                 state.wake.notify_one();
             }
-            Ok(Json(json!({ "ok": true, "duplicate": duplicate, "key": key })))
+            Ok(Json(
+                json!({ "ok": true, "duplicate": duplicate, "key": key }),
+            ))
         }
         Err(e) => {
             let label = match &e {
@@ -90,7 +100,11 @@ async fn receive(
             };
             // Unknown tenants are not labelled by name: anyone could fill the
             // metrics with invented names.
-            let t = if matches!(e, AppError::UnknownTenant) { "-" } else { tenant_name };
+            let t = if matches!(e, AppError::UnknownTenant) {
+                "-"
+            } else {
+                tenant_name
+            };
             metrics.received(t, "-", label);
             Err(e)
         }

@@ -20,11 +20,17 @@ impl CompileCache {
     }
 
     fn path(&self, rt: &Runtime, hash: &str) -> PathBuf {
-        self.dir.join(format!("{hash}-{}.cwasm", rt.engine_fingerprint()))
+        self.dir
+            .join(format!("{hash}-{}.cwasm", rt.engine_fingerprint()))
     }
 
     /// Loads `bytes` (whose SHA-256 is `hash`) from the cache or compiles it.
-    pub fn load(&self, rt: &Runtime, hash: &str, bytes: &[u8]) -> anyhow::Result<(Component, Source)> {
+    pub fn load(
+        &self,
+        rt: &Runtime,
+        hash: &str,
+        bytes: &[u8],
+    ) -> anyhow::Result<(Component, Source)> {
         let path = self.path(rt, hash);
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of this
@@ -32,7 +38,9 @@ impl CompileCache {
             // directory only the host writes.
             match unsafe { Component::deserialize_file(&rt.engine, &path) } {
                 Ok(c) => return Ok((c, Source::Cache)),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cache entry"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cache entry")
+                }
             }
         }
         let component = Component::new(&rt.engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?;

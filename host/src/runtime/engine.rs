@@ -57,7 +57,11 @@ impl Runtime {
                     e.increment_epoch();
                 }
             })?;
-        Ok(Arc::new(Runtime { engine, linker, stop }))
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            stop,
+        }))
     }
 
     /// A hex string that changes whenever compiled code would not load.

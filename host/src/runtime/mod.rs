@@ -10,5 +10,5 @@ pub mod registry;
 pub mod sandbox;
 
 pub use plugin::LoadedPlugin;
-pub use registry::{Policy, PluginStatus, Registry};
+pub use registry::{PluginStatus, Policy, Registry};
 pub use sandbox::{deliver, Failure, Report};

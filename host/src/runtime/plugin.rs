@@ -57,7 +57,12 @@ pub enum LoadError {
 
 /// Compiles (or loads from cache) and links a component. Subscriptions are
 /// filled in by the caller, which knows the plugin's limits.
-pub fn load(rt: &Arc<Runtime>, cache: &CompileCache, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, LoadError> {
+pub fn load(
+    rt: &Arc<Runtime>,
+    cache: &CompileCache,
+    name: &str,
+    bytes: &[u8],
+) -> Result<LoadedPlugin, LoadError> {
     let hash = hash(bytes);
     let start = Instant::now();
     let (component, source) = cache

@@ -79,41 +79,57 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn start(config: &Config, tenants: Arc<BTreeMap<String, Tenant>>, store: Store, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Registry>> {
+    pub fn start(
+        config: &Config,
+        tenants: Arc<BTreeMap<String, Tenant>>,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Registry>> {
         let reg = Self::new(config, tenants, store, metrics)?;
         let r = reg.clone();
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         *reg.kick.lock().unwrap() = Some(tx.clone());
         let watcher = watch(&reg.dir, tx);
-        std::thread::Builder::new().name("plugin-loader".into()).spawn(move || {
-            let _watcher = watcher;
-            r.scan();
-            r.mark_initial_done();
-            while !r.stop.load(Ordering::Relaxed) {
-                match rx.recv_timeout(RESCAN) {
-                    // Let a burst of file events settle (a copy in progress).
-                    Ok(()) => {
-                        std::thread::sleep(Duration::from_millis(100));
-                        while rx.try_recv().is_ok() {}
+        std::thread::Builder::new()
+            .name("plugin-loader".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                r.scan();
+                r.mark_initial_done();
+                while !r.stop.load(Ordering::Relaxed) {
+                    match rx.recv_timeout(RESCAN) {
+                        // Let a burst of file events settle (a copy in progress).
+                        Ok(()) => {
+                            std::thread::sleep(Duration::from_millis(100));
+                            while rx.try_recv().is_ok() {}
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     }
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    if !r.stop.load(Ordering::Relaxed) {
+                        r.scan();
+                    }
                 }
-                if !r.stop.load(Ordering::Relaxed) {
-                    r.scan();
-                }
-            }
-        })?;
+            })?;
         Ok(reg)
     }
 
     /// A registry without the watcher thread (offline commands).
-    pub fn new(config: &Config, tenants: Arc<BTreeMap<String, Tenant>>, store: Store, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Registry>> {
+    pub fn new(
+        config: &Config,
+        tenants: Arc<BTreeMap<String, Tenant>>,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Registry>> {
         let max_mem = max_memory_mb(config);
         let runtime = Runtime::new(config.runtime.pooling, max_mem)?;
         let messengers = tenants
             .iter()
-            .filter_map(|(n, t)| t.whapi.clone().map(|w| (n.clone(), Arc::new(Messenger::new(w)))))
+            .filter_map(|(n, t)| {
+                t.whapi
+                    .clone()
+                    .map(|w| (n.clone(), Arc::new(Messenger::new(w))))
+            })
             .collect();
         Ok(Arc::new(Registry {
             runtime,
@@ -149,7 +165,11 @@ impl Registry {
     /// Blocks until the first scan is over, at most `timeout`.
     pub fn wait_initial(&self, timeout: Duration) -> bool {
         let g = self.initial.0.lock().unwrap();
-        let (g, _) = self.initial.1.wait_timeout_while(g, timeout, |done| !*done).unwrap();
+        let (g, _) = self
+            .initial
+            .1
+            .wait_timeout_while(g, timeout, |done| !*done)
+            .unwrap();
         *g
     }
 
@@ -184,7 +204,9 @@ impl Registry {
         let mut out: Vec<String> = self
             .tenants
             .values()
-            .filter(|t| t.config.plugins.iter().any(|p| p == plugin) || t.config.plugin.contains_key(plugin))
+            .filter(|t| {
+                t.config.plugins.iter().any(|p| p == plugin) || t.config.plugin.contains_key(plugin)
+            })
             .map(|t| t.name.clone())
             .collect();
         if let Some(ts) = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref()) {
@@ -225,7 +247,8 @@ impl Registry {
                 settings.insert(k.clone(), v.clone());
             }
         }
-        let settings = serde_json::to_value(settings).unwrap_or(serde_json::Value::Object(Default::default()));
+        let settings =
+            serde_json::to_value(settings).unwrap_or(serde_json::Value::Object(Default::default()));
         Policy {
             grants: grants.into_iter().collect(),
             limits,
@@ -234,7 +257,13 @@ impl Registry {
     }
 
     /// Capabilities for one delivery of `plugin` for `tenant`.
-    pub fn capabilities(&self, tenant: &str, plugin: &str, event_seq: i64, policy: &Policy) -> Capabilities {
+    pub fn capabilities(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        event_seq: i64,
+        policy: &Policy,
+    ) -> Capabilities {
         Capabilities {
             tenant: tenant.into(),
             plugin: plugin.into(),
@@ -255,7 +284,10 @@ impl Registry {
     }
 
     pub fn sql_path(&self, tenant: &str, plugin: &str) -> PathBuf {
-        self.data_dir.join("plugin-data").join(tenant).join(format!("{plugin}.sqlite"))
+        self.data_dir
+            .join("plugin-data")
+            .join(tenant)
+            .join(format!("{plugin}.sqlite"))
     }
 
     pub fn statuses(&self) -> Vec<PluginStatus> {
@@ -275,10 +307,19 @@ impl Registry {
                     },
                     hash: p.map(|p| p.hash.clone()),
                     size: p.map(|p| p.size),
-                    loaded_at_ms: p.map(|p| p.loaded_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)),
+                    loaded_at_ms: p.map(|p| {
+                        p.loaded_at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_millis() as i64)
+                            .unwrap_or(0)
+                    }),
                     compile_ms: p.map(|p| p.compile_time.as_millis() as u64),
                     from_cache: p.map(|p| p.from_cache),
-                    subscriptions: p.and_then(|p| p.subscriptions.as_ref().map(|s| s.iter().map(|k| super::convert::kind_name(*k)).collect())),
+                    subscriptions: p.and_then(|p| {
+                        p.subscriptions
+                            .as_ref()
+                            .map(|s| s.iter().map(|k| super::convert::kind_name(*k)).collect())
+                    }),
                     last_error: err,
                     tenants: self.assigned(&st, name),
                 }
@@ -302,19 +343,33 @@ impl Registry {
         let mut sidecars = BTreeMap::new();
         for e in entries.flatten() {
             let path = e.path();
-            let (Some(stem), Some(ext)) = (path.file_stem().and_then(|s| s.to_str()), path.extension().and_then(|s| s.to_str())) else {
+            let (Some(stem), Some(ext)) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
                 continue;
             };
             if !crate::config::valid_name(stem) {
                 continue;
             }
-            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
             if !meta.is_file() {
                 continue;
             }
             match ext {
                 "wasm" => {
-                    wasm.insert(stem.to_string(), (path, (meta.len(), meta.modified().unwrap_or(SystemTime::UNIX_EPOCH))));
+                    wasm.insert(
+                        stem.to_string(),
+                        (
+                            path,
+                            (
+                                meta.len(),
+                                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                            ),
+                        ),
+                    );
                 }
                 "toml" => {
                     sidecars.insert(stem.to_string(), path);
@@ -340,7 +395,10 @@ impl Registry {
     fn load_sidecars(&self, files: &BTreeMap<String, PathBuf>) {
         let mut parsed = BTreeMap::new();
         for (name, path) in files {
-            match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|t| toml::from_str::<Sidecar>(&t).map_err(|e| e.to_string())) {
+            match std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| toml::from_str::<Sidecar>(&t).map_err(|e| e.to_string()))
+            {
                 Ok(s) => {
                     parsed.insert(name.clone(), s);
                 }
@@ -358,7 +416,12 @@ impl Registry {
 
     fn apply_removals(&self, present: &BTreeSet<String>) {
         let mut st = self.state.write().unwrap();
-        let gone: Vec<String> = st.stamps.keys().filter(|n| !present.contains(*n)).cloned().collect();
+        let gone: Vec<String> = st
+            .stamps
+            .keys()
+            .filter(|n| !present.contains(*n))
+            .cloned()
+            .collect();
         for n in gone {
             st.stamps.remove(&n);
             st.errors.remove(&n);
@@ -379,17 +442,31 @@ impl Registry {
         let hash = plugin::hash(&bytes);
         {
             let mut st = self.state.write().unwrap();
-            if st.plugins.get(name).map(|p| p.hash == hash).unwrap_or(false) {
+            if st
+                .plugins
+                .get(name)
+                .map(|p| p.hash == hash)
+                .unwrap_or(false)
+            {
                 st.stamps.insert(name.to_string(), stamp);
                 st.errors.remove(name);
                 return;
             }
             // Seen now: `plugins_for` lists it while it compiles.
-            st.stamps.entry(name.to_string()).or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
+            st.stamps
+                .entry(name.to_string())
+                .or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
         }
         match self.load_bytes(name, &bytes) {
             Ok(p) => {
-                tracing::info!(plugin = name, hash = p.short_hash(), size = p.size, compile_ms = p.compile_time.as_millis() as u64, from_cache = p.from_cache, "plugin loaded");
+                tracing::info!(
+                    plugin = name,
+                    hash = p.short_hash(),
+                    size = p.size,
+                    compile_ms = p.compile_time.as_millis() as u64,
+                    from_cache = p.from_cache,
+                    "plugin loaded"
+                );
                 let mut st = self.state.write().unwrap();
                 st.plugins.insert(name.to_string(), Arc::new(p));
                 st.stamps.insert(name.to_string(), stamp);
@@ -407,27 +484,45 @@ impl Registry {
 
     /// Compiles, links and asks for subscriptions.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, String> {
-        let mut p = plugin::load(&self.runtime, &self.cache, name, bytes).map_err(|e| e.to_string())?;
+        let mut p =
+            plugin::load(&self.runtime, &self.cache, name, bytes).map_err(|e| e.to_string())?;
         let policy = Policy {
             grants: BTreeSet::new(),
             limits: self.defaults,
             settings: Arc::new(serde_json::json!({})),
         };
         let caps = self.capabilities("-", name, -1, &policy);
-        p.subscriptions = sandbox::subscriptions(&p, caps, &self.defaults).map_err(|e| format!("subscriptions() failed: {e}"))?;
+        p.subscriptions = sandbox::subscriptions(&p, caps, &self.defaults)
+            .map_err(|e| format!("subscriptions() failed: {e}"))?;
         Ok(p)
     }
 
     fn publish_metrics(&self) {
         let st = self.state.read().unwrap();
-        let live: BTreeSet<(String, String)> = st.plugins.values().map(|p| (p.name.clone(), p.short_hash().to_string())).collect();
+        let live: BTreeSet<(String, String)> = st
+            .plugins
+            .values()
+            .map(|p| (p.name.clone(), p.short_hash().to_string()))
+            .collect();
         self.metrics.remove_gauges("hookhost_plugins_loaded", |l| {
-            let name = l.iter().find(|(k, _)| *k == "plugin").map(|(_, v)| v.clone()).unwrap_or_default();
-            let hash = l.iter().find(|(k, _)| *k == "hash").map(|(_, v)| v.clone()).unwrap_or_default();
+            let name = l
+                .iter()
+                .find(|(k, _)| *k == "plugin")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let hash = l
+                .iter()
+                .find(|(k, _)| *k == "hash")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
             live.contains(&(name, hash))
         });
         for (name, hash) in live {
-            self.metrics.set("hookhost_plugins_loaded", vec![("plugin", name), ("hash", hash)], 1.0);
+            self.metrics.set(
+                "hookhost_plugins_loaded",
+                vec![("plugin", name), ("hash", hash)],
+                1.0,
+            );
         }
     }
 }

@@ -24,7 +24,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -37,7 +40,12 @@ struct Limiter {
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_memory {
             self.hit = Some(Failure::MemoryLimit);
             return Ok(false);
@@ -45,7 +53,12 @@ impl ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_table_elements {
             self.hit = Some(Failure::TableLimit);
             return Ok(false);
@@ -106,7 +119,12 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Trap(m) | Failure::Instantiate(m) | Failure::Retry(m) | Failure::Reject(m) => {
-                write!(f, "{}: {}", self.label(), crate::capabilities::truncate(m, 1000))
+                write!(
+                    f,
+                    "{}: {}",
+                    self.label(),
+                    crate::capabilities::truncate(m, 1000)
+                )
             }
             _ => f.write_str(self.label()),
         }
@@ -124,11 +142,18 @@ pub struct Report {
     pub log_dropped: u32,
 }
 
-fn store_for(plugin: &LoadedPlugin, caps: Capabilities, limits: &Limits) -> (Store<HostState>, MemoryOutputPipe) {
+fn store_for(
+    plugin: &LoadedPlugin,
+    caps: Capabilities,
+    limits: &Limits,
+) -> (Store<HostState>, MemoryOutputPipe) {
     let out = MemoryOutputPipe::new(CAPTURE_BYTES);
     // Nothing is granted: no preopens, no environment, no arguments, no
     // network. Clocks and random are available.
-    let wasi = WasiCtxBuilder::new().stdout(out.clone()).stderr(out.clone()).build();
+    let wasi = WasiCtxBuilder::new()
+        .stdout(out.clone())
+        .stderr(out.clone())
+        .build();
     let state = HostState {
         wasi,
         table: ResourceTable::new(),
@@ -183,7 +208,10 @@ pub fn deliver(
             Failure::Trap(m) => Failure::Instantiate(m),
             other => other,
         }),
-        Ok(p) => match p.hookhost_plugin_handler().call_handle(&mut store, event, ctx) {
+        Ok(p) => match p
+            .hookhost_plugin_handler()
+            .call_handle(&mut store, event, ctx)
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(wit::HandlerError::Retry(m))) => Err(Failure::Retry(m)),
             Ok(Err(wit::HandlerError::Reject(m))) => Err(Failure::Reject(m)),
@@ -204,7 +232,11 @@ pub fn deliver(
 }
 
 /// Asks a plugin which event kinds it wants (`None`: all of them).
-pub fn subscriptions(plugin: &LoadedPlugin, caps: Capabilities, limits: &Limits) -> Result<Option<Vec<wit::EventKind>>, Failure> {
+pub fn subscriptions(
+    plugin: &LoadedPlugin,
+    caps: Capabilities,
+    limits: &Limits,
+) -> Result<Option<Vec<wit::EventKind>>, Failure> {
     let (mut store, _out) = store_for(plugin, caps, limits);
     let p = plugin
         .pre

@@ -38,9 +38,18 @@ fn insert(c: &Connection, e: &NewEvent) -> Result<IngestOutcome, StoreError> {
         "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant, key) DO NOTHING",
     )?;
-    let n = st.execute(params![e.tenant, e.key, e.event_type, e.ordering_key, e.body, e.received_at])?;
+    let n = st.execute(params![
+        e.tenant,
+        e.key,
+        e.event_type,
+        e.ordering_key,
+        e.body,
+        e.received_at
+    ])?;
     if n == 1 {
-        return Ok(IngestOutcome::Stored { seq: c.last_insert_rowid() });
+        return Ok(IngestOutcome::Stored {
+            seq: c.last_insert_rowid(),
+        });
     }
     let seq = c
         .prepare_cached("SELECT seq FROM events WHERE tenant = ?1 AND key = ?2")?
@@ -63,7 +72,12 @@ fn row(r: &rusqlite::Row) -> rusqlite::Result<EventRow> {
 const COLUMNS: &str = "seq, tenant, key, event_type, ordering_key, body, received_at";
 
 /// Events after `after_seq`, oldest first.
-pub fn list(c: &Connection, tenant: Option<&str>, after_seq: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+pub fn list(
+    c: &Connection,
+    tenant: Option<&str>,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<EventRow>, StoreError> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM events WHERE seq > ?1 AND (?2 IS NULL OR tenant = ?2) ORDER BY seq LIMIT ?3"
     ))?;
@@ -84,7 +98,12 @@ impl Store {
         self.write(move |c| insert(c, &event)).await
     }
 
-    pub fn events_after(&self, tenant: Option<&str>, after_seq: i64, limit: i64) -> Result<Vec<EventRow>, StoreError> {
+    pub fn events_after(
+        &self,
+        tenant: Option<&str>,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
         self.read(|c| list(c, tenant, after_seq, limit))
     }
 

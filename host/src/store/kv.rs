@@ -18,9 +18,11 @@ pub struct Scope<'a> {
 impl Store {
     pub fn kv_get(&self, s: Scope, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3")?
-                .query_row(params![s.tenant, s.plugin, key], |r| r.get(0))
-                .optional()?)
+            Ok(c.prepare_cached(
+                "SELECT value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
+            )?
+            .query_row(params![s.tenant, s.plugin, key], |r| r.get(0))
+            .optional()?)
         })
     }
 
@@ -32,14 +34,24 @@ impl Store {
                  AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
             )?;
             let keys = st
-                .query_map(params![s.tenant, s.plugin, prefix, limit as i64], |r| r.get(0))?
+                .query_map(params![s.tenant, s.plugin, prefix, limit as i64], |r| {
+                    r.get(0)
+                })?
                 .collect::<Result<Vec<String>, _>>()?;
             Ok(keys)
         })
     }
 
     /// Sets `key`; refuses with `Invalid("quota")` past the key or byte quota.
-    pub fn kv_set(&self, tenant: &str, plugin: &str, key: String, value: Vec<u8>, max_keys: u64, max_bytes: u64) -> Result<(), StoreError> {
+    pub fn kv_set(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        key: String,
+        value: Vec<u8>,
+        max_keys: u64,
+        max_bytes: u64,
+    ) -> Result<(), StoreError> {
         let (tenant, plugin) = (tenant.to_string(), plugin.to_string());
         self.write_blocking(move |c| {
             let (keys, bytes): (i64, i64) = c
@@ -73,13 +85,23 @@ impl Store {
     /// A send already made under this idempotency key: `Some(message id)`.
     pub fn send_recorded(&self, idem_key: &str) -> Result<Option<Option<String>>, StoreError> {
         self.read(|c| {
-            Ok(c.prepare_cached("SELECT message_id FROM sends WHERE idem_key = ?1")?
-                .query_row([idem_key], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT message_id FROM sends WHERE idem_key = ?1")?
+                    .query_row([idem_key], |r| r.get(0))
+                    .optional()?,
+            )
         })
     }
 
-    pub fn record_send(&self, idem_key: String, tenant: &str, plugin: &str, event_seq: i64, recipient: String, message_id: Option<String>) -> Result<(), StoreError> {
+    pub fn record_send(
+        &self,
+        idem_key: String,
+        tenant: &str,
+        plugin: &str,
+        event_seq: i64,
+        recipient: String,
+        message_id: Option<String>,
+    ) -> Result<(), StoreError> {
         let (tenant, plugin) = (tenant.to_string(), plugin.to_string());
         self.write_blocking(move |c| {
             c.prepare_cached(

@@ -43,7 +43,10 @@ pub struct DeliveryRow {
 }
 
 pub(super) fn requeue_running(c: &Connection) -> rusqlite::Result<usize> {
-    c.execute("UPDATE deliveries SET state = 'pending' WHERE state = 'running'", [])
+    c.execute(
+        "UPDATE deliveries SET state = 'pending' WHERE state = 'running'",
+        [],
+    )
 }
 
 const FANOUT_CURSOR: &str = "fanout_cursor";
@@ -54,7 +57,11 @@ impl Store {
     pub fn fanout_cursor(&self) -> Result<i64, StoreError> {
         self.read(|c| {
             let v: Option<i64> = c
-                .query_row("SELECT value FROM meta WHERE key = ?1", [FANOUT_CURSOR], |r| r.get(0))
+                .query_row(
+                    "SELECT value FROM meta WHERE key = ?1",
+                    [FANOUT_CURSOR],
+                    |r| r.get(0),
+                )
                 .ok();
             Ok(v.unwrap_or(0))
         })
@@ -137,12 +144,19 @@ impl Store {
         .await
     }
 
-    pub async fn finish(&self, event_seq: i64, plugin: String, outcome: DeliveryOutcome) -> Result<(), StoreError> {
+    pub async fn finish(
+        &self,
+        event_seq: i64,
+        plugin: String,
+        outcome: DeliveryOutcome,
+    ) -> Result<(), StoreError> {
         self.write(move |c| {
             let now = now_ms();
             let (state, error, next_at) = match &outcome {
                 DeliveryOutcome::Done => ("done", None, 0),
-                DeliveryOutcome::Retry { error, next_at } => ("failed", Some(error.as_str()), *next_at),
+                DeliveryOutcome::Retry { error, next_at } => {
+                    ("failed", Some(error.as_str()), *next_at)
+                }
                 DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), 0),
             };
             c.prepare_cached(
@@ -155,12 +169,22 @@ impl Store {
         .await
     }
 
-    pub fn deliveries(&self, event_seq: Option<i64>, state: Option<&str>, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+    pub fn deliveries(
+        &self,
+        event_seq: Option<i64>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
         self.read(|c| list_deliveries(c, event_seq, state, limit))
     }
 }
 
-pub fn list_deliveries(c: &Connection, event_seq: Option<i64>, state: Option<&str>, limit: i64) -> Result<Vec<DeliveryRow>, StoreError> {
+pub fn list_deliveries(
+    c: &Connection,
+    event_seq: Option<i64>,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut st = c.prepare_cached(
         "SELECT event_seq, plugin, tenant, state, attempts, next_at, last_error, plugin_hash, updated_at
          FROM deliveries WHERE (?1 IS NULL OR event_seq = ?1) AND (?2 IS NULL OR state = ?2)

@@ -120,8 +120,9 @@ impl Store {
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Store {
         let path = data_dir.join("hookhost.sqlite");
         let conn = (|| -> Result<Connection, StoreError> {
-            std::fs::create_dir_all(data_dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display())))?;
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
+            })?;
             let mut c = open_connection(&path, &opts, true)?;
             schema::migrate(&mut c)?;
             // Deliveries that were running when the process stopped run again.
@@ -136,7 +137,11 @@ impl Store {
             }
         };
         let (tx, rx) = mpsc::channel();
-        let w = Writer { path: path.clone(), opts: opts.clone(), rx };
+        let w = Writer {
+            path: path.clone(),
+            opts: opts.clone(),
+            rx,
+        };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || w.run(conn))
@@ -162,7 +167,11 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let op: Box<dyn WriteOp> = Box::new(Op { f: Some(f), result: None, reply });
+        let op: Box<dyn WriteOp> = Box::new(Op {
+            f: Some(f),
+            result: None,
+            reply,
+        });
         let sent = match self.inner.tx.lock().unwrap().as_ref() {
             Some(tx) => tx.send(op).map_err(|e| e.0),
             None => Err(op),
@@ -196,7 +205,10 @@ impl Store {
     }
 
     /// Runs `f` on a read connection (blocking; call from a blocking thread).
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = self.inner.readers.lock().unwrap().pop();
         let conn = match conn {
             Some(c) => c,
@@ -236,7 +248,10 @@ impl Store {
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
     let path = data_dir.join("hookhost.sqlite");
     if !path.exists() {
-        return Err(StoreError::Unavailable(format!("no store at {}", path.display())));
+        return Err(StoreError::Unavailable(format!(
+            "no store at {}",
+            path.display()
+        )));
     }
     let opts = StoreOptions {
         synchronous: Synchronous::Full,

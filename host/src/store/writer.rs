@@ -58,14 +58,28 @@ fn is_fatal(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::*;
     matches!(
         e.sqlite_error_code(),
-        Some(DiskFull | SystemIoFailure | ReadOnly | CannotOpen | DatabaseBusy | DatabaseLocked | DatabaseCorrupt | NotADatabase | FileLockingProtocolFailed | PermissionDenied)
+        Some(
+            DiskFull
+                | SystemIoFailure
+                | ReadOnly
+                | CannotOpen
+                | DatabaseBusy
+                | DatabaseLocked
+                | DatabaseCorrupt
+                | NotADatabase
+                | FileLockingProtocolFailed
+                | PermissionDenied
+        )
     )
 }
 
 fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     match e {
         rusqlite::Error::SqliteFailure(f, m) => rusqlite::Error::SqliteFailure(*f, m.clone()),
-        other => rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), Some(other.to_string())),
+        other => rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            Some(other.to_string()),
+        ),
     }
 }
 
@@ -93,7 +107,10 @@ impl Writer {
                 tracing::error!(path = %self.path.display(), "database file vanished or was replaced; refusing writes until restart");
                 conn = None;
             }
-            if conn.is_none() && identity.is_none() && last_open_try.elapsed() > Duration::from_millis(500) {
+            if conn.is_none()
+                && identity.is_none()
+                && last_open_try.elapsed() > Duration::from_millis(500)
+            {
                 // Never opened (the store was unavailable at start): try again.
                 last_open_try = Instant::now();
                 if let Ok(c) = open_connection(&self.path, &self.opts, true) {
@@ -102,7 +119,9 @@ impl Writer {
             }
             let Some(c) = conn.as_mut() else {
                 for op in batch {
-                    op.complete(Err(StoreError::Unavailable("database is not available".into())));
+                    op.complete(Err(StoreError::Unavailable(
+                        "database is not available".into(),
+                    )));
                 }
                 continue;
             };

@@ -32,7 +32,11 @@ impl TestServer {
 
     pub fn start_in(dir: tempfile::TempDir, config: Config) -> TestServer {
         let handle = spawn(config.clone()).expect("server starts");
-        TestServer { handle: Some(handle), dir, config }
+        TestServer {
+            handle: Some(handle),
+            dir,
+            config,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -108,9 +112,18 @@ fn finish(mut r: ureq::http::Response<ureq::Body>) -> Resp {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
         .collect();
-    let text = r.body_mut().with_config().limit(64 << 20).read_to_string().unwrap_or_default();
+    let text = r
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_string()
+        .unwrap_or_default();
     let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-    Resp { status, body, headers }
+    Resp {
+        status,
+        body,
+        headers,
+    }
 }
 
 /// Polls `f` until it returns true, at most `timeout`.
@@ -130,18 +143,26 @@ pub mod whapi;
 /// Builds the test plugins once per test binary and returns their folder.
 pub fn test_plugins() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| build_workspace("tests/plugins", "test-plugins")).clone()
+    DIR.get_or_init(|| build_workspace("tests/plugins", "test-plugins"))
+        .clone()
 }
 
 /// Builds the sample plugins once per test binary and returns their folder.
 pub fn sample_plugins() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| build_workspace("plugins", "sample-plugins")).clone()
+    DIR.get_or_init(|| build_workspace("plugins", "sample-plugins"))
+        .clone()
 }
 
 fn build_workspace(ws: &str, name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let out = root.join("target").join(name);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let out = target.join(name);
     let status = std::process::Command::new("bash")
         .arg(root.join("scripts/build-plugins.sh"))
         .arg(ws)
@@ -173,7 +194,11 @@ pub fn deliveries(data_dir: &Path) -> Vec<hookhost::store::DeliveryRow> {
 }
 
 /// Waits until every delivery is done or dead and at least `min` exist.
-pub fn wait_settled(data_dir: &Path, min: usize, timeout: Duration) -> Vec<hookhost::store::DeliveryRow> {
+pub fn wait_settled(
+    data_dir: &Path,
+    min: usize,
+    timeout: Duration,
+) -> Vec<hookhost::store::DeliveryRow> {
     let mut rows = vec![];
     wait_until(timeout, || {
         rows = deliveries(data_dir);
@@ -184,11 +209,18 @@ pub fn wait_settled(data_dir: &Path, min: usize, timeout: Duration) -> Vec<hookh
 
 /// Rows of a plugin's private SQL database.
 pub fn plugin_sql(data_dir: &Path, tenant: &str, plugin: &str, query: &str) -> Vec<Vec<String>> {
-    let path = data_dir.join("plugin-data").join(tenant).join(format!("{plugin}.sqlite"));
-    let Ok(c) = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+    let path = data_dir
+        .join("plugin-data")
+        .join(tenant)
+        .join(format!("{plugin}.sqlite"));
+    let Ok(c) =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
         return vec![];
     };
-    let Ok(mut st) = c.prepare(query) else { return vec![] };
+    let Ok(mut st) = c.prepare(query) else {
+        return vec![];
+    };
     let n = st.column_count();
     st.query_map([], |r| {
         Ok((0..n)

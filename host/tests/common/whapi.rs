@@ -60,16 +60,26 @@ impl FakeWhapi {
                         let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                         let n = {
                             let mut g = r.lock().unwrap();
-                            g.push(Recorded { path, headers, body });
+                            g.push(Recorded {
+                                path,
+                                headers,
+                                body,
+                            });
                             g.len()
                         };
                         let fail = f
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
                             .is_ok();
                         let (status, text) = if fail {
-                            ("500 Internal Server Error", r#"{"error":"try later"}"#.to_string())
+                            (
+                                "500 Internal Server Error",
+                                r#"{"error":"try later"}"#.to_string(),
+                            )
                         } else {
-                            ("200 OK", format!(r#"{{"sent":true,"message":{{"id":"gw-{n}"}}}}"#))
+                            (
+                                "200 OK",
+                                format!(r#"{{"sent":true,"message":{{"id":"gw-{n}"}}}}"#),
+                            )
                         };
                         let resp = format!(
                             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
@@ -82,7 +92,11 @@ impl FakeWhapi {
                 });
             }
         });
-        FakeWhapi { url, requests, fail_first }
+        FakeWhapi {
+            url,
+            requests,
+            fail_first,
+        }
     }
 
     pub fn sent(&self) -> Vec<Recorded> {

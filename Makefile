@@ -1,0 +1,46 @@
+# hookhost: `make run` starts the server with the sample plugins,
+# `make test` runs every test. Both install what is missing first.
+
+CARGO_TARGET_DIR ?= $(CURDIR)/target
+export CARGO_TARGET_DIR
+export HOOKHOST_WASM_TARGET_DIR ?= $(CARGO_TARGET_DIR)/wasm
+BIN := $(CARGO_TARGET_DIR)/debug/hookhost
+PLUGINS_DIR ?= hookhost-plugins
+
+.PHONY: all setup build plugins test-plugins run test bench fuzz lint fmt clean
+
+all: build plugins
+
+setup:
+	@command -v cargo >/dev/null || { echo "cargo is required: https://rustup.rs"; exit 1; }
+	@eval "$$(scripts/setup-toolchain.sh)" && echo "wasm32-wasip2 toolchain: $$HOOKHOST_WASM_MODE"
+
+build: setup
+	cargo build --bin hookhost
+
+# Sample plugins, compiled into the folder `make run` loads.
+plugins: setup
+	scripts/build-plugins.sh plugins $(PLUGINS_DIR)
+
+test-plugins: setup
+	scripts/build-plugins.sh tests/plugins $(CARGO_TARGET_DIR)/test-plugins
+
+run: build plugins
+	$(BIN) serve --config hookhost.toml
+
+test: build plugins test-plugins
+	cargo test --workspace -- --test-threads 2
+
+bench: build plugins
+	cargo run --release -p hookhost-bench
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	cargo clean
+	rm -rf hookhost-data $(PLUGINS_DIR)
