@@ -512,52 +512,11 @@ fn a_crash_mid_delivery_resumes_after_restart() {
     let cfg = dir.path().join("hookhost.toml");
     std::fs::write(&cfg, "[tenants.default]\n").unwrap();
     let data = dir.path().join("data");
-    let start = || {
-        let port_file = dir.path().join("port");
-        let _ = std::fs::remove_file(&port_file);
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data)
-            .arg("--plugins-dir")
-            .arg(&plugins)
-            .env("HOOKHOST_LOG_FORMAT", "json")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-    };
-    let addr_of = |child: &mut std::process::Child| -> String {
-        use std::io::BufRead;
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if v["message"] == "hookhost listening" {
-                        let _ = tx.send(v["addr"].as_str().unwrap().to_string());
-                    }
-                }
-            }
-        });
-        rx.recv_timeout(SETTLE)
-            .expect("server announces its address")
-    };
-    let mut child = start();
-    let addr = addr_of(&mut child);
+    let mut server = process::Proc::start(&cfg, &data, &plugins);
     for i in 0..3 {
         let body = serde_json::json!({"event_type":"message_received","id":format!("k{i}"),"chat_id":"one@c.us","body":"x"});
         assert_eq!(
-            post(
-                &format!("http://{addr}/webhook"),
-                body.to_string().as_bytes(),
-                None
-            )
-            .status,
+            post(&server.url("/webhook"), body.to_string().as_bytes(), None).status,
             200
         );
     }
@@ -565,13 +524,10 @@ fn a_crash_mid_delivery_resumes_after_restart() {
     assert!(wait_until(SETTLE, || deliveries(&data)
         .iter()
         .any(|d| d.state == "running")));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let mut child = start();
-    addr_of(&mut child);
+    server.kill();
+    let mut server = process::Proc::start(&cfg, &data, &plugins);
     let rows = wait_settled(&data, 3, SETTLE);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill();
     assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
     let seen = plugin_sql(&data, "default", "slow", "SELECT key FROM seen ORDER BY n");
     let keys: Vec<&str> = seen.iter().map(|r| r[0].as_str()).collect();

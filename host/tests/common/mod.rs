@@ -138,6 +138,7 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+pub mod process;
 pub mod whapi;
 
 /// Builds the test plugins once per test binary and returns their folder.

@@ -1,0 +1,297 @@
+//! The sample plugins (logger, persistence, auto-reply) end to end: signed
+//! events over HTTP, the real hookhost binary, and a local stand-in for the
+//! gateway's send API.
+
+mod common;
+use common::process::Proc;
+use common::whapi::FakeWhapi;
+use common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const SECRET: &str = "sample-secret";
+const SETTLE: Duration = Duration::from_secs(60);
+
+struct Env {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    server: Proc,
+    whapi: FakeWhapi,
+}
+
+fn start(auto_reply_settings: &str) -> Env {
+    let samples = sample_plugins();
+    let whapi = FakeWhapi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    for p in ["logger", "persistence", "auto-reply"] {
+        deploy(&samples, p, &plugins, p, None);
+    }
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[tenants.default]
+secrets = ["{SECRET}"]
+plugins = ["logger", "persistence", "auto-reply"]
+[tenants.default.whapi]
+base_url = "{}"
+instance_id = "123"
+token = "tok"
+[tenants.default.plugin.auto-reply]
+grants = ["log", "kv", "config", "messaging"]
+[tenants.default.plugin.auto-reply.settings]
+{auto_reply_settings}
+"#,
+            whapi.url
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Proc::start(&cfg, &data, &plugins);
+    // Wait for the three plugins to be loaded before sending events.
+    assert!(wait_until(SETTLE, || {
+        let m = get(&server.url("/metrics"));
+        let t = m.body.as_str().unwrap_or_default().to_string();
+        ["logger", "persistence", "auto-reply"]
+            .iter()
+            .all(|p| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{p}\"")))
+    }));
+    Env {
+        _dir: dir,
+        data,
+        server,
+        whapi,
+    }
+}
+
+const RULES: &str = r#"
+greeting = "¡Hola! Bienvenido."
+quote = true
+max_replies = 10
+rules = [
+  { keywords = ["menu"], reply = "Nuestro menú: https://example.com/menu" },
+  { keywords = ["precio"], reply = "Precios en camino." },
+]
+"#;
+
+fn msg(id: &str, chat: &str, body: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event_type": "message_received", "id": id, "instance_id": "123", "chat_id": chat,
+        "from": chat, "to": "573009998877@c.us", "from_me": 0, "sender_name": "Cliente",
+        "body": body, "type": "text", "timestamp": 1724716800, "is_group": 0,
+        "status": "received", "ack": "pending"
+    })
+}
+
+impl Env {
+    fn send(&self, v: &serde_json::Value) -> u16 {
+        post_signed(
+            &self.server.url("/webhook"),
+            v.to_string().as_bytes(),
+            SECRET,
+        )
+        .status
+    }
+
+    fn settle(&self, min: usize) -> Vec<hookhost::store::DeliveryRow> {
+        let rows = wait_settled(&self.data, min, SETTLE);
+        assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
+        rows
+    }
+
+    fn sql(&self, query: &str) -> Vec<Vec<String>> {
+        plugin_sql(&self.data, "default", "persistence", query)
+    }
+}
+
+#[test]
+fn a_keyword_gets_one_reply_and_the_greeting_happens_once_per_chat() {
+    let env = start(RULES);
+    assert_eq!(env.send(&msg("A1", "111@c.us", "Hola, ¿tienen MENÚ?")), 200);
+    env.settle(3);
+    let sent = env.whapi.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[0].body["message"], "¡Hola! Bienvenido.");
+    assert_eq!(
+        sent[1].body["message"],
+        "Nuestro menú: https://example.com/menu"
+    );
+    for s in &sent {
+        assert_eq!(s.body["to"], "111@c.us");
+        assert_eq!(s.body["quotedMessageId"], "A1");
+    }
+    // Same chat again: no greeting, one keyword reply.
+    env.send(&msg("A2", "111@c.us", "y el precio?"));
+    env.settle(6);
+    let sent = env.whapi.sent();
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[2].body["message"], "Precios en camino.");
+    // Another chat is greeted.
+    env.send(&msg("B1", "222@c.us", "buenas"));
+    env.settle(9);
+    let sent = env.whapi.sent();
+    assert_eq!(sent.len(), 4);
+    assert_eq!(
+        (
+            sent[3].body["to"].as_str(),
+            sent[3].body["message"].as_str()
+        ),
+        (Some("222@c.us"), Some("¡Hola! Bienvenido."))
+    );
+}
+
+#[test]
+fn no_reply_to_own_sent_or_group_messages() {
+    let env = start(RULES);
+    let mut own = msg("O1", "333@c.us", "menu");
+    own["from_me"] = serde_json::json!(1);
+    env.send(&own);
+    let mut sent_event = msg("S1", "333@c.us", "menu");
+    sent_event["event_type"] = "message_sent".into();
+    env.send(&sent_event);
+    let mut group = msg("G1", "444@g.us", "menu");
+    group["is_group"] = serde_json::json!(1);
+    env.send(&group);
+    // logger+persistence for 3 events, auto-reply for the 2 received ones.
+    env.settle(8);
+    assert!(env.whapi.sent().is_empty(), "{:?}", env.whapi.sent());
+}
+
+#[test]
+fn away_message_outside_business_hours_and_reply_limit() {
+    let env = start(
+        r#"
+away_message = "Fuera de horario."
+max_replies = 2
+period_minutes = 60
+business_hours = { days = ["mon", "tue", "wed", "thu", "fri"], open = "09:00", close = "18:00", utc_offset = "-05:00" }
+"#,
+    );
+    // 1724716800 is Monday 19:00 in UTC-5: closed.
+    for i in 0..4 {
+        env.send(&msg(&format!("W{i}"), "555@c.us", "hola"));
+    }
+    env.settle(12);
+    let sent = env.whapi.sent();
+    assert_eq!(sent.len(), 2, "at most 2 replies per hour: {sent:?}");
+    assert!(sent
+        .iter()
+        .all(|s| s.body["message"] == "Fuera de horario."));
+}
+
+#[test]
+fn persistence_keeps_messages_acks_and_reactions() {
+    let env = start(RULES);
+    let mut out = msg("OUT1", "666@c.us", "pedido listo");
+    out["event_type"] = "message_sent".into();
+    out["status"] = "sent".into();
+    env.send(&out);
+    for ack in ["sent", "delivered", "read", "delivered"] {
+        env.send(&serde_json::json!({"event_type":"ack_update","id":"OUT1","ack":ack}));
+        // Each ack in its own step: arrival order is what is being tested.
+        env.settle(1);
+    }
+    env.send(&msg("IN1", "666@c.us", "gracias"));
+    let react = |from: &str, emoji: &str, ts: i64| serde_json::json!({"event_type":"message_reaction","instance_id":"123","message_id":"OUT1","from_number":from,"reaction":emoji,"timestamp":ts});
+    env.send(&react("666@c.us", "👍", 10));
+    env.send(&react("777@c.us", "❤️", 11));
+    env.send(&react("666@c.us", "😂", 12));
+    // A late, older reaction does not replace the newer one.
+    env.send(&react("666@c.us", "😮", 5));
+    env.settle(10);
+    assert_eq!(
+        env.sql("SELECT id, direction, ack, body FROM messages ORDER BY id"),
+        vec![
+            vec![
+                "IN1".to_string(),
+                "in".into(),
+                "pending".into(),
+                "gracias".into()
+            ],
+            vec![
+                "OUT1".to_string(),
+                "out".into(),
+                "read".into(),
+                "pedido listo".into()
+            ],
+        ]
+    );
+    let full = env.sql("SELECT chat_id, from_number, to_number, from_me, sender_name, type, timestamp, is_group, status FROM messages WHERE id = 'IN1'");
+    assert_eq!(
+        full,
+        vec![vec![
+            "666@c.us".to_string(),
+            "666@c.us".into(),
+            "573009998877@c.us".into(),
+            "0".into(),
+            "Cliente".into(),
+            "text".into(),
+            "1724716800".into(),
+            "0".into(),
+            "received".into()
+        ]]
+    );
+    assert_eq!(
+        env.sql("SELECT from_number, reaction FROM message_reactions ORDER BY from_number"),
+        vec![
+            vec!["666@c.us".to_string(), "😂".into()],
+            vec!["777@c.us".to_string(), "❤️".into()]
+        ]
+    );
+    // Every event sent twice: duplicates are refused and nothing changes.
+    let before = (
+        env.sql("SELECT * FROM messages ORDER BY id"),
+        env.sql("SELECT * FROM message_reactions ORDER BY from_number"),
+    );
+    env.send(&out);
+    env.send(&serde_json::json!({"event_type":"ack_update","id":"OUT1","ack":"read"}));
+    env.send(&msg("IN1", "666@c.us", "gracias"));
+    env.send(&react("777@c.us", "❤️", 11));
+    let after = (
+        env.sql("SELECT * FROM messages ORDER BY id"),
+        env.sql("SELECT * FROM message_reactions ORDER BY from_number"),
+    );
+    assert_eq!(before, after);
+    assert_eq!(
+        deliveries(&env.data).len(),
+        wait_settled(&env.data, 0, SETTLE).len()
+    );
+}
+
+#[test]
+fn the_logger_writes_one_line_per_event() {
+    let env = start(RULES);
+    for name in hookhost::samples::NAMES {
+        post_signed(
+            &env.server.url("/webhook"),
+            hookhost::samples::get(name).unwrap().as_bytes(),
+            SECRET,
+        );
+    }
+    post_signed(
+        &env.server.url("/webhook"),
+        br#"{"event_type":"presence","id":"z"}"#,
+        SECRET,
+    );
+    env.settle(6);
+    assert!(wait_until(SETTLE, || env
+        .server
+        .plugin_lines("logger")
+        .len()
+        >= 6));
+    let lines = env.server.plugin_lines("logger");
+    assert_eq!(
+        lines,
+        vec![
+            "📥 In: 573001112233@c.us -> 573009998877@c.us | text | Hola, ¿tienen menú?"
+                .to_string(),
+            "📤 Out: 573001112233@c.us | text | sent".into(),
+            "✅ ACK: WXYZ5678 -> delivered".into(),
+            "😍 Reaction: WXYZ5678 👍 by 573001112233@c.us".into(),
+            "🧪 Test: This is a test webhook message from WhApi.co".into(),
+            "ℹ️ Unknown event: presence".into(),
+        ]
+    );
+}
