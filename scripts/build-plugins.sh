@@ -25,6 +25,7 @@ fi
 
 # Copy each member's component, named as its package (dashes kept).
 for manifest in */Cargo.toml; do
+  [ -f "$manifest" ] || continue
   crate=$(sed -n 's/^name *= *"\(.*\)"/\1/p' "$manifest" | head -1)
   file="$target_dir/wasm32-wasip2/release/${crate//-/_}.wasm"
   if [ -f "$file" ]; then
@@ -33,3 +34,48 @@ for manifest in */Cargo.toml; do
     echo "built $out/$crate.wasm ($(stat -c %s "$out/$crate.wasm") bytes)"
   fi
 done
+
+# Rebuild a non-Rust component only when a source or the WIT changed.
+stale() { # out_file source_dir
+  [ ! -f "$1" ] && return 0
+  [ -n "$(find "$2" "$here/wit" -newer "$1" -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*' | head -1)" ]
+}
+wit="$here/wit/since_v0.1.0"
+
+# JavaScript plugins: js/NAME/NAME.js, built with componentize-js (npm, pinned
+# in js/package-lock.json).
+if [ -d js ]; then
+  for src in js/*/; do
+    name=$(basename "$src")
+    [ -f "$src/$name.js" ] || continue
+    dest="$out/$name.wasm"
+    if stale "$dest" "$src"; then
+      [ -x js/node_modules/.bin/componentize-js ] || (cd js && npm ci --no-audit --no-fund --loglevel=error >&2)
+      js/node_modules/.bin/componentize-js "$src/$name.js" --wit "$wit" -n plugin \
+        -o "$out/.$name.wasm.tmp" -d stdio random clocks http fetch-event >/dev/null
+      mv "$out/.$name.wasm.tmp" "$dest"
+    fi
+    echo "built $dest ($(stat -c %s "$dest") bytes)"
+  done
+fi
+
+# Python plugins: python/NAME/app.py, built with componentize-py (PyPI,
+# pinned in python/requirements.txt) in a virtual environment.
+if [ -d python ]; then
+  venv="$target_dir/pyvenv"
+  for src in python/*/; do
+    name=$(basename "$src")
+    [ -f "$src/app.py" ] || continue
+    dest="$out/${name//_/-}.wasm"
+    if stale "$dest" "$src"; then
+      if [ ! -x "$venv/bin/componentize-py" ]; then
+        python3 -m venv "$venv" >&2
+        "$venv/bin/pip" install --quiet --disable-pip-version-check -r python/requirements.txt >&2
+      fi
+      (cd "$src" && "$venv/bin/componentize-py" -d "$wit" -w plugin componentize app \
+        -o "$out/.$name.wasm.tmp" -s >/dev/null)
+      mv "$out/.$name.wasm.tmp" "$dest"
+    fi
+    echo "built $dest ($(stat -c %s "$dest") bytes)"
+  done
+fi

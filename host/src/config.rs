@@ -201,6 +201,9 @@ pub struct RuntimeConfig {
     /// Largest memory limit any plugin may be given, in MiB (pooling slots
     /// are sized for it).
     pub max_memory_mb: u64,
+    /// Compiled-code cache (default: DATA_DIR/cache). Entries are keyed by
+    /// the component's hash and the engine's settings, so sharing is safe.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -208,6 +211,7 @@ impl Default for RuntimeConfig {
         RuntimeConfig {
             pooling: true,
             max_memory_mb: 128,
+            cache_dir: None,
         }
     }
 }

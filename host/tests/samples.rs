@@ -20,11 +20,27 @@ struct Env {
 }
 
 fn start(auto_reply_settings: &str) -> Env {
+    start_with(auto_reply_settings, "")
+}
+
+/// The shared compiled-code cache: the JS and Python components take
+/// seconds to compile, once per test run rather than once per test.
+fn cache_dir() -> String {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").to_string());
+    format!("{target}/test-compile-cache")
+}
+
+fn start_with(auto_reply_settings: &str, extra: &str) -> Env {
     let samples = sample_plugins();
     let whapi = FakeWhapi::start();
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
-    for p in ["logger", "persistence", "auto-reply"] {
+    let mut names = vec!["logger", "persistence", "auto-reply"];
+    if !extra.is_empty() {
+        names.extend(["stats", "keyword-alert"]);
+    }
+    for p in &names {
         deploy(&samples, p, &plugins, p, None);
     }
     let cfg = dir.path().join("hookhost.toml");
@@ -32,9 +48,11 @@ fn start(auto_reply_settings: &str) -> Env {
         &cfg,
         format!(
             r#"
+[runtime]
+cache_dir = "{}"
 [tenants.default]
 secrets = ["{SECRET}"]
-plugins = ["logger", "persistence", "auto-reply"]
+plugins = {names:?}
 [tenants.default.whapi]
 base_url = "{}"
 instance_id = "123"
@@ -43,7 +61,9 @@ token = "tok"
 grants = ["log", "kv", "config", "messaging"]
 [tenants.default.plugin.auto-reply.settings]
 {auto_reply_settings}
+{extra}
 "#,
+            cache_dir(),
             whapi.url
         ),
     )
@@ -293,5 +313,59 @@ fn the_logger_writes_one_line_per_event() {
             "🧪 Test: This is a test webhook message from WhApi.co".into(),
             "ℹ️ Unknown event: presence".into(),
         ]
+    );
+}
+
+#[test]
+fn javascript_and_python_plugins_handle_events_end_to_end() {
+    let env = start_with(
+        RULES,
+        r#"
+[tenants.default.plugin.keyword-alert]
+grants = ["log", "config", "messaging"]
+settings = { notify_to = "573000000001", words = ["urgente", "queja"] }
+"#,
+    );
+    env.send(&msg("J1", "888@c.us", "Hola, tengo una QUEJA urgénte"));
+    env.send(&msg("J2", "888@c.us", "todo bien"));
+    let mut out = msg("J3", "888@c.us", "respuesta");
+    out["event_type"] = "message_sent".into();
+    env.send(&out);
+    env.send(&serde_json::json!({"event_type":"ack_update","id":"J3","ack":"delivered"}));
+    // logger, persistence, stats: 4 each; auto-reply and keyword-alert: 2 each.
+    let rows = env.settle(16);
+    assert_eq!(
+        rows.iter()
+            .filter(|d| d.plugin == "stats" && d.state == "done")
+            .count(),
+        4
+    );
+    // JavaScript: the stats plugin's table, in its private database.
+    let stats = plugin_sql(
+        &env.data,
+        "default",
+        "stats",
+        "SELECT metric, n FROM daily_stats ORDER BY metric",
+    );
+    assert_eq!(
+        stats,
+        vec![
+            vec!["ack.delivered".to_string(), "1".into()],
+            vec!["in.text".to_string(), "2".into()],
+            vec!["out.text".to_string(), "1".into()],
+        ]
+    );
+    // Python: one alert for the urgent message, none for the other.
+    let alerts: Vec<_> = env
+        .whapi
+        .sent()
+        .into_iter()
+        .filter(|r| r.body["to"] == "573000000001")
+        .collect();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let text = alerts[0].body["message"].as_str().unwrap();
+    assert!(
+        text.contains("queja, urgente") && text.contains("Cliente (888@c.us)"),
+        "{text}"
     );
 }

@@ -133,7 +133,13 @@ impl Registry {
             .collect();
         Ok(Arc::new(Registry {
             runtime,
-            cache: CompileCache::new(config.server.data_dir.join("cache")),
+            cache: CompileCache::new(
+                config
+                    .runtime
+                    .cache_dir
+                    .clone()
+                    .unwrap_or_else(|| config.server.data_dir.join("cache")),
+            ),
             dir: config.server.plugins_dir.clone(),
             data_dir: config.server.data_dir.clone(),
             defaults: config.limits,

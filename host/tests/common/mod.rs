@@ -17,7 +17,7 @@ pub fn config(dir: &Path, toml: &str) -> Config {
     let mut c = Config::parse(toml).expect("test config parses");
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.data_dir = dir.join("data");
-    if c.server.plugins_dir == PathBuf::from("hookhost-plugins") {
+    if c.server.plugins_dir.as_path() == Path::new("hookhost-plugins") {
         c.server.plugins_dir = dir.join("plugins");
     }
     c
