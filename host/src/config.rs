@@ -35,7 +35,42 @@ pub struct Config {
     pub limits: Limits,
     pub dispatch: DispatchConfig,
     pub runtime: RuntimeConfig,
+    pub admin: AdminConfig,
     pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*`: literal, `env:VAR` or `env:VAR?`. Without
+    /// one the admin API is off.
+    pub token: Option<String>,
+}
+
+impl AdminConfig {
+    pub fn resolve(&self) -> Result<Option<Secret>, ConfigError> {
+        match &self.token {
+            None => Ok(None),
+            Some(t) => resolve("admin", t),
+        }
+    }
+}
+
+/// Token bucket: `per_second` sustained, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit {
+            per_second: 500.0,
+            burst: 1000.0,
+        }
+    }
 }
 
 impl Default for Config {
@@ -48,6 +83,7 @@ impl Default for Config {
             limits: Limits::default(),
             dispatch: DispatchConfig::default(),
             runtime: RuntimeConfig::default(),
+            admin: AdminConfig::default(),
             tenants,
         }
     }
@@ -63,6 +99,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// A request that has not been answered in this time is cut off.
     pub request_timeout_ms: u64,
+    /// Requests handled at once; past it the answer is 503 at once.
+    pub max_inflight: usize,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +111,7 @@ impl Default for ServerConfig {
             plugins_dir: PathBuf::from("hookhost-plugins"),
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 10_000,
+            max_inflight: 1024,
         }
     }
 }
@@ -246,6 +285,8 @@ pub struct TenantConfig {
     pub whapi: Option<WhapiConfig>,
     /// Deliveries running at once for this tenant (default: dispatch.tenant_concurrency).
     pub concurrency: Option<usize>,
+    /// Accepted events per second (429 past it); `per_second = 0` turns it off.
+    pub rate_limit: RateLimit,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -109,6 +109,7 @@ impl Dispatcher {
 async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     let mut tasks = JoinSet::new();
     let mut cursor: Option<i64> = None;
+    let mut gauges_at = std::time::Instant::now();
     loop {
         if inner.registry.initial_load_done() {
             if let Err(e) = fan_out(&inner, &mut cursor).await {
@@ -119,6 +120,10 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
             }
         }
         while tasks.try_join_next().is_some() {}
+        if gauges_at.elapsed() >= Duration::from_millis(250) {
+            gauges_at = std::time::Instant::now();
+            publish_gauges(&inner, cursor);
+        }
         let pause = next_pause(&inner);
         tokio::select! {
             _ = stop.notified() => break,
@@ -128,6 +133,20 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
+    let Some(cursor) = cursor else { return };
+    if let Ok((max_seq, open)) = inner.store.backlog() {
+        inner.metrics.set(
+            "hookhost_inbox_lag",
+            vec![],
+            (max_seq - cursor).max(0) as f64,
+        );
+        inner
+            .metrics
+            .set("hookhost_deliveries_open", vec![], open as f64);
+    }
 }
 
 fn next_pause(inner: &Inner) -> Duration {
@@ -331,9 +350,10 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
         raw_json: raw.into_owned(),
     };
     let policy = inner.registry.policy(&d.tenant, &d.plugin);
-    let caps = inner
+    let mut caps = inner
         .registry
         .capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
+    caps.resend = d.resend;
     let report = runtime::deliver(&plugin, caps, &policy.limits, &wit_event, &ctx);
     let labels = vec![("plugin", d.plugin.clone())];
     inner.metrics.observe(

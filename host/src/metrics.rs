@@ -65,6 +65,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "Events stored but not yet fanned out to plugins.",
     ),
+    (
+        "hookhost_deliveries_open",
+        "gauge",
+        "Deliveries pending, running or waiting for a retry.",
+    ),
 ];
 
 impl Metrics {

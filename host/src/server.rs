@@ -44,6 +44,12 @@ pub async fn serve(
     let state = AppState {
         tenants,
         store: store.clone(),
+        registry: registry.clone(),
+        admin_token: config.admin.resolve()?,
+        rate: Default::default(),
+        inflight: Arc::new(tokio::sync::Semaphore::new(
+            config.server.max_inflight.max(1),
+        )),
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
         metrics,

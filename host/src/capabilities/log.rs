@@ -45,6 +45,23 @@ impl Host for Capabilities {
             .map(|(k, v)| format!("{k}={v:?}"))
             .collect::<Vec<_>>()
             .join(" ");
+        let level_name = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        if self.journal.is_some() {
+            // `plugin test` reports the line itself.
+            let message = message.to_string();
+            self.note(|| Action::Log {
+                level: level_name.into(),
+                message,
+                fields,
+            });
+            return Ok(());
+        }
         let (tenant, plugin) = (&*self.tenant, &*self.plugin);
         match level {
             Level::Trace => {

@@ -114,12 +114,6 @@ impl Host for Capabilities {
     ) -> wasmtime::Result<Result<Option<String>, HostError>> {
         Ok((|| {
             self.check(Grant::Messaging)?;
-            let Some(messenger) = self.messenger.clone() else {
-                // Permanent: retrying will not create the account.
-                return Err(HostError::Other(
-                    "no gateway account configured for this tenant".into(),
-                ));
-            };
             if message.text.is_empty()
                 || message.text.len() > MAX_TEXT
                 || message.to.is_empty()
@@ -140,10 +134,16 @@ impl Host for Capabilities {
                 text: message.text.clone(),
                 quoted_message_id: message.quoted_message_id.clone(),
             });
-            if self.journal.is_some() && self.event_seq < 0 {
-                // A dry run (`plugin test`): report, do not send.
-                return Ok(None);
+            if self.dry_run {
+                // `plugin test`: report, do not send.
+                return Ok(Some(format!("dry-run-{}", self.sends)));
             }
+            let Some(messenger) = self.messenger.clone() else {
+                // Permanent: retrying will not create the account.
+                return Err(HostError::Other(
+                    "no gateway account configured for this tenant".into(),
+                ));
+            };
             if !self.resend {
                 match self.store.send_recorded(&idem_key) {
                     Ok(Some(id)) => {

@@ -35,6 +35,8 @@ pub struct Capabilities {
     /// Ask the messaging capability to send again what a previous delivery
     /// already sent (operator's explicit replay).
     pub resend: bool,
+    /// Report sends instead of making them (`plugin test`).
+    pub dry_run: bool,
     pub deadline: Instant,
     pub sends: u32,
     pub log_lines: u32,

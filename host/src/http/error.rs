@@ -25,6 +25,8 @@ pub enum AppError {
     RateLimited { retry_after_s: u64 },
     #[error("store unavailable, retry later")]
     StoreUnavailable,
+    #[error("server busy, retry later")]
+    Busy,
     #[error("internal error")]
     Internal,
 }
@@ -39,7 +41,7 @@ impl AppError {
             AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::StoreUnavailable | AppError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -57,7 +59,7 @@ impl IntoResponse for AppError {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
             }
-            AppError::StoreUnavailable => {
+            AppError::StoreUnavailable | AppError::Busy => {
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

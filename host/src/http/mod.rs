@@ -1,13 +1,17 @@
 //! The HTTP surface: webhook intake, health and metrics. `router` builds the
 //! whole app so tests can drive it with or without a socket.
 
+mod admin;
 mod error;
+mod limits;
 mod webhook;
 
 pub use error::AppError;
+pub use limits::RateLimiter;
 
-use crate::config::Tenant;
+use crate::config::{Secret, Tenant};
 use crate::metrics::Metrics;
+use crate::runtime::Registry;
 use crate::store::Store;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
@@ -18,7 +22,7 @@ use axum::{Json, Router};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,6 +33,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Woken after each stored event so the dispatcher picks it up at once.
     pub wake: Arc<Notify>,
+    pub registry: Arc<Registry>,
+    pub admin_token: Option<Secret>,
+    pub rate: Arc<RateLimiter>,
+    pub inflight: Arc<Semaphore>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,14 +49,19 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(admin::routes(state.clone()))
         .fallback(|| async { AppError::NotFound })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .with_state(state)
 }
 
-/// Cuts off a request (slow body included) that takes longer than allowed.
+/// Sheds load past the in-flight cap and cuts off a request (slow body
+/// included) that takes longer than allowed.
 async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
+        return AppError::Busy.into_response();
+    };
     match tokio::time::timeout(state.request_timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => AppError::Timeout.into_response(),

@@ -54,6 +54,10 @@ async fn receive(
             signature::verify(&tenant.secrets, sig, &body)
                 .map_err(|e| AppError::Unauthorized(e.to_string()))?;
         }
+        state
+            .rate
+            .check(&tenant.name, &tenant.config.rate_limit)
+            .map_err(|retry_after_s| AppError::RateLimited { retry_after_s })?;
         let parsed = event::parse(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
         let event_type = parsed.event.event_type().to_string();
         let new = NewEvent {
@@ -96,6 +100,7 @@ async fn receive(
                 AppError::Unauthorized(_) => "bad_signature",
                 AppError::BadRequest(_) => "bad_request",
                 AppError::StoreUnavailable => "store_unavailable",
+                AppError::RateLimited { .. } => "rate_limited",
                 _ => "error",
             };
             // Unknown tenants are not labelled by name: anyone could fill the

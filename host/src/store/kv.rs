@@ -106,7 +106,8 @@ impl Store {
         self.write_blocking(move |c| {
             c.prepare_cached(
                 "INSERT INTO sends (idem_key, tenant, plugin, event_seq, recipient, message_id, sent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (idem_key) DO UPDATE SET message_id = excluded.message_id, sent_at = excluded.sent_at",
             )?
             .execute(params![idem_key, tenant, plugin, event_seq, recipient, message_id, now_ms()])?;
             Ok(())

@@ -20,6 +20,8 @@ pub struct DueDelivery {
     pub tenant: String,
     pub ordering_key: String,
     pub attempts: u32,
+    /// An operator's replay asked for messages to be sent again.
+    pub resend: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -93,7 +95,7 @@ impl Store {
     pub fn due(&self, now: i64, limit: i64) -> Result<Vec<DueDelivery>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
-                "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts
+                "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend
                  FROM deliveries d
                  WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
                    AND NOT EXISTS (
@@ -111,10 +113,25 @@ impl Store {
                         tenant: r.get(2)?,
                         ordering_key: r.get(3)?,
                         attempts: r.get(4)?,
+                        resend: r.get(5)?,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
+        })
+    }
+
+    /// The newest event's seq and the number of open deliveries.
+    pub fn backlog(&self) -> Result<(i64, i64), StoreError> {
+        self.read(|c| {
+            let max: i64 =
+                c.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
+            let open: i64 = c.query_row(
+                "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running', 'failed')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok((max, open))
         })
     }
 
@@ -153,14 +170,15 @@ impl Store {
         self.write(move |c| {
             let now = now_ms();
             let (state, error, next_at) = match &outcome {
-                DeliveryOutcome::Done => ("done", None, 0),
+                DeliveryOutcome::Done => ("done", None::<&str>, 0),
                 DeliveryOutcome::Retry { error, next_at } => {
                     ("failed", Some(error.as_str()), *next_at)
                 }
                 DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), 0),
             };
             c.prepare_cached(
-                "UPDATE deliveries SET state = ?3, last_error = ?4, next_at = ?5, updated_at = ?6
+                "UPDATE deliveries SET state = ?3, last_error = ?4, next_at = ?5, updated_at = ?6,
+                    resend = CASE WHEN ?3 = 'failed' THEN resend ELSE 0 END
                  WHERE event_seq = ?1 AND plugin = ?2",
             )?
             .execute(params![event_seq, plugin, state, error, next_at, now])?;
@@ -206,4 +224,103 @@ pub fn list_deliveries(
         })?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no event {0}")]
+    NoEvent(i64),
+    #[error("no dead letter for event {0} and plugin `{1}`")]
+    NotDead(i64, String),
+    #[error("the delivery of event {0} to `{1}` is running; try again when it ends")]
+    Running(i64, String),
+    #[error("no plugin to replay to")]
+    NoPlugin,
+}
+
+impl From<ReplayError> for StoreError {
+    fn from(e: ReplayError) -> Self {
+        StoreError::Invalid(e.to_string())
+    }
+}
+
+/// Puts deliveries of event `seq` back to pending (creating missing rows):
+/// one per plugin in `plugins`. Returns the plugins queued.
+pub fn replay(
+    c: &Connection,
+    seq: i64,
+    plugins: &[String],
+    resend: bool,
+) -> Result<Vec<String>, StoreError> {
+    let (tenant, ordering_key): (String, String) = c
+        .query_row(
+            "SELECT tenant, ordering_key FROM events WHERE seq = ?1",
+            [seq],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|_| ReplayError::NoEvent(seq))?;
+    if plugins.is_empty() {
+        return Err(ReplayError::NoPlugin.into());
+    }
+    for p in plugins {
+        let state: Option<String> = c
+            .query_row(
+                "SELECT state FROM deliveries WHERE event_seq = ?1 AND plugin = ?2",
+                params![seq, p],
+                |r| r.get(0),
+            )
+            .ok();
+        if state.as_deref() == Some("running") {
+            return Err(ReplayError::Running(seq, p.clone()).into());
+        }
+    }
+    let now = now_ms();
+    let mut st = c.prepare_cached(
+        "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, attempts, next_at, updated_at, resend)
+         VALUES (?1, ?2, ?3, ?4, 'pending', 0, 0, ?5, ?6)
+         ON CONFLICT (event_seq, plugin) DO UPDATE SET state = 'pending', attempts = 0, next_at = 0,
+            last_error = NULL, updated_at = excluded.updated_at, resend = excluded.resend",
+    )?;
+    for p in plugins {
+        st.execute(params![seq, p, tenant, ordering_key, now, resend])?;
+    }
+    Ok(plugins.to_vec())
+}
+
+/// A dead letter back to pending, attempts reset.
+pub fn retry_dead(c: &Connection, seq: i64, plugin: &str) -> Result<(), StoreError> {
+    let n = c.execute(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = 0, updated_at = ?3
+         WHERE event_seq = ?1 AND plugin = ?2 AND state = 'dead'",
+        params![seq, plugin, now_ms()],
+    )?;
+    if n == 0 {
+        return Err(ReplayError::NotDead(seq, plugin.to_string()).into());
+    }
+    Ok(())
+}
+
+/// Plugins that have a delivery row for `seq`.
+pub fn delivered_plugins(c: &Connection, seq: i64) -> Result<Vec<String>, StoreError> {
+    let mut st =
+        c.prepare_cached("SELECT plugin FROM deliveries WHERE event_seq = ?1 ORDER BY plugin")?;
+    let rows = st
+        .query_map([seq], |r| r.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(rows)
+}
+
+impl Store {
+    pub async fn replay(
+        &self,
+        seq: i64,
+        plugins: Vec<String>,
+        resend: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        self.write(move |c| replay(c, seq, &plugins, resend)).await
+    }
+
+    pub async fn retry_dead(&self, seq: i64, plugin: String) -> Result<(), StoreError> {
+        self.write(move |c| retry_dead(c, seq, &plugin)).await
+    }
 }

@@ -9,13 +9,16 @@ mod ledger;
 mod schema;
 mod writer;
 
-pub use inbox::{list as list_events, EventRow, IngestOutcome, NewEvent};
+pub use inbox::{get as get_event, list as list_events, EventRow, IngestOutcome, NewEvent};
 pub use kv::{KvError, Scope as KvScope};
 
 pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
     KvScope { tenant, plugin }
 }
-pub use ledger::{list_deliveries, DeliveryOutcome, DeliveryRow, DueDelivery, NewDelivery};
+pub use ledger::{
+    delivered_plugins, list_deliveries, replay, retry_dead, DeliveryOutcome, DeliveryRow,
+    DueDelivery, NewDelivery, ReplayError,
+};
 
 use crate::config::{StoreConfig, Synchronous};
 use rusqlite::{Connection, OpenFlags};
@@ -242,6 +245,26 @@ impl Store {
             let _ = h.join();
         }
     }
+}
+
+/// Opens an existing store for the offline CLI commands that change the
+/// ledger (replay, retry). SQLite serialises them with a running server.
+pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
+    let path = data_dir.join("hookhost.sqlite");
+    if !path.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "no store at {}",
+            path.display()
+        )));
+    }
+    let opts = StoreOptions {
+        synchronous: Synchronous::Full,
+        max_batch: 1,
+        max_size_mb: 0,
+    };
+    let mut c = open_connection(&path, &opts, true)?;
+    schema::migrate(&mut c)?;
+    Ok(c)
 }
 
 /// Opens an existing store read-only, for the offline CLI commands.

@@ -51,6 +51,10 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
     "#,
+    // 2: replays may ask the messaging capability to send again.
+    r#"
+    ALTER TABLE deliveries ADD COLUMN resend INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {

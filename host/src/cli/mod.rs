@@ -1,5 +1,9 @@
-//! Command-line interface: `serve`, `send`, `sign`, `events`, `deliveries`,
-//! `plugin check`.
+//! Command-line interface: `serve`, `send`, `sign`, the operator commands
+//! (`events`, `deliveries`, `dead-letters`, `replay`, `plugins`) and the
+//! plugin authors' tools (`plugin check`, `plugin test`).
+
+mod operate;
+mod plugin;
 
 use crate::config::Config;
 use crate::store;
@@ -55,7 +59,39 @@ pub enum Command {
     },
     /// The delivery ledger.
     Deliveries(DeliveriesArgs),
-    /// Plugin tools.
+    /// Dead letters: list them, or retry one.
+    DeadLetters {
+        #[command(subcommand)]
+        command: Option<DeadLettersCommand>,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run an event through one plugin, or all of its tenant's plugins, again.
+    Replay {
+        /// The event's sequence number (see `events list`).
+        seq: i64,
+        /// Only this plugin.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Send messages again even if this event already sent them.
+        #[arg(long)]
+        resend: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Plugins: status from a running server, or the files of a folder.
+    Plugins {
+        #[command(flatten)]
+        target: Target,
+        /// Without --url: the plugins folder to list.
+        #[arg(long, env = "HOOKHOST_PLUGINS_DIR", default_value = "hookhost-plugins")]
+        plugins_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Plugin authors' tools.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,
@@ -121,12 +157,27 @@ pub struct SendArgs {
     pub body: Option<String>,
 }
 
+/// Where the operator commands act: a running server's admin API
+/// (`--url`, `--token`) or the data directory directly.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Target {
+    /// Data directory (used without --url).
+    #[arg(long, env = "HOOKHOST_DATA_DIR", default_value = "hookhost-data")]
+    pub data_dir: PathBuf,
+    /// A running server, e.g. http://127.0.0.1:3000 (its admin API).
+    #[arg(long, env = "HOOKHOST_URL")]
+    pub url: Option<String>,
+    /// The admin token of that server.
+    #[arg(long, env = "HOOKHOST_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum EventsCommand {
     /// List stored events, oldest first.
     List {
-        #[arg(long, env = "HOOKHOST_DATA_DIR", default_value = "hookhost-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         tenant: Option<String>,
         /// One JSON object a line.
@@ -135,12 +186,18 @@ pub enum EventsCommand {
         #[arg(long, default_value_t = 1000)]
         limit: i64,
     },
+    /// One event with its body and deliveries.
+    Show {
+        seq: i64,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(clap::Args, Debug)]
 pub struct DeliveriesArgs {
-    #[arg(long, env = "HOOKHOST_DATA_DIR", default_value = "hookhost-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub target: Target,
     /// Only this state (pending, running, done, failed, dead).
     #[arg(long)]
     pub state: Option<String>,
@@ -153,6 +210,14 @@ pub struct DeliveriesArgs {
     pub limit: i64,
 }
 
+#[derive(Subcommand, Debug, Clone)]
+pub enum DeadLettersCommand {
+    /// List dead letters (the default).
+    List,
+    /// Put a dead letter back in the queue, attempts reset.
+    Retry { seq: i64, plugin: String },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
     /// Validate a component against the hookhost:plugin world.
@@ -161,6 +226,9 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a plugin once against an event with in-memory capabilities and
+    /// print what it did.
+    Test(plugin::TestArgs),
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -197,60 +265,49 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("{}", crate::signature::sign(secret.as_bytes(), &body));
             Ok(0)
         }
-        Command::Events {
-            command:
-                EventsCommand::List {
-                    data_dir,
-                    tenant,
-                    json,
-                    limit,
-                },
-        } => {
-            let c = store::open_read_only(&data_dir)?;
-            let rows = store::list_events(&c, tenant.as_deref(), 0, limit)?;
-            for r in rows {
-                if json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "{:>6}  {}  {:<10}  {:<18}  {}",
-                        r.seq,
-                        fmt_ms(r.received_at),
-                        r.tenant,
-                        r.event_type,
-                        r.key
-                    );
-                }
-            }
-            Ok(0)
-        }
+        Command::Events { command } => match command {
+            EventsCommand::List {
+                target,
+                tenant,
+                json,
+                limit,
+            } => operate::events_list(&target, tenant.as_deref(), json, limit),
+            EventsCommand::Show { seq, target } => operate::event_show(&target, seq),
+        },
         Command::Deliveries(a) => {
-            let c = store::open_read_only(&a.data_dir)?;
-            let rows = store::list_deliveries(&c, a.event, a.state.as_deref(), a.limit)?;
-            for r in rows {
-                if a.json {
-                    println!("{}", serde_json::to_string(&r)?);
-                } else {
-                    println!(
-                        "{:>6}  {:<14}  {:<10}  {:<8} attempts={}  {}",
-                        r.event_seq,
-                        r.plugin,
-                        r.tenant,
-                        r.state,
-                        r.attempts,
-                        r.last_error.unwrap_or_default()
-                    );
-                }
-            }
-            Ok(0)
+            operate::deliveries(&a.target, a.state.as_deref(), a.event, a.json, a.limit)
         }
+        Command::DeadLetters {
+            command,
+            target,
+            json,
+        } => match command.unwrap_or(DeadLettersCommand::List) {
+            DeadLettersCommand::List => {
+                operate::deliveries(&target, Some("dead"), None, json, 10_000)
+            }
+            DeadLettersCommand::Retry { seq, plugin } => operate::retry(&target, seq, &plugin),
+        },
+        Command::Replay {
+            seq,
+            plugin,
+            resend,
+            target,
+        } => operate::replay(&target, seq, plugin, resend),
+        Command::Plugins {
+            target,
+            plugins_dir,
+            json,
+        } => operate::plugins(&target, &plugins_dir, json),
         Command::Plugin {
             command: PluginCommand::Check { file, json },
-        } => plugin_check(&file, json),
+        } => plugin::check(&file, json),
+        Command::Plugin {
+            command: PluginCommand::Test(args),
+        } => plugin::test(args),
     }
 }
 
-fn fmt_ms(ms: i64) -> String {
+pub(crate) fn fmt_ms(ms: i64) -> String {
     format!("{}.{:03}", ms / 1000, ms % 1000)
 }
 
@@ -327,106 +384,6 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
         failed |= !(200..300).contains(&status);
     }
     Ok(if failed { 1 } else { 0 })
-}
-
-fn plugin_check(file: &PathBuf, json: bool) -> anyhow::Result<i32> {
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let rt = crate::runtime::engine::Runtime::new(false, 4096)?;
-    let tmp = tempdir_cache();
-    let cache = crate::runtime::cache::CompileCache::new(tmp.clone());
-    let name = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin");
-    let loaded = crate::runtime::plugin::load(&rt, &cache, name, &bytes).map_err(|e| e.to_string());
-    let (imports, exports) = match &loaded {
-        Ok(p) => crate::runtime::plugin::interface_names(&rt.engine, &p.component),
-        // Not linkable: still list what it asks for when it is a component.
-        Err(_) => match wasmtime::component::Component::new(&rt.engine, &bytes) {
-            Ok(c) => crate::runtime::plugin::interface_names(&rt.engine, &c),
-            Err(_) => (vec![], vec![]),
-        },
-    };
-    let result = loaded.and_then(|mut p| {
-        let caps = offline_caps(name);
-        let limits = crate::config::Limits::default();
-        p.subscriptions = crate::runtime::sandbox::subscriptions(&p, caps, &limits)
-            .map_err(|e| format!("subscriptions() failed: {e}"))?;
-        Ok(p)
-    });
-    let _ = std::fs::remove_dir_all(&tmp);
-    rt.stop();
-    let subs: Option<Vec<&str>> = result.as_ref().ok().map(|p| match &p.subscriptions {
-        None => vec!["*"],
-        Some(k) => k
-            .iter()
-            .map(|k| crate::runtime::convert::kind_name(*k))
-            .collect(),
-    });
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "file": file.display().to_string(),
-                "ok": result.is_ok(),
-                "error": result.as_ref().err(),
-                "sha256": crate::runtime::plugin::hash(&bytes),
-                "size": bytes.len(),
-                "imports": imports,
-                "exports": exports,
-                "subscriptions": subs,
-            })
-        );
-    } else {
-        println!(
-            "{}: {} bytes, sha256 {}",
-            file.display(),
-            bytes.len(),
-            crate::runtime::plugin::hash(&bytes)
-        );
-        println!("imports:");
-        for i in &imports {
-            println!("  {i}");
-        }
-        println!("exports:");
-        for e in &exports {
-            println!("  {e}");
-        }
-        match &result {
-            Ok(_) => println!("subscriptions: {}", subs.unwrap_or_default().join(", ")),
-            Err(e) => println!("error: {e}"),
-        }
-    }
-    Ok(if result.is_ok() { 0 } else { 1 })
-}
-
-fn tempdir_cache() -> PathBuf {
-    std::env::temp_dir().join(format!("hookhost-check-{}", std::process::id()))
-}
-
-/// Capabilities with nothing granted, for calls outside a delivery.
-fn offline_caps(plugin: &str) -> crate::capabilities::Capabilities {
-    let dir = tempdir_cache();
-    crate::capabilities::Capabilities {
-        tenant: "-".into(),
-        plugin: plugin.into(),
-        event_seq: -1,
-        grants: Default::default(),
-        limits: crate::config::Limits::default(),
-        store: store::Store::open(
-            &dir.join("store"),
-            store::StoreOptions::from(&crate::config::StoreConfig::default()),
-        ),
-        settings: std::sync::Arc::new(serde_json::json!({})),
-        sql: crate::capabilities::SqlDb::new(dir.join("sql.sqlite")),
-        messenger: None,
-        resend: false,
-        deadline: std::time::Instant::now() + std::time::Duration::from_secs(5),
-        sends: 0,
-        log_lines: 0,
-        log_dropped: 0,
-        journal: None,
-    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,242 @@
+//! The operator commands, against a running server's admin API (`--url`)
+//! or the data directory (SQLite serialises them with a running server).
+
+use super::{fmt_ms, Target};
+use crate::store::{self, DeliveryRow, EventRow};
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::path::Path;
+
+fn remote(t: &Target, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let url = format!(
+        "{}{}",
+        t.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+        path
+    );
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .new_agent();
+    let auth = format!("Bearer {}", t.token.as_deref().unwrap_or_default());
+    let mut resp = match method {
+        "POST" => agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .send_json(body.unwrap_or(Value::Object(Default::default()))),
+        _ => agent.get(&url).header("Authorization", &auth).call(),
+    }
+    .with_context(|| format!("{method} {url}"))?;
+    let status = resp.status().as_u16();
+    let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    if !(200..300).contains(&status) {
+        bail!(
+            "{status}: {}",
+            v["error"].as_str().unwrap_or("request failed")
+        );
+    }
+    Ok(v)
+}
+
+fn print_events(rows: &[Value], json: bool) {
+    for r in rows {
+        if json {
+            println!("{r}");
+        } else {
+            println!(
+                "{:>6}  {}  {:<10}  {:<18}  {}",
+                r["seq"],
+                fmt_ms(r["received_at"].as_i64().unwrap_or(0)),
+                r["tenant"].as_str().unwrap_or(""),
+                r["event_type"].as_str().unwrap_or(""),
+                r["key"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn print_deliveries(rows: &[Value], json: bool) {
+    for r in rows {
+        if json {
+            println!("{r}");
+        } else {
+            println!(
+                "{:>6}  {:<14}  {:<10}  {:<8} attempts={}  {}",
+                r["event_seq"],
+                r["plugin"].as_str().unwrap_or(""),
+                r["tenant"].as_str().unwrap_or(""),
+                r["state"].as_str().unwrap_or(""),
+                r["attempts"],
+                r["last_error"].as_str().unwrap_or("")
+            );
+        }
+    }
+}
+
+fn to_values<T: serde::Serialize>(rows: &[T]) -> Vec<Value> {
+    rows.iter()
+        .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
+        .collect()
+}
+
+pub fn events_list(
+    t: &Target,
+    tenant: Option<&str>,
+    json: bool,
+    limit: i64,
+) -> anyhow::Result<i32> {
+    let rows = if t.url.is_some() {
+        let q = tenant.map(|t| format!("&tenant={t}")).unwrap_or_default();
+        remote(t, "GET", &format!("/admin/events?limit={limit}{q}"), None)?["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        let c = store::open_read_only(&t.data_dir)?;
+        let rows: Vec<EventRow> = store::list_events(&c, tenant, 0, limit)?;
+        to_values(&rows)
+    };
+    print_events(&rows, json);
+    Ok(0)
+}
+
+pub fn event_show(t: &Target, seq: i64) -> anyhow::Result<i32> {
+    let v = if t.url.is_some() {
+        remote(t, "GET", &format!("/admin/events/{seq}"), None)?
+    } else {
+        let c = store::open_read_only(&t.data_dir)?;
+        let ev = store::get_event(&c, seq)?.with_context(|| format!("no event {seq}"))?;
+        let dels = store::list_deliveries(&c, Some(seq), None, 1000)?;
+        let body: Value = serde_json::from_slice(&ev.body).unwrap_or(Value::Null);
+        serde_json::json!({ "event": ev, "body": body, "deliveries": dels })
+    };
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(0)
+}
+
+pub fn deliveries(
+    t: &Target,
+    state: Option<&str>,
+    event: Option<i64>,
+    json: bool,
+    limit: i64,
+) -> anyhow::Result<i32> {
+    let rows = if t.url.is_some() {
+        let mut q = format!("?limit={limit}");
+        if let Some(s) = state {
+            q.push_str(&format!("&state={s}"));
+        }
+        if let Some(e) = event {
+            q.push_str(&format!("&event={e}"));
+        }
+        remote(t, "GET", &format!("/admin/deliveries{q}"), None)?["deliveries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        let c = store::open_read_only(&t.data_dir)?;
+        let rows: Vec<DeliveryRow> = store::list_deliveries(&c, event, state, limit)?;
+        to_values(&rows)
+    };
+    print_deliveries(&rows, json);
+    Ok(0)
+}
+
+pub fn retry(t: &Target, seq: i64, plugin: &str) -> anyhow::Result<i32> {
+    if t.url.is_some() {
+        remote(
+            t,
+            "POST",
+            &format!("/admin/dead-letters/{seq}/{plugin}/retry"),
+            None,
+        )?;
+    } else {
+        let c = store::open_for_update(&t.data_dir)?;
+        store::retry_dead(&c, seq, plugin)?;
+    }
+    println!("queued: event {seq} → {plugin}");
+    Ok(0)
+}
+
+pub fn replay(t: &Target, seq: i64, plugin: Option<String>, resend: bool) -> anyhow::Result<i32> {
+    let plugins: Vec<String> = if t.url.is_some() {
+        let v = remote(
+            t,
+            "POST",
+            &format!("/admin/events/{seq}/replay"),
+            Some(serde_json::json!({ "plugin": plugin, "resend": resend })),
+        )?;
+        v["plugins"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        let c = store::open_for_update(&t.data_dir)?;
+        // Offline, "all plugins" means those that had this event before;
+        // a running server (--url) knows its current plugins.
+        let plugins = match plugin {
+            Some(p) => vec![p],
+            None => store::delivered_plugins(&c, seq)?,
+        };
+        store::replay(&c, seq, &plugins, resend)?
+    };
+    println!(
+        "queued: event {seq} → {}{}",
+        plugins.join(", "),
+        if resend { " (resend)" } else { "" }
+    );
+    Ok(0)
+}
+
+pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let rows: Vec<Value> = if t.url.is_some() {
+        remote(t, "GET", "/admin/plugins", None)?["plugins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        let mut rows = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("wasm") {
+                continue;
+            }
+            let bytes = std::fs::read(&p)?;
+            rows.push(serde_json::json!({
+                "name": p.file_stem().and_then(|s| s.to_str()).unwrap_or(""),
+                "status": "file (not loaded: use --url for a running server)",
+                "hash": crate::runtime::plugin::hash(&bytes),
+                "size": bytes.len(),
+                "sidecar": p.with_extension("toml").exists(),
+            }));
+        }
+        rows
+    };
+    for r in &rows {
+        if json {
+            println!("{r}");
+        } else {
+            println!(
+                "{:<16} {:<10} {:>10} bytes  {}  {}",
+                r["name"].as_str().unwrap_or(""),
+                r["status"].as_str().unwrap_or(""),
+                r["size"],
+                r["hash"]
+                    .as_str()
+                    .map(|h| &h[..h.len().min(12)])
+                    .unwrap_or(""),
+                r["last_error"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,343 @@
+//! `plugin check` and `plugin test`: the plugin author's tools. Both use the
+//! same engine settings as the server and a compile cache in the user's
+//! cache folder, so a large component compiles once.
+
+use crate::capabilities::{Action, Capabilities, SqlDb};
+use crate::config::{Grant, Limits, StoreConfig};
+use crate::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
+use crate::store::{Store, StoreOptions};
+use anyhow::Context;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("hookhost").join("compiled")
+}
+
+/// Capabilities backed by a scratch store in `dir`, sends reported only.
+fn scratch_caps(
+    dir: &Path,
+    plugin: &str,
+    grants: &[Grant],
+    limits: Limits,
+    settings: serde_json::Value,
+) -> Capabilities {
+    Capabilities {
+        tenant: "test".into(),
+        plugin: plugin.into(),
+        event_seq: 0,
+        grants: grants.iter().copied().collect(),
+        limits,
+        store: Store::open(
+            &dir.join("store"),
+            StoreOptions::from(&StoreConfig::default()),
+        ),
+        settings: Arc::new(settings),
+        sql: SqlDb::new(dir.join("plugin.sqlite")),
+        messenger: None,
+        resend: false,
+        dry_run: true,
+        deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
+        sends: 0,
+        log_lines: 0,
+        log_dropped: 0,
+        journal: Some(Vec::new()),
+    }
+}
+
+/// The engine, the file's bytes, and the plugin or why it did not load.
+type Loaded = (Arc<Runtime>, Vec<u8>, Result<plugin::LoadedPlugin, String>);
+
+fn load(file: &Path) -> anyhow::Result<Loaded> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let rt = Runtime::new(false, 4096)?;
+    let cache = CompileCache::new(cache_dir());
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin");
+    let loaded = plugin::load(&rt, &cache, name, &bytes).map_err(|e| e.to_string());
+    Ok((rt, bytes, loaded))
+}
+
+pub fn check(file: &Path, json: bool) -> anyhow::Result<i32> {
+    let (rt, bytes, loaded) = load(file)?;
+    let (imports, exports) = match &loaded {
+        Ok(p) => plugin::interface_names(&rt.engine, &p.component),
+        // Not linkable: still list what it asks for when it is a component.
+        Err(_) => match wasmtime::component::Component::new(&rt.engine, &bytes) {
+            Ok(c) => plugin::interface_names(&rt.engine, &c),
+            Err(_) => (vec![], vec![]),
+        },
+    };
+    let scratch = tempfile::tempdir()?;
+    let result = loaded.and_then(|mut p| {
+        let caps = scratch_caps(
+            scratch.path(),
+            &p.name,
+            &[],
+            Limits::default(),
+            serde_json::json!({}),
+        );
+        p.subscriptions = sandbox::subscriptions(&p, caps, &Limits::default())
+            .map_err(|e| format!("subscriptions() failed: {e}"))?;
+        Ok(p)
+    });
+    rt.stop();
+    let subs: Option<Vec<&str>> = result.as_ref().ok().map(|p| match &p.subscriptions {
+        None => vec!["*"],
+        Some(k) => k.iter().map(|k| convert::kind_name(*k)).collect(),
+    });
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": file.display().to_string(),
+                "ok": result.is_ok(),
+                "error": result.as_ref().err(),
+                "sha256": plugin::hash(&bytes),
+                "size": bytes.len(),
+                "imports": imports,
+                "exports": exports,
+                "subscriptions": subs,
+            })
+        );
+    } else {
+        println!(
+            "{}: {} bytes, sha256 {}",
+            file.display(),
+            bytes.len(),
+            plugin::hash(&bytes)
+        );
+        println!("imports:");
+        for i in &imports {
+            println!("  {i}");
+        }
+        println!("exports:");
+        for e in &exports {
+            println!("  {e}");
+        }
+        match &result {
+            Ok(_) => println!("subscriptions: {}", subs.unwrap_or_default().join(", ")),
+            Err(e) => println!("error: {e}"),
+        }
+    }
+    Ok(if result.is_ok() { 0 } else { 1 })
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// The component.
+    pub file: PathBuf,
+    /// A sample event (message_received, message_sent, ack_update,
+    /// message_reaction, test_webhook).
+    #[arg(
+        long,
+        default_value = "message_received",
+        conflicts_with = "file_event"
+    )]
+    pub event: String,
+    /// An event body from a JSON file instead.
+    #[arg(long = "file", id = "file_event")]
+    pub event_file: Option<PathBuf>,
+    /// Plugin settings: a TOML file.
+    #[arg(long)]
+    pub settings: Option<PathBuf>,
+    /// Fuel, memory and deadline (defaults as in the server).
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    #[arg(long)]
+    pub memory_mb: Option<u64>,
+    #[arg(long)]
+    pub timeout_ms: Option<u64>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn test(a: TestArgs) -> anyhow::Result<i32> {
+    let body = match &a.event_file {
+        Some(f) => std::fs::read(f).with_context(|| format!("reading {}", f.display()))?,
+        None => crate::samples::get(&a.event)
+            .with_context(|| {
+                format!(
+                    "unknown sample `{}`; known: {}",
+                    a.event,
+                    crate::samples::NAMES.join(", ")
+                )
+            })?
+            .as_bytes()
+            .to_vec(),
+    };
+    let parsed =
+        crate::event::parse(&body).map_err(|e| anyhow::anyhow!("the event does not parse: {e}"))?;
+    let settings: serde_json::Value = match &a.settings {
+        Some(p) => {
+            let t: toml::Table = toml::from_str(&std::fs::read_to_string(p)?)
+                .with_context(|| format!("parsing {}", p.display()))?;
+            serde_json::to_value(t)?
+        }
+        None => serde_json::json!({}),
+    };
+    let mut limits = Limits::default();
+    if let Some(f) = a.fuel {
+        limits.fuel = f;
+    }
+    if let Some(m) = a.memory_mb {
+        limits.memory_mb = m;
+    }
+    if let Some(t) = a.timeout_ms {
+        limits.timeout_ms = t;
+    }
+
+    let compile_start = Instant::now();
+    let (rt, bytes, loaded) = load(&a.file)?;
+    let compile = compile_start.elapsed();
+    let mut p = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(2);
+        }
+    };
+    let scratch = tempfile::tempdir()?;
+    let all = [
+        Grant::Log,
+        Grant::Kv,
+        Grant::Sql,
+        Grant::Config,
+        Grant::Messaging,
+    ];
+    let caps = scratch_caps(scratch.path(), &p.name, &[], limits, serde_json::json!({}));
+    p.subscriptions = match sandbox::subscriptions(&p, caps, &limits) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: subscriptions() failed: {e}");
+            return Ok(2);
+        }
+    };
+    let kind = convert::kind(&parsed.event);
+    let raw = String::from_utf8_lossy(&body).into_owned();
+    let report = if p.wants(kind) {
+        let ctx = crate::bindings::types::DeliveryContext {
+            tenant: "test".into(),
+            plugin: p.name.clone(),
+            event_key: parsed.key.clone(),
+            attempt: 1,
+            received_at: crate::store::now_ms(),
+            raw_json: raw.clone(),
+        };
+        let caps = scratch_caps(scratch.path(), &p.name, &all, limits, settings);
+        Some(sandbox::deliver(
+            &p,
+            caps,
+            &limits,
+            &convert::event(&parsed.event, &raw),
+            &ctx,
+        ))
+    } else {
+        None
+    };
+    rt.stop();
+
+    let (result, code) = match &report {
+        None => (
+            "skipped: the plugin does not subscribe to this event".to_string(),
+            0,
+        ),
+        Some(r) => match &r.result {
+            Ok(()) => ("ok".to_string(), 0),
+            Err(f) => (format!("failed: {f}"), 1),
+        },
+    };
+    let actions: Vec<Action> = report
+        .as_ref()
+        .and_then(|r| r.journal.clone())
+        .unwrap_or_default();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "plugin": p.name,
+                "sha256": p.hash,
+                "size": bytes.len(),
+                "compile_ms": compile.as_millis() as u64,
+                "from_cache": p.from_cache,
+                "event_type": parsed.event.event_type(),
+                "event_key": parsed.key,
+                "ok": code == 0,
+                "result": result,
+                "fuel_used": report.as_ref().map(|r| r.fuel_used),
+                "instantiate_us": report.as_ref().map(|r| r.instantiate.as_micros() as u64),
+                "total_us": report.as_ref().map(|r| r.total.as_micros() as u64),
+                "actions": actions,
+                "output": report.as_ref().map(|r| r.output.clone()),
+            })
+        );
+    } else {
+        println!(
+            "plugin: {} ({} bytes, sha256 {}), {} in {} ms",
+            p.name,
+            bytes.len(),
+            p.short_hash(),
+            if p.from_cache {
+                "loaded from cache"
+            } else {
+                "compiled"
+            },
+            compile.as_millis()
+        );
+        println!("event: {} ({})", parsed.event.event_type(), parsed.key);
+        println!("result: {result}");
+        if let Some(r) = &report {
+            println!(
+                "fuel: {}   time: instantiate {} µs, total {} µs",
+                r.fuel_used,
+                r.instantiate.as_micros(),
+                r.total.as_micros()
+            );
+        }
+        if !actions.is_empty() {
+            println!("actions:");
+        }
+        for act in &actions {
+            match act {
+                Action::Log {
+                    level,
+                    message,
+                    fields,
+                } => {
+                    let f: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                    println!("  log {level}: {message} {}", f.join(" "));
+                }
+                Action::KvSet { key, bytes } => println!("  kv set {key} ({bytes} bytes)"),
+                Action::KvDelete { key } => println!("  kv delete {key}"),
+                Action::Sql { statement } => println!(
+                    "  sql: {}",
+                    statement.split_whitespace().collect::<Vec<_>>().join(" ")
+                ),
+                Action::Send {
+                    to,
+                    text,
+                    quoted_message_id,
+                } => match quoted_message_id {
+                    Some(q) => println!("  would send to {to} (quoting {q}): {text:?}"),
+                    None => println!("  would send to {to}: {text:?}"),
+                },
+            }
+        }
+        if let Some(out) = report
+            .as_ref()
+            .map(|r| r.output.trim())
+            .filter(|o| !o.is_empty())
+        {
+            println!("stdout/stderr:\n{out}");
+        }
+    }
+    Ok(code)
+}

@@ -1,0 +1,178 @@
+//! `/admin/*`: events with their deliveries, dead letters, retry, replay and
+//! plugins, behind a bearer token (off when no token is configured).
+
+use super::{AppError, AppState};
+use crate::store::{self, Store};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/events", get(events))
+        .route("/admin/events/{seq}", get(event))
+        .route("/admin/events/{seq}/replay", post(replay))
+        .route("/admin/deliveries", get(deliveries))
+        .route("/admin/dead-letters", get(dead_letters))
+        .route("/admin/dead-letters/{seq}/{plugin}/retry", post(retry))
+        .route("/admin/plugins", get(plugins))
+        .layer(axum::middleware::from_fn_with_state(state, auth))
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(token) = &state.admin_token else {
+        return AppError::NotFound.into_response();
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if given.is_empty() || !bool::from(given.as_bytes().ct_eq(token.expose())) {
+        return AppError::Unauthorized("admin token required".into()).into_response();
+    }
+    next.run(req).await
+}
+
+async fn blocking<T: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
+) -> Result<T, AppError> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(&s))
+        .await
+        .map_err(|_| AppError::Internal)?
+        .map_err(store_error)
+}
+
+fn store_error(e: store::StoreError) -> AppError {
+    match e {
+        store::StoreError::Invalid(m) => AppError::BadRequest(m),
+        _ => AppError::StoreUnavailable,
+    }
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    tenant: Option<String>,
+    #[serde(default)]
+    after: i64,
+    limit: Option<i64>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<Value>, AppError> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let rows = blocking(&state.store, move |s| {
+        s.events_after(q.tenant.as_deref(), q.after, limit)
+    })
+    .await?;
+    Ok(Json(json!({ "events": rows })))
+}
+
+async fn event(
+    State(state): State<AppState>,
+    Path(seq): Path<i64>,
+) -> Result<Json<Value>, AppError> {
+    let (ev, dels) = blocking(&state.store, move |s| {
+        Ok((s.event(seq)?, s.deliveries(Some(seq), None, 1000)?))
+    })
+    .await?;
+    let ev = ev.ok_or(AppError::NotFound)?;
+    let body: Value = serde_json::from_slice(&ev.body).unwrap_or(Value::Null);
+    Ok(Json(
+        json!({ "event": ev, "body": body, "deliveries": dels }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct DeliveriesQuery {
+    state: Option<String>,
+    event: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn deliveries(
+    State(state): State<AppState>,
+    Query(q): Query<DeliveriesQuery>,
+) -> Result<Json<Value>, AppError> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let rows = blocking(&state.store, move |s| {
+        s.deliveries(q.event, q.state.as_deref(), limit)
+    })
+    .await?;
+    Ok(Json(json!({ "deliveries": rows })))
+}
+
+async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
+    let rows = blocking(&state.store, |s| s.deliveries(None, Some("dead"), 10_000)).await?;
+    Ok(Json(json!({ "dead_letters": rows })))
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    Path((seq, plugin)): Path<(i64, String)>,
+) -> Result<Json<Value>, AppError> {
+    state
+        .store
+        .retry_dead(seq, plugin.clone())
+        .await
+        .map_err(store_error)?;
+    state.wake.notify_one();
+    Ok(Json(
+        json!({ "ok": true, "event_seq": seq, "plugin": plugin }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct ReplayBody {
+    plugin: Option<String>,
+    #[serde(default)]
+    resend: bool,
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    Path(seq): Path<i64>,
+    body: Option<Json<ReplayBody>>,
+) -> Result<Json<Value>, AppError> {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let ev = blocking(&state.store, move |s| s.event(seq))
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let plugins = match body.plugin {
+        Some(p) => {
+            if !state.registry.plugins_for(&ev.tenant).contains(&p) {
+                return Err(AppError::BadRequest(format!(
+                    "plugin `{p}` does not run for tenant `{}`",
+                    ev.tenant
+                )));
+            }
+            vec![p]
+        }
+        None => state.registry.plugins_for(&ev.tenant),
+    };
+    let queued = state
+        .store
+        .replay(seq, plugins, body.resend)
+        .await
+        .map_err(store_error)?;
+    state.wake.notify_one();
+    Ok(Json(
+        json!({ "ok": true, "event_seq": seq, "plugins": queued, "resend": body.resend }),
+    ))
+}
+
+async fn plugins(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "plugins": state.registry.statuses() }))
+}

@@ -1,0 +1,563 @@
+//! Operations: metrics, the admin API and CLI, dead-letter retry, replay,
+//! rate limits and the plugin test runner.
+
+mod common;
+use common::whapi::FakeWhapi;
+use common::*;
+use hookhost::samples;
+use std::time::Duration;
+
+const SETTLE: Duration = Duration::from_secs(60);
+const TOKEN: &str = "admin-token-123";
+
+fn admin(method: &str, url: &str, token: Option<&str>, body: Option<serde_json::Value>) -> Resp {
+    let a = agent();
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let r = match method {
+        "POST" => {
+            let mut req = a.post(url);
+            if let Some(h) = &auth {
+                req = req.header("Authorization", h);
+            }
+            req.send_json(body.unwrap_or(serde_json::json!({})))
+                .unwrap()
+        }
+        _ => {
+            let mut req = a.get(url);
+            if let Some(h) = &auth {
+                req = req.header("Authorization", h);
+            }
+            req.call().unwrap()
+        }
+    };
+    let mut r = r;
+    let status = r.status().as_u16();
+    let body = r.body_mut().read_json().unwrap_or(serde_json::Value::Null);
+    Resp {
+        status,
+        body,
+        headers: vec![],
+    }
+}
+
+fn loaded(s: &TestServer, names: &[&str]) -> bool {
+    let t = get(&s.url("/metrics"))
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    names
+        .iter()
+        .all(|p| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{p}\"")))
+}
+
+fn metric(text: &str, line_prefix: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().to_string())
+}
+
+#[test]
+fn metrics_reflect_a_known_sequence_exactly() {
+    let tp = test_plugins();
+    let s = TestServer::start(
+        "[tenants.default]\nsecrets = [\"k\"]\nplugins = [\"recorder\"]\n[tenants.acme]",
+    );
+    deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
+    assert!(wait_until(SETTLE, || loaded(&s, &["recorder"])));
+    let url = s.url("/webhook");
+    for name in ["message_received", "ack_update", "test_webhook"] {
+        assert_eq!(
+            post_signed(&url, samples::get(name).unwrap().as_bytes(), "k").status,
+            200
+        );
+    }
+    assert_eq!(
+        post_signed(&url, samples::ACK_UPDATE.as_bytes(), "k").status,
+        200
+    ); // duplicate
+    assert_eq!(
+        post(&url, samples::ACK_UPDATE.as_bytes(), Some("00")).status,
+        401
+    );
+    assert_eq!(post_signed(&url, b"[]", "k").status, 400);
+    assert_eq!(
+        post_signed(&url, &vec![b' '; (1 << 20) + 1], "k").status,
+        413
+    );
+    assert_eq!(post(&s.url("/webhook/nobody"), b"{}", None).status, 404);
+    assert_eq!(
+        post(
+            &s.url("/webhook/acme"),
+            samples::ACK_UPDATE.as_bytes(),
+            None
+        )
+        .status,
+        200
+    );
+    wait_settled(&s.data_dir(), 3, SETTLE);
+    let m = get(&s.url("/metrics"));
+    let text = m.body.as_str().unwrap();
+    let rx = |labels: &str| metric(text, &format!("hookhost_events_received_total{{{labels}}}"));
+    assert_eq!(
+        rx("tenant=\"default\",event_type=\"message_received\",outcome=\"stored\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"default\",event_type=\"ack_update\",outcome=\"stored\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"default\",event_type=\"ack_update\",outcome=\"duplicate\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"default\",event_type=\"test_webhook\",outcome=\"stored\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"default\",event_type=\"-\",outcome=\"bad_signature\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"default\",event_type=\"-\",outcome=\"bad_request\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"default\",event_type=\"-\",outcome=\"too_large\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"-\",event_type=\"-\",outcome=\"unknown_tenant\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        rx("tenant=\"acme\",event_type=\"ack_update\",outcome=\"stored\""),
+        Some("1".into())
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("hookhost_events_received_total{"))
+            .count(),
+        9,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            text,
+            "hookhost_deliveries_total{tenant=\"default\",plugin=\"recorder\",outcome=\"done\"}"
+        ),
+        Some("3".into())
+    );
+    assert_eq!(
+        metric(text, "hookhost_delivery_seconds_count{plugin=\"recorder\"}"),
+        Some("3".into())
+    );
+    assert_eq!(
+        metric(text, "hookhost_fuel_used_count{plugin=\"recorder\"}"),
+        Some("3".into())
+    );
+    assert!(text.contains("# TYPE hookhost_instantiate_seconds histogram"));
+    // Gauges are refreshed by the dispatcher a few times a second.
+    assert!(wait_until(SETTLE, || {
+        let t = get(&s.url("/metrics"))
+            .body
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        metric(&t, "hookhost_inbox_lag ") == Some("0".into())
+            && metric(&t, "hookhost_deliveries_open ") == Some("0".into())
+    }));
+}
+
+#[test]
+fn admin_refuses_missing_or_wrong_token_and_is_off_without_one() {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    for path in [
+        "/admin/events",
+        "/admin/dead-letters",
+        "/admin/plugins",
+        "/admin/deliveries",
+    ] {
+        assert_eq!(admin("GET", &s.url(path), None, None).status, 401, "{path}");
+        assert_eq!(
+            admin("GET", &s.url(path), Some("wrong"), None).status,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            admin("GET", &s.url(path), Some(TOKEN), None).status,
+            200,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        admin("POST", &s.url("/admin/events/1/replay"), None, None).status,
+        401
+    );
+    let off = TestServer::start("[tenants.default]");
+    assert_eq!(
+        admin("GET", &off.url("/admin/events"), Some(TOKEN), None).status,
+        404
+    );
+}
+
+#[test]
+fn a_dead_letter_retried_after_fixing_the_plugin_succeeds() {
+    let tp = test_plugins();
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[dispatch]\nmax_attempts = 2\nbackoff_base_ms = 10\n[tenants.default]"));
+    deploy(
+        &tp,
+        "probe",
+        &s.plugins_dir(),
+        "fixme",
+        Some("[settings]\nattack = \"panic\"\n"),
+    );
+    assert!(wait_until(SETTLE, || loaded(&s, &["fixme"])));
+    post(
+        &s.url("/webhook"),
+        samples::MESSAGE_RECEIVED.as_bytes(),
+        None,
+    );
+    let rows = wait_settled(&s.data_dir(), 1, SETTLE);
+    assert_eq!(rows[0].state, "dead");
+    let dead = admin("GET", &s.url("/admin/dead-letters"), Some(TOKEN), None);
+    assert_eq!(dead.body["dead_letters"].as_array().unwrap().len(), 1);
+    // The operator fixes the plugin's settings, then retries.
+    std::fs::write(s.plugins_dir().join("fixme.toml"), "[settings]\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let r = admin(
+        "POST",
+        &s.url(&format!(
+            "/admin/dead-letters/{}/fixme/retry",
+            rows[0].event_seq
+        )),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(wait_until(SETTLE, || deliveries(&s.data_dir())[0].state == "done"));
+    // Retrying something that is not a dead letter is a clear 400.
+    let again = admin(
+        "POST",
+        &s.url(&format!(
+            "/admin/dead-letters/{}/fixme/retry",
+            rows[0].event_seq
+        )),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(again.status, 400);
+    assert!(again.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no dead letter"));
+}
+
+#[test]
+fn replay_to_one_plugin_does_not_touch_the_others_and_does_not_resend() {
+    let tp = test_plugins();
+    let whapi = FakeWhapi::start();
+    let s = TestServer::start(&format!(
+        r#"
+[admin]
+token = "{TOKEN}"
+[tenants.default]
+plugins = ["one", "two"]
+[tenants.default.whapi]
+base_url = "{}"
+instance_id = "1"
+token = "t"
+[tenants.default.plugin.one]
+grants = ["log", "kv", "sql", "config", "messaging"]
+settings = {{ reply = "hola" }}
+"#,
+        whapi.url
+    ));
+    deploy(&tp, "probe", &s.plugins_dir(), "one", None);
+    deploy(&tp, "probe", &s.plugins_dir(), "two", None);
+    assert!(wait_until(SETTLE, || loaded(&s, &["one", "two"])));
+    post(
+        &s.url("/webhook"),
+        samples::MESSAGE_RECEIVED.as_bytes(),
+        None,
+    );
+    let before = wait_settled(&s.data_dir(), 2, SETTLE);
+    assert_eq!(whapi.sent().len(), 1);
+    let two_before = before.iter().find(|d| d.plugin == "two").unwrap().clone();
+
+    let r = admin(
+        "POST",
+        &s.url("/admin/events/1/replay"),
+        Some(TOKEN),
+        Some(serde_json::json!({"plugin": "one"})),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["plugins"], serde_json::json!(["one"]));
+    let ok = wait_until(Duration::from_secs(10), || {
+        plugin_sql(&s.data_dir(), "default", "one", "SELECT count(*) FROM seen")
+            == vec![vec!["2".to_string()]]
+    });
+    assert!(
+        ok,
+        "{:?} {:?}",
+        deliveries(&s.data_dir()),
+        plugin_sql(&s.data_dir(), "default", "one", "SELECT * FROM seen")
+    );
+    wait_settled(&s.data_dir(), 2, SETTLE);
+    assert_eq!(
+        plugin_sql(&s.data_dir(), "default", "two", "SELECT count(*) FROM seen"),
+        vec![vec!["1".to_string()]]
+    );
+    let two_after = deliveries(&s.data_dir())
+        .into_iter()
+        .find(|d| d.plugin == "two")
+        .unwrap();
+    assert_eq!(
+        (two_after.updated_at, two_after.attempts),
+        (two_before.updated_at, two_before.attempts)
+    );
+    // The replay went through the messaging idempotency: nothing resent.
+    assert_eq!(whapi.sent().len(), 1);
+
+    // With resend, the CLI against the running server sends again.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args([
+            "replay",
+            "1",
+            "--plugin",
+            "one",
+            "--resend",
+            "--url",
+            &s.url(""),
+            "--token",
+            TOKEN,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "queued: event 1 → one (resend)"
+    );
+    let ok = wait_until(Duration::from_secs(10), || whapi.sent().len() == 2);
+    assert!(
+        ok,
+        "{:?} {:?} {:?}",
+        deliveries(&s.data_dir()),
+        plugin_sql(
+            &s.data_dir(),
+            "default",
+            "one",
+            "SELECT key, attempt FROM seen"
+        ),
+        whapi.sent().len()
+    );
+    // Unknown plugins and events are clear errors.
+    let r = admin(
+        "POST",
+        &s.url("/admin/events/1/replay"),
+        Some(TOKEN),
+        Some(serde_json::json!({"plugin": "nope"})),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        admin("POST", &s.url("/admin/events/99/replay"), Some(TOKEN), None).status,
+        404
+    );
+}
+
+#[test]
+fn rate_limit_answers_429_and_recovers() {
+    let s = TestServer::start(
+        "[tenants.default]\nrate_limit = { per_second = 5, burst = 5 }\n[tenants.other]",
+    );
+    let mut statuses = vec![];
+    let mut retry_after = None;
+    for i in 0..12 {
+        let body = serde_json::json!({"event_type":"ack_update","id":format!("r{i}"),"ack":"read"});
+        let r = post(&s.url("/webhook"), body.to_string().as_bytes(), None);
+        if r.status == 429 {
+            retry_after = r
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                .map(|(_, v)| v.clone());
+            assert!(r.body["error"].as_str().unwrap().contains("rate"));
+        }
+        statuses.push(r.status);
+    }
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 5);
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    // Another tenant is not affected.
+    assert_eq!(
+        post(
+            &s.url("/webhook/other"),
+            samples::ACK_UPDATE.as_bytes(),
+            None
+        )
+        .status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = post(
+        &s.url("/webhook"),
+        br#"{"event_type":"ack_update","id":"late","ack":"read"}"#,
+        None,
+    );
+    assert_eq!(r.status, 200);
+    // Refused events were not stored.
+    let stored = s.stored().iter().filter(|(t, _, _)| t == "default").count();
+    assert_eq!(stored, statuses.iter().filter(|s| **s == 200).count() + 1);
+}
+
+fn plugin_test(file: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["plugin", "test"])
+        .arg(file)
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn plugin_test_reports_what_the_sample_plugins_do() {
+    let sp = sample_plugins();
+    let logger = plugin_test(&sp.join("logger.wasm"), &["--event", "ack_update"]);
+    assert_eq!(logger["ok"], true);
+    assert_eq!(logger["actions"][0]["kind"], "log");
+    assert_eq!(
+        logger["actions"][0]["message"],
+        "✅ ACK: WXYZ5678 -> delivered"
+    );
+    assert!(logger["fuel_used"].as_u64().unwrap() > 0);
+
+    let persistence = plugin_test(
+        &sp.join("persistence.wasm"),
+        &["--event", "message_received"],
+    );
+    assert_eq!(persistence["ok"], true);
+    let sql: Vec<&str> = persistence["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "sql")
+        .map(|a| a["statement"].as_str().unwrap())
+        .collect();
+    assert!(sql
+        .iter()
+        .any(|s| s.contains("CREATE TABLE IF NOT EXISTS messages")));
+    assert!(sql.iter().any(|s| s.contains("INSERT INTO messages")));
+
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("s.toml");
+    std::fs::write(
+        &settings,
+        "greeting = \"Hola!\"\nrules = [{ keywords = [\"menu\"], reply = \"Menú\" }]\n",
+    )
+    .unwrap();
+    let mut ev = serde_json::from_str::<serde_json::Value>(samples::MESSAGE_RECEIVED).unwrap();
+    ev["body"] = "quiero el MENU".into();
+    let ev_file = dir.path().join("ev.json");
+    std::fs::write(&ev_file, ev.to_string()).unwrap();
+    let ar = plugin_test(
+        &sp.join("auto-reply.wasm"),
+        &[
+            "--file",
+            ev_file.to_str().unwrap(),
+            "--settings",
+            settings.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ar["ok"], true, "{ar}");
+    let sends: Vec<(&str, &str)> = ar["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["kind"] == "send")
+        .map(|a| (a["to"].as_str().unwrap(), a["text"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        sends,
+        vec![
+            ("573001112233@c.us", "Hola!"),
+            ("573001112233@c.us", "Menú")
+        ]
+    );
+    // An event the plugin does not subscribe to is skipped, not failed.
+    let skipped = plugin_test(&sp.join("auto-reply.wasm"), &["--event", "ack_update"]);
+    assert_eq!(
+        (
+            skipped["ok"].clone(),
+            skipped["result"].as_str().unwrap().starts_with("skipped")
+        ),
+        (serde_json::json!(true), true)
+    );
+}
+
+#[test]
+fn cli_reads_the_data_directory_and_the_running_server() {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    post(
+        &s.url("/webhook"),
+        samples::MESSAGE_RECEIVED.as_bytes(),
+        None,
+    );
+    post(&s.url("/webhook"), samples::ACK_UPDATE.as_bytes(), None);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let data = s.data_dir();
+    let local = run(&[
+        "events",
+        "list",
+        "--json",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let remote = run(&[
+        "events",
+        "list",
+        "--json",
+        "--url",
+        &s.url(""),
+        "--token",
+        TOKEN,
+    ]);
+    let parse = |t: &str| {
+        t.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (l, r) = (parse(&local), parse(&remote));
+    assert_eq!(l.len(), 2);
+    assert_eq!(l, r);
+    assert_eq!(l[0]["tenant"], "default");
+    assert_eq!(l[0]["key"], r#"message_received:["ABCD1234"]"#);
+    assert_eq!(l[1]["event_type"], "ack_update");
+    assert!(l[0]["received_at"].as_i64().unwrap() > 0);
+    let shown = run(&["events", "show", "1", "--data-dir", data.to_str().unwrap()]);
+    assert!(shown.contains("\"sender_name\": \"Juan Pérez\""), "{shown}");
+}
