@@ -31,8 +31,11 @@ run: build plugins
 test: build plugins test-plugins
 	cargo test --workspace -- --test-threads 2
 
+# Figures side by side in one run; see BENCHMARKS.md. BENCH_SECONDS,
+# BENCH_CONNECTIONS, BENCH_DELIVERIES, BENCH_DUPLICATE_PERCENT tune it.
 bench: build plugins
-	cargo run --release -p hookhost-bench
+	cargo build -p hookhost-bench
+	BENCH_PLUGINS_DIR=$(PLUGINS_DIR) $(CARGO_TARGET_DIR)/debug/hookhost-bench
 
 lint:
 	cargo fmt --all -- --check

@@ -1,1 +1,60 @@
-fn main() {}
+//! `make bench`: hookhost's figures, measured side by side in one run.
+//!
+//! 1. Ingest: a bare axum server that only reads the body (the ceiling),
+//!    `hookhost serve` with HMAC, parsing and durable commit and no plugins,
+//!    and hookhost with the three sample plugins. Each as a ratio to the
+//!    ceiling, since absolute figures on shared machines vary between runs.
+//! 2. Plugins: size, compile time, cached load, fresh instance + `handle`
+//!    (p50/p99), fuel per delivery, deliveries per second with the dispatcher.
+//! 3. Start-up with 10 cached plugins; peak RSS under load.
+
+mod load;
+mod plugins;
+mod procs;
+
+use std::time::Duration;
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--bare-server") {
+        return procs::bare_server();
+    }
+    let seconds = env_num("BENCH_SECONDS", 8);
+    let connections = env_num("BENCH_CONNECTIONS", 64) as usize;
+    let deliveries = env_num("BENCH_DELIVERIES", 1000) as usize;
+    let dups = env_num("BENCH_DUPLICATE_PERCENT", 10) as f64 / 100.0;
+    let plugins_dir = std::env::var("BENCH_PLUGINS_DIR").unwrap_or_else(|_| "hookhost-plugins".into());
+    let plugins_dir = std::path::PathBuf::from(plugins_dir);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut report = String::new();
+    let machine = procs::machine();
+    report.push_str(&format!(
+        "Machine: {machine}\nLoad: {connections} keep-alive connections, {seconds} s per server, {:.0} % duplicates, signed bodies in the gateway's event mix.\n\n",
+        dups * 100.0
+    ));
+
+    // 1. Ingest, side by side.
+    let duration = Duration::from_secs(seconds);
+    let ingest = procs::ingest_suite(&rt, &plugins_dir, connections, duration, dups)?;
+    report.push_str(&ingest);
+
+    // 2. Plugins.
+    let plugin_table = plugins::suite(&rt, &plugins_dir, deliveries)?;
+    report.push_str(&plugin_table);
+
+    // 3. Start-up with 10 cached plugins.
+    let startup = procs::startup_suite(&plugins_dir)?;
+    report.push_str(&startup);
+
+    println!("\n{report}");
+    let out = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
+    let path = std::path::Path::new(&out).join("bench-report.md");
+    std::fs::write(&path, &report)?;
+    eprintln!("report written to {}", path.display());
+    Ok(())
+}

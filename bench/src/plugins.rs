@@ -1,0 +1,159 @@
+//! Per-plugin figures, measured in-process with the host's own runtime:
+//! compile, cached load, fresh instance + `handle`, fuel; and deliveries
+//! per second through the dispatcher of a real server.
+
+use crate::load;
+use hookhost::capabilities::{Capabilities, SqlDb};
+use hookhost::config::{Grant, Limits, StoreConfig};
+use hookhost::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
+use hookhost::store::{Store, StoreOptions};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PLUGINS: &[(&str, &str)] = &[
+    ("logger", "Rust"),
+    ("persistence", "Rust"),
+    ("auto-reply", "Rust"),
+    ("stats", "JavaScript"),
+    ("keyword-alert", "Python"),
+];
+
+fn settings(name: &str) -> serde_json::Value {
+    match name {
+        "auto-reply" => serde_json::json!({"greeting": "Hola", "max_replies": 100000, "rules": [{"keywords": ["menu"], "reply": "Menú"}]}),
+        "keyword-alert" => serde_json::json!({"notify_to": "573000000001", "words": ["urgente"]}),
+        _ => serde_json::json!({}),
+    }
+}
+
+fn caps(store: &Store, dir: &Path, name: &str, seq: i64, limits: Limits) -> Capabilities {
+    Capabilities {
+        tenant: "bench".into(),
+        plugin: name.into(),
+        event_seq: seq,
+        grants: [Grant::Log, Grant::Kv, Grant::Sql, Grant::Config, Grant::Messaging].into_iter().collect(),
+        limits,
+        store: store.clone(),
+        settings: Arc::new(settings(name)),
+        sql: SqlDb::new(dir.join(format!("{name}.sqlite"))),
+        messenger: None,
+        resend: false,
+        // Sends are reported, not made: no network in this measurement.
+        dry_run: true,
+        deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
+        sends: 0,
+        log_lines: 0,
+        log_dropped: 0,
+        journal: None,
+    }
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, deliveries: usize) -> anyhow::Result<String> {
+    let mut out = String::from(
+        "## Plugins\n\n| plugin | language | size | compile | cached load | fresh instance + handle p50 | p99 | fuel / delivery | deliveries/s (dispatcher) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let engine = Runtime::new(true, 128)?;
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(&dir.path().join("store"), StoreOptions::from(&StoreConfig::default()));
+    let limits = Limits::default();
+    for (name, lang) in PLUGINS {
+        let path = plugins_dir.join(format!("{name}.wasm"));
+        let Ok(bytes) = std::fs::read(&path) else {
+            out.push_str(&format!("| {name} | {lang} | not built | | | | | | |\n"));
+            continue;
+        };
+        eprintln!("plugin {name}: compile, load, {deliveries} deliveries…");
+        let cache_dir = dir.path().join(format!("cache-{name}"));
+        let compiled = plugin::load(&engine, &CompileCache::new(cache_dir.clone()), name, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cached = plugin::load(&engine, &CompileCache::new(cache_dir), name, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut times = Vec::with_capacity(deliveries);
+        let mut fuel = 0u64;
+        for i in 0..deliveries + 20 {
+            let body = load::body(i as u64 * 10, 7, false); // message_received
+            let parsed = hookhost::event::parse(&body)?;
+            let raw = String::from_utf8_lossy(&body).into_owned();
+            let ctx = hookhost::bindings::types::DeliveryContext {
+                tenant: "bench".into(),
+                plugin: name.to_string(),
+                event_key: parsed.key.clone(),
+                attempt: 1,
+                received_at: 0,
+                raw_json: raw.clone(),
+            };
+            let ev = convert::event(&parsed.event, &raw);
+            let r = sandbox::deliver(&cached, caps(&store, dir.path(), name, i as i64, limits), &limits, &ev, &ctx);
+            if let Err(e) = r.result {
+                anyhow::bail!("{name}: delivery failed: {e}");
+            }
+            if i >= 20 {
+                times.push(r.total.as_secs_f64() * 1e6);
+                fuel += r.fuel_used;
+            }
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let dps = dispatcher_rate(rt, plugins_dir, name)?;
+        let fmt_us = |us: f64| if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.0} µs") };
+        out.push_str(&format!(
+            "| {name} | {lang} | {:.0} KiB | {:.0} ms | {:.1} ms | {} | {} | {} | {:.0} |\n",
+            bytes.len() as f64 / 1024.0,
+            compiled.compile_time.as_secs_f64() * 1000.0,
+            cached.compile_time.as_secs_f64() * 1000.0,
+            fmt_us(pct(&times, 0.5)),
+            fmt_us(pct(&times, 0.99)),
+            fuel / deliveries as u64,
+            dps
+        ));
+    }
+    engine.stop();
+    out.push_str(&format!(
+        "\nFresh instance + handle: a new store and instance from the plugin's `InstancePre` (pooling allocator) and one `handle` call with a `message_received` event, {deliveries} times after 20 warm-up calls; SQL and key-value writes are real (the store commits with `synchronous = FULL`), sends are dry-run. Deliveries/s: one server with only that plugin, events posted for 2 s, counted until the ledger has no open delivery.\n\n"
+    ));
+    Ok(out)
+}
+
+/// Deliveries per second through a real server's dispatcher, one plugin.
+fn dispatcher_rate(rt: &tokio::runtime::Runtime, plugins_dir: &Path, name: &str) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(plugins_dir.join(format!("{name}.wasm")), plugins.join(format!("{name}.wasm")))?;
+    let mut config = hookhost::config::Config::parse(&format!(
+        "[tenants.default]\nrate_limit = {{ per_second = 0, burst = 0 }}\nplugins = [\"{name}\"]\n[tenants.default.plugin.{name}]\ngrants = [\"log\", \"kv\", \"sql\", \"config\"]\n"
+    ))
+    .map_err(|e| anyhow::anyhow!(e))?;
+    config.server.listen = "127.0.0.1:0".parse()?;
+    config.server.data_dir = dir.path().join("data");
+    config.server.plugins_dir = plugins;
+    let server = hookhost::server::spawn(config)?;
+    crate::procs::wait_loaded(server.addr, 1);
+    let start = Instant::now();
+    let r = rt.block_on(load::run(load::LoadSpec {
+        addr: server.addr,
+        path: "/webhook".into(),
+        connections: 16,
+        duration: Duration::from_secs(2),
+        duplicate_share: 0.0,
+        secret: None,
+    }));
+    // Wait until every delivery is done.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let t = crate::procs::get_text(server.addr, "/metrics");
+        let open = t.lines().any(|l| l == "hookhost_deliveries_open 0");
+        let lag = t.lines().any(|l| l == "hookhost_inbox_lag 0");
+        if (open && lag) || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = start.elapsed();
+    let done = crate::procs::metric_sum(server.addr, "hookhost_deliveries_total{");
+    drop(server);
+    let _ = r;
+    Ok(done as f64 / elapsed.as_secs_f64())
+}

@@ -1,0 +1,295 @@
+//! Servers under test as child processes: the bare axum ceiling (this
+//! binary with `--bare-server`) and `hookhost serve`.
+
+use crate::load::{self, LoadResult, LoadSpec};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "bench-secret";
+
+/// The ceiling: reads the body, answers 200.
+pub fn bare_server() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let app = axum::Router::new().route(
+            "/webhook",
+            axum::routing::post(|body: bytes::Bytes| async move {
+                std::hint::black_box(body.len());
+                "{\"ok\":true}"
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", l.local_addr()?);
+        axum::serve(l, app).await?;
+        Ok(())
+    })
+}
+
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    format!("{} cores ({cpu}), {} GiB RAM", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), mem / 1024 / 1024)
+}
+
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Peak resident set size (VmHWM), in MiB.
+    pub fn peak_rss_mb(&self) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0)))
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+}
+
+fn sibling(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().unwrap().join(name)
+}
+
+pub fn spawn_bare() -> anyhow::Result<Server> {
+    let mut child = Command::new(std::env::current_exe()?).arg("--bare-server").stdout(Stdio::piped()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
+    Ok(Server { child, addr: line.trim().parse()? })
+}
+
+/// Starts `hookhost serve`; returns once it listens, with the time that took.
+pub fn spawn_hookhost(config: &Path, data: &Path, plugins: &Path) -> anyhow::Result<(Server, Duration)> {
+    let bin = sibling("hookhost");
+    anyhow::ensure!(bin.exists(), "{} not built (run `make bench`)", bin.display());
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .env("HOOKHOST_LOG_FORMAT", "json")
+        .env("HOOKHOST_LOG", "warn,hookhost::server=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["message"] == "hookhost listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(120))?;
+    Ok((Server { child, addr: addr.parse()? }, start.elapsed()))
+}
+
+pub fn config(dir: &Path, plugins: &[&str], whapi: Option<&str>) -> PathBuf {
+    let mut c = format!(
+        "[tenants.default]\nsecrets = [\"{SECRET}\"]\nrate_limit = {{ per_second = 0, burst = 0 }}\nplugins = {plugins:?}\n[server]\nmax_inflight = 4096\n"
+    );
+    if let Some(url) = whapi {
+        c.push_str(&format!(
+            "[tenants.default.whapi]\nbase_url = \"{url}\"\ninstance_id = \"1\"\ntoken = \"t\"\n[tenants.default.plugin.auto-reply]\ngrants = [\"log\", \"kv\", \"config\", \"messaging\"]\n[tenants.default.plugin.auto-reply.settings]\ngreeting = \"Hola\"\nmax_replies = 1000\nrules = [{{ keywords = [\"menu\"], reply = \"Menú\" }}]\n"
+        ));
+    }
+    let p = dir.join("hookhost.toml");
+    std::fs::write(&p, c).unwrap();
+    p
+}
+
+/// A stand-in for the gateway's send API that accepts everything.
+pub fn fake_whapi(rt: &tokio::runtime::Runtime) -> String {
+    let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    rt.spawn(async move {
+        let app = axum::Router::new().route("/api/send-message", axum::routing::post(|| async { "{\"sent\":true,\"message\":{\"id\":\"x\"}}" }));
+        let _ = axum::serve(l, app).await;
+    });
+    url
+}
+
+fn row(name: &str, r: &LoadResult, ceiling: f64, rss: Option<f64>) -> String {
+    format!(
+        "| {name} | {:.0} | {:.0} % | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+        r.rps(),
+        100.0 * r.rps() / ceiling,
+        r.pct(0.50),
+        r.pct(0.99),
+        r.max_ms(),
+        rss.map(|m| format!("{m:.0}")).unwrap_or_else(|| "–".into()),
+        r.status_line()
+    )
+}
+
+fn drive(rt: &tokio::runtime::Runtime, addr: SocketAddr, connections: usize, duration: Duration, dups: f64, signed: bool) -> LoadResult {
+    let spec = LoadSpec {
+        addr,
+        path: "/webhook".into(),
+        connections,
+        duration,
+        duplicate_share: dups,
+        secret: signed.then(|| SECRET.to_string()),
+    };
+    // A short warm-up, then the measured run.
+    rt.block_on(load::run(LoadSpec { duration: Duration::from_millis(500), ..spec.clone() }));
+    rt.block_on(load::run(spec))
+}
+
+pub fn ingest_suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, connections: usize, duration: Duration, dups: f64) -> anyhow::Result<String> {
+    let mut out = String::from("## Ingest\n\n| server | req/s | of ceiling | p50 ms | p99 ms | max ms | peak RSS MiB | statuses |\n|---|---|---|---|---|---|---|---|\n");
+    eprintln!("ingest: bare axum ceiling…");
+    let bare = spawn_bare()?;
+    let ceiling = drive(rt, bare.addr, connections, duration, dups, true);
+    let bare_rss = bare.peak_rss_mb();
+    drop(bare);
+    let c = ceiling.rps();
+    out.push_str(&row("bare axum (ceiling)", &ceiling, c, Some(bare_rss)));
+
+    eprintln!("ingest: hookhost, no plugins…");
+    let dir = tempfile::tempdir()?;
+    let empty = dir.path().join("no-plugins");
+    std::fs::create_dir_all(&empty)?;
+    let cfg = config(dir.path(), &[], None);
+    let (srv, _) = spawn_hookhost(&cfg, &dir.path().join("data1"), &empty)?;
+    let bare_hookhost = drive(rt, srv.addr, connections, duration, dups, true);
+    out.push_str(&row("hookhost, durable ingest, no plugins", &bare_hookhost, c, Some(srv.peak_rss_mb())));
+    drop(srv);
+
+    eprintln!("ingest: hookhost with the three sample plugins…");
+    let with = dir.path().join("samples");
+    std::fs::create_dir_all(&with)?;
+    for p in ["logger", "persistence", "auto-reply"] {
+        std::fs::copy(plugins_dir.join(format!("{p}.wasm")), with.join(format!("{p}.wasm")))?;
+    }
+    let whapi = fake_whapi(rt);
+    let cfg = config(dir.path(), &["logger", "persistence", "auto-reply"], Some(&whapi));
+    let data = dir.path().join("data2");
+    let (srv, _) = spawn_hookhost(&cfg, &data, &with)?;
+    wait_loaded(srv.addr, 3);
+    let plugged = drive(rt, srv.addr, connections, duration, dups, true);
+    out.push_str(&row("hookhost + logger, persistence, auto-reply", &plugged, c, Some(srv.peak_rss_mb())));
+    // How long the plugins take to catch up with what was accepted.
+    let t = Instant::now();
+    let backlog_done = wait_metric_zero(srv.addr, "hookhost_deliveries_open ", Duration::from_secs(300));
+    let drain = t.elapsed();
+    let delivered = metric_sum(srv.addr, "hookhost_deliveries_total{");
+    drop(srv);
+    out.push_str(&format!(
+        "\nDurable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % less than without. After the load, the plugins finished the backlog in {:.1} s{} ({} deliveries in all).\n\n",
+        100.0 * bare_hookhost.rps() / c,
+        100.0 * plugged.rps() / c,
+        100.0 * (1.0 - plugged.rps() / bare_hookhost.rps()),
+        drain.as_secs_f64(),
+        if backlog_done { "" } else { " (not finished)" },
+        delivered
+    ));
+    Ok(out)
+}
+
+pub fn get_text(addr: SocketAddr, path: &str) -> String {
+    ureq::get(&format!("http://{addr}{path}")).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default()
+}
+
+pub fn wait_loaded(addr: SocketAddr, n: usize) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(300) {
+        let t = get_text(addr, "/metrics");
+        if t.lines().filter(|l| l.starts_with("hookhost_plugins_loaded{")).count() >= n {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    start.elapsed()
+}
+
+fn wait_metric_zero(addr: SocketAddr, prefix: &str, max: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < max {
+        let t = get_text(addr, "/metrics");
+        if t.lines().any(|l| l.starts_with(prefix) && l.ends_with(" 0")) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+pub fn metric_sum(addr: SocketAddr, prefix: &str) -> u64 {
+    get_text(addr, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Appends a custom section: another file (hash), the same code.
+pub fn variant(bytes: &[u8], tag: u32) -> Vec<u8> {
+    let name = format!("v{tag}");
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name.as_bytes());
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push(payload.len() as u8);
+    out.extend(payload);
+    out
+}
+
+pub fn startup_suite(plugins_dir: &Path) -> anyhow::Result<String> {
+    eprintln!("start-up with 10 cached plugins…");
+    let dir = tempfile::tempdir()?;
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    let sources = ["logger", "persistence", "auto-reply"];
+    let mut names = Vec::new();
+    for i in 0..10u32 {
+        let src = std::fs::read(plugins_dir.join(format!("{}.wasm", sources[i as usize % 3])))?;
+        let name = format!("p{i}");
+        std::fs::write(plugins.join(format!("{name}.wasm")), variant(&src, i))?;
+        names.push(name);
+    }
+    let names_ref: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cfg = config(dir.path(), &names_ref, None);
+    let data = dir.path().join("data");
+    // First start compiles and fills the cache.
+    let (srv, _) = spawn_hookhost(&cfg, &data, &plugins)?;
+    let cold_listen = wait_loaded(srv.addr, 10);
+    drop(srv);
+    let mut warm = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (srv, _) = spawn_hookhost(&cfg, &data, &plugins)?;
+        wait_loaded(srv.addr, 10);
+        warm.push(t.elapsed());
+        drop(srv);
+    }
+    warm.sort();
+    Ok(format!(
+        "## Start-up\n\nTen plugins (Rust samples, each a distinct file): first start compiles them in {:.0} ms after the listener is up; a restart with the compile cache reaches ready with all ten loaded in **{:.0} ms** (median of 3, process start included).\n\n",
+        cold_listen.as_secs_f64() * 1000.0,
+        warm[1].as_secs_f64() * 1000.0
+    ))
+}
