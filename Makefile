@@ -34,7 +34,7 @@ test: build plugins test-plugins
 # Figures side by side in one run; see BENCHMARKS.md. BENCH_SECONDS,
 # BENCH_CONNECTIONS, BENCH_DELIVERIES, BENCH_DUPLICATE_PERCENT tune it.
 bench: build plugins
-	cargo build -p hookhost-bench
+	cargo build -p hookhost -p hookhost-bench
 	BENCH_PLUGINS_DIR=$(PLUGINS_DIR) $(CARGO_TARGET_DIR)/debug/hookhost-bench
 
 lint:

@@ -47,7 +47,11 @@ impl LoadResult {
         self.latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0
     }
     pub fn status_line(&self) -> String {
-        let mut s: Vec<String> = self.statuses.iter().map(|(k, v)| format!("{k}×{v}")).collect();
+        let mut s: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|(k, v)| format!("{k}×{v}"))
+            .collect();
         if self.errors > 0 {
             s.push(format!("errors×{}", self.errors));
         }
@@ -95,7 +99,9 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
     for _ in 0..spec.connections {
         let spec = spec.clone();
         let counter = counter.clone();
-        tasks.push(tokio::spawn(async move { connection(spec, counter, run_id, start).await }));
+        tasks.push(tokio::spawn(async move {
+            connection(spec, counter, run_id, start).await
+        }));
     }
     let mut total = LoadResult::default();
     for t in tasks {
@@ -112,7 +118,12 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
     total
 }
 
-async fn connection(spec: LoadSpec, counter: Arc<AtomicU64>, run_id: u64, start: Instant) -> LoadResult {
+async fn connection(
+    spec: LoadSpec,
+    counter: Arc<AtomicU64>,
+    run_id: u64,
+    start: Instant,
+) -> LoadResult {
     let mut r = LoadResult::default();
     let mut sender = None;
     while start.elapsed() < spec.duration {
@@ -143,7 +154,10 @@ async fn connection(spec: LoadSpec, counter: Arc<AtomicU64>, run_id: u64, start:
             .header("host", "127.0.0.1")
             .header("content-type", "application/json");
         if let Some(secret) = &spec.secret {
-            req = req.header("x-whapi-signature", hookhost::signature::sign(secret.as_bytes(), &b));
+            req = req.header(
+                "x-whapi-signature",
+                hookhost::signature::sign(secret.as_bytes(), &b),
+            );
         }
         let req = req.body(Full::new(Bytes::from(b))).unwrap();
         let t = Instant::now();

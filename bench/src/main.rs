@@ -15,7 +15,10 @@ mod procs;
 use std::time::Duration;
 
 fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -23,14 +26,47 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--bare-server") {
         return procs::bare_server();
     }
+    if args.get(1).map(String::as_str) == Some("--load") {
+        // `--load ADDR [SECONDS]`: only drive load at a running server (for profiling).
+        let addr = args
+            .get(2)
+            .ok_or_else(|| anyhow::anyhow!("--load ADDR [SECONDS]"))?
+            .parse()?;
+        let secs = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let r = rt.block_on(load::run(load::LoadSpec {
+            addr,
+            path: "/webhook".into(),
+            connections: env_num("BENCH_CONNECTIONS", 64) as usize,
+            duration: Duration::from_secs(secs),
+            duplicate_share: env_num("BENCH_DUPLICATE_PERCENT", 10) as f64 / 100.0,
+            secret: Some(procs::SECRET.to_string()),
+        }));
+        println!(
+            "{:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms, {}",
+            r.rps(),
+            r.pct(0.5),
+            r.pct(0.99),
+            r.max_ms(),
+            r.status_line()
+        );
+        return Ok(());
+    }
     let seconds = env_num("BENCH_SECONDS", 8);
     let connections = env_num("BENCH_CONNECTIONS", 64) as usize;
     let deliveries = env_num("BENCH_DELIVERIES", 1000) as usize;
     let dups = env_num("BENCH_DUPLICATE_PERCENT", 10) as f64 / 100.0;
-    let plugins_dir = std::env::var("BENCH_PLUGINS_DIR").unwrap_or_else(|_| "hookhost-plugins".into());
+    let plugins_dir =
+        std::env::var("BENCH_PLUGINS_DIR").unwrap_or_else(|_| "hookhost-plugins".into());
     let plugins_dir = std::path::PathBuf::from(plugins_dir);
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let mut report = String::new();
     let machine = procs::machine();
     report.push_str(&format!(
@@ -38,18 +74,29 @@ fn main() -> anyhow::Result<()> {
         dups * 100.0
     ));
 
+    // BENCH_ONLY=ingest|plugins|startup runs one part.
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let part = |p: &str| only.is_empty() || only == p;
+
     // 1. Ingest, side by side.
-    let duration = Duration::from_secs(seconds);
-    let ingest = procs::ingest_suite(&rt, &plugins_dir, connections, duration, dups)?;
-    report.push_str(&ingest);
-
+    if part("ingest") {
+        let duration = Duration::from_secs(seconds);
+        report.push_str(&procs::ingest_suite(
+            &rt,
+            &plugins_dir,
+            connections,
+            duration,
+            dups,
+        )?);
+    }
     // 2. Plugins.
-    let plugin_table = plugins::suite(&rt, &plugins_dir, deliveries)?;
-    report.push_str(&plugin_table);
-
+    if part("plugins") {
+        report.push_str(&plugins::suite(&rt, &plugins_dir, deliveries)?);
+    }
     // 3. Start-up with 10 cached plugins.
-    let startup = procs::startup_suite(&plugins_dir)?;
-    report.push_str(&startup);
+    if part("startup") {
+        report.push_str(&procs::startup_suite(&plugins_dir)?);
+    }
 
     println!("\n{report}");
     let out = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());

@@ -21,7 +21,9 @@ const PLUGINS: &[(&str, &str)] = &[
 
 fn settings(name: &str) -> serde_json::Value {
     match name {
-        "auto-reply" => serde_json::json!({"greeting": "Hola", "max_replies": 100000, "rules": [{"keywords": ["menu"], "reply": "Menú"}]}),
+        "auto-reply" => {
+            serde_json::json!({"greeting": "Hola", "max_replies": 100000, "rules": [{"keywords": ["menu"], "reply": "Menú"}]})
+        }
         "keyword-alert" => serde_json::json!({"notify_to": "573000000001", "words": ["urgente"]}),
         _ => serde_json::json!({}),
     }
@@ -32,7 +34,15 @@ fn caps(store: &Store, dir: &Path, name: &str, seq: i64, limits: Limits) -> Capa
         tenant: "bench".into(),
         plugin: name.into(),
         event_seq: seq,
-        grants: [Grant::Log, Grant::Kv, Grant::Sql, Grant::Config, Grant::Messaging].into_iter().collect(),
+        grants: [
+            Grant::Log,
+            Grant::Kv,
+            Grant::Sql,
+            Grant::Config,
+            Grant::Messaging,
+        ]
+        .into_iter()
+        .collect(),
         limits,
         store: store.clone(),
         settings: Arc::new(settings(name)),
@@ -53,13 +63,20 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-pub fn suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, deliveries: usize) -> anyhow::Result<String> {
+pub fn suite(
+    rt: &tokio::runtime::Runtime,
+    plugins_dir: &Path,
+    deliveries: usize,
+) -> anyhow::Result<String> {
     let mut out = String::from(
         "## Plugins\n\n| plugin | language | size | compile | cached load | fresh instance + handle p50 | p99 | fuel / delivery | deliveries/s (dispatcher) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let engine = Runtime::new(true, 128)?;
     let dir = tempfile::tempdir()?;
-    let store = Store::open(&dir.path().join("store"), StoreOptions::from(&StoreConfig::default()));
+    let store = Store::open(
+        &dir.path().join("store"),
+        StoreOptions::from(&StoreConfig::default()),
+    );
     let limits = Limits::default();
     for (name, lang) in PLUGINS {
         let path = plugins_dir.join(format!("{name}.wasm"));
@@ -69,8 +86,10 @@ pub fn suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, deliveries: usize
         };
         eprintln!("plugin {name}: compile, load, {deliveries} deliveries…");
         let cache_dir = dir.path().join(format!("cache-{name}"));
-        let compiled = plugin::load(&engine, &CompileCache::new(cache_dir.clone()), name, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let cached = plugin::load(&engine, &CompileCache::new(cache_dir), name, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let compiled = plugin::load(&engine, &CompileCache::new(cache_dir.clone()), name, &bytes)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cached = plugin::load(&engine, &CompileCache::new(cache_dir), name, &bytes)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut times = Vec::with_capacity(deliveries);
         let mut fuel = 0u64;
         for i in 0..deliveries + 20 {
@@ -86,7 +105,13 @@ pub fn suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, deliveries: usize
                 raw_json: raw.clone(),
             };
             let ev = convert::event(&parsed.event, &raw);
-            let r = sandbox::deliver(&cached, caps(&store, dir.path(), name, i as i64, limits), &limits, &ev, &ctx);
+            let r = sandbox::deliver(
+                &cached,
+                caps(&store, dir.path(), name, i as i64, limits),
+                &limits,
+                &ev,
+                &ctx,
+            );
             if let Err(e) = r.result {
                 anyhow::bail!("{name}: delivery failed: {e}");
             }
@@ -97,7 +122,13 @@ pub fn suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, deliveries: usize
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let dps = dispatcher_rate(rt, plugins_dir, name)?;
-        let fmt_us = |us: f64| if us >= 1000.0 { format!("{:.2} ms", us / 1000.0) } else { format!("{us:.0} µs") };
+        let fmt_us = |us: f64| {
+            if us >= 1000.0 {
+                format!("{:.2} ms", us / 1000.0)
+            } else {
+                format!("{us:.0} µs")
+            }
+        };
         out.push_str(&format!(
             "| {name} | {lang} | {:.0} KiB | {:.0} ms | {:.1} ms | {} | {} | {} | {:.0} |\n",
             bytes.len() as f64 / 1024.0,
@@ -117,11 +148,18 @@ pub fn suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, deliveries: usize
 }
 
 /// Deliveries per second through a real server's dispatcher, one plugin.
-fn dispatcher_rate(rt: &tokio::runtime::Runtime, plugins_dir: &Path, name: &str) -> anyhow::Result<f64> {
+fn dispatcher_rate(
+    rt: &tokio::runtime::Runtime,
+    plugins_dir: &Path,
+    name: &str,
+) -> anyhow::Result<f64> {
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins)?;
-    std::fs::copy(plugins_dir.join(format!("{name}.wasm")), plugins.join(format!("{name}.wasm")))?;
+    std::fs::copy(
+        plugins_dir.join(format!("{name}.wasm")),
+        plugins.join(format!("{name}.wasm")),
+    )?;
     let mut config = hookhost::config::Config::parse(&format!(
         "[tenants.default]\nrate_limit = {{ per_second = 0, burst = 0 }}\nplugins = [\"{name}\"]\n[tenants.default.plugin.{name}]\ngrants = [\"log\", \"kv\", \"sql\", \"config\"]\n"
     ))

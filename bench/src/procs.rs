@@ -12,7 +12,9 @@ pub const SECRET: &str = "bench-secret";
 
 /// The ceiling: reads the body, answers 200.
 pub fn bare_server() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let app = axum::Router::new().route(
             "/webhook",
@@ -31,13 +33,31 @@ pub fn bare_server() -> anyhow::Result<()> {
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0);
-    format!("{} cores ({cpu}), {} GiB RAM", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1), mem / 1024 / 1024)
+    format!(
+        "{} cores ({cpu}), {} GiB RAM",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        mem / 1024 / 1024
+    )
 }
 
 pub struct Server {
@@ -57,7 +77,15 @@ impl Server {
     pub fn peak_rss_mb(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse::<f64>().unwrap_or(0.0)))
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .unwrap_or("0")
+                        .parse::<f64>()
+                        .unwrap_or(0.0)
+                })
+            })
             .unwrap_or(0.0)
             / 1024.0
     }
@@ -69,16 +97,30 @@ fn sibling(name: &str) -> PathBuf {
 }
 
 pub fn spawn_bare() -> anyhow::Result<Server> {
-    let mut child = Command::new(std::env::current_exe()?).arg("--bare-server").stdout(Stdio::piped()).spawn()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--bare-server")
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line)?;
-    Ok(Server { child, addr: line.trim().parse()? })
+    Ok(Server {
+        child,
+        addr: line.trim().parse()?,
+    })
 }
 
 /// Starts `hookhost serve`; returns once it listens, with the time that took.
-pub fn spawn_hookhost(config: &Path, data: &Path, plugins: &Path) -> anyhow::Result<(Server, Duration)> {
+pub fn spawn_hookhost(
+    config: &Path,
+    data: &Path,
+    plugins: &Path,
+) -> anyhow::Result<(Server, Duration)> {
     let bin = sibling("hookhost");
-    anyhow::ensure!(bin.exists(), "{} not built (run `make bench`)", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "{} not built (run `make bench`)",
+        bin.display()
+    );
     let start = Instant::now();
     let mut child = Command::new(bin)
         .args(["serve", "--config"])
@@ -104,7 +146,13 @@ pub fn spawn_hookhost(config: &Path, data: &Path, plugins: &Path) -> anyhow::Res
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(120))?;
-    Ok((Server { child, addr: addr.parse()? }, start.elapsed()))
+    Ok((
+        Server {
+            child,
+            addr: addr.parse()?,
+        },
+        start.elapsed(),
+    ))
 }
 
 pub fn config(dir: &Path, plugins: &[&str], whapi: Option<&str>) -> PathBuf {
@@ -123,10 +171,15 @@ pub fn config(dir: &Path, plugins: &[&str], whapi: Option<&str>) -> PathBuf {
 
 /// A stand-in for the gateway's send API that accepts everything.
 pub fn fake_whapi(rt: &tokio::runtime::Runtime) -> String {
-    let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     rt.spawn(async move {
-        let app = axum::Router::new().route("/api/send-message", axum::routing::post(|| async { "{\"sent\":true,\"message\":{\"id\":\"x\"}}" }));
+        let app = axum::Router::new().route(
+            "/api/send-message",
+            axum::routing::post(|| async { "{\"sent\":true,\"message\":{\"id\":\"x\"}}" }),
+        );
         let _ = axum::serve(l, app).await;
     });
     url
@@ -145,7 +198,14 @@ fn row(name: &str, r: &LoadResult, ceiling: f64, rss: Option<f64>) -> String {
     )
 }
 
-fn drive(rt: &tokio::runtime::Runtime, addr: SocketAddr, connections: usize, duration: Duration, dups: f64, signed: bool) -> LoadResult {
+fn drive(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    dups: f64,
+    signed: bool,
+) -> LoadResult {
     let spec = LoadSpec {
         addr,
         path: "/webhook".into(),
@@ -155,11 +215,20 @@ fn drive(rt: &tokio::runtime::Runtime, addr: SocketAddr, connections: usize, dur
         secret: signed.then(|| SECRET.to_string()),
     };
     // A short warm-up, then the measured run.
-    rt.block_on(load::run(LoadSpec { duration: Duration::from_millis(500), ..spec.clone() }));
+    rt.block_on(load::run(LoadSpec {
+        duration: Duration::from_millis(500),
+        ..spec.clone()
+    }));
     rt.block_on(load::run(spec))
 }
 
-pub fn ingest_suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, connections: usize, duration: Duration, dups: f64) -> anyhow::Result<String> {
+pub fn ingest_suite(
+    rt: &tokio::runtime::Runtime,
+    plugins_dir: &Path,
+    connections: usize,
+    duration: Duration,
+    dups: f64,
+) -> anyhow::Result<String> {
     let mut out = String::from("## Ingest\n\n| server | req/s | of ceiling | p50 ms | p99 ms | max ms | peak RSS MiB | statuses |\n|---|---|---|---|---|---|---|---|\n");
     eprintln!("ingest: bare axum ceiling…");
     let bare = spawn_bare()?;
@@ -176,25 +245,46 @@ pub fn ingest_suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, connection
     let cfg = config(dir.path(), &[], None);
     let (srv, _) = spawn_hookhost(&cfg, &dir.path().join("data1"), &empty)?;
     let bare_hookhost = drive(rt, srv.addr, connections, duration, dups, true);
-    out.push_str(&row("hookhost, durable ingest, no plugins", &bare_hookhost, c, Some(srv.peak_rss_mb())));
+    out.push_str(&row(
+        "hookhost, durable ingest, no plugins",
+        &bare_hookhost,
+        c,
+        Some(srv.peak_rss_mb()),
+    ));
     drop(srv);
 
     eprintln!("ingest: hookhost with the three sample plugins…");
     let with = dir.path().join("samples");
     std::fs::create_dir_all(&with)?;
     for p in ["logger", "persistence", "auto-reply"] {
-        std::fs::copy(plugins_dir.join(format!("{p}.wasm")), with.join(format!("{p}.wasm")))?;
+        std::fs::copy(
+            plugins_dir.join(format!("{p}.wasm")),
+            with.join(format!("{p}.wasm")),
+        )?;
     }
     let whapi = fake_whapi(rt);
-    let cfg = config(dir.path(), &["logger", "persistence", "auto-reply"], Some(&whapi));
+    let cfg = config(
+        dir.path(),
+        &["logger", "persistence", "auto-reply"],
+        Some(&whapi),
+    );
     let data = dir.path().join("data2");
     let (srv, _) = spawn_hookhost(&cfg, &data, &with)?;
     wait_loaded(srv.addr, 3);
     let plugged = drive(rt, srv.addr, connections, duration, dups, true);
-    out.push_str(&row("hookhost + logger, persistence, auto-reply", &plugged, c, Some(srv.peak_rss_mb())));
+    out.push_str(&row(
+        "hookhost + logger, persistence, auto-reply",
+        &plugged,
+        c,
+        Some(srv.peak_rss_mb()),
+    ));
     // How long the plugins take to catch up with what was accepted.
     let t = Instant::now();
-    let backlog_done = wait_metric_zero(srv.addr, "hookhost_deliveries_open ", Duration::from_secs(300));
+    let backlog_done = wait_metric_zero(
+        srv.addr,
+        "hookhost_deliveries_open ",
+        Duration::from_secs(300),
+    );
     let drain = t.elapsed();
     let delivered = metric_sum(srv.addr, "hookhost_deliveries_total{");
     drop(srv);
@@ -211,14 +301,22 @@ pub fn ingest_suite(rt: &tokio::runtime::Runtime, plugins_dir: &Path, connection
 }
 
 pub fn get_text(addr: SocketAddr, path: &str) -> String {
-    ureq::get(&format!("http://{addr}{path}")).call().ok().and_then(|mut r| r.body_mut().read_to_string().ok()).unwrap_or_default()
+    ureq::get(&format!("http://{addr}{path}"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
 }
 
 pub fn wait_loaded(addr: SocketAddr, n: usize) -> Duration {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(300) {
         let t = get_text(addr, "/metrics");
-        if t.lines().filter(|l| l.starts_with("hookhost_plugins_loaded{")).count() >= n {
+        if t.lines()
+            .filter(|l| l.starts_with("hookhost_plugins_loaded{"))
+            .count()
+            >= n
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(2));
@@ -230,7 +328,9 @@ fn wait_metric_zero(addr: SocketAddr, prefix: &str, max: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < max {
         let t = get_text(addr, "/metrics");
-        if t.lines().any(|l| l.starts_with(prefix) && l.ends_with(" 0")) {
+        if t.lines()
+            .any(|l| l.starts_with(prefix) && l.ends_with(" 0"))
+        {
             return true;
         }
         std::thread::sleep(Duration::from_millis(100));

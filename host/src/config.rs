@@ -226,7 +226,7 @@ impl Default for DispatchConfig {
             max_attempts: 8,
             backoff_base_ms: 500,
             backoff_max_ms: 5 * 60_000,
-            workers: 8,
+            workers: 16,
             tenant_concurrency: 4,
         }
     }

@@ -178,7 +178,7 @@ async fn fan_out(
             let plugins = per_tenant
                 .entry(e.tenant.as_str())
                 .or_insert_with(|| inner.registry.plugins_for(&e.tenant));
-            let kind = event::parse(&e.body).map(|p| convert::kind(&p.event)).ok();
+            let kind = Some(convert::kind_of_type(&e.event_type));
             for p in plugins.iter() {
                 // A plugin still loading gets the row; it is skipped at
                 // delivery time if it does not want the event.
@@ -258,12 +258,12 @@ async fn schedule(
             (d.event_seq, d.plugin.clone(), hash)
         })
         .collect();
-    if let Err(e) = inner.store.mark_running(marks).await {
-        for d in &picked {
-            release(inner, d);
+    let marked = inner.store.mark_running(marks);
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = marked.await {
+            tracing::warn!(error = %e, "cannot mark deliveries running");
         }
-        return Err(e);
-    }
+    });
     for d in picked {
         let inner = inner.clone();
         tasks.spawn(async move {

@@ -86,7 +86,7 @@ async fn receive(
             if duplicate {
                 tracing::debug!(tenant = tenant_name, key, "duplicate event");
             } else {
-                tracing::info!(tenant = tenant_name, key, event_type, "event stored");
+                tracing::debug!(tenant = tenant_name, key, event_type, "event stored");
                 state.wake.notify_one();
             }
             Ok(Json(

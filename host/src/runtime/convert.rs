@@ -93,6 +93,18 @@ pub fn kind(e: &Event) -> wit::EventKind {
     }
 }
 
+/// The kind of a stored event from its `event_type` column.
+pub fn kind_of_type(event_type: &str) -> wit::EventKind {
+    match event_type {
+        "message_received" => wit::EventKind::MessageReceived,
+        "message_sent" => wit::EventKind::MessageSent,
+        "ack_update" => wit::EventKind::AckUpdate,
+        "message_reaction" => wit::EventKind::MessageReaction,
+        "test_webhook" => wit::EventKind::TestWebhook,
+        _ => wit::EventKind::Unknown,
+    }
+}
+
 pub fn kind_name(k: wit::EventKind) -> &'static str {
     match k {
         wit::EventKind::MessageReceived => "message_received",

@@ -96,7 +96,7 @@ impl Store {
         self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend
-                 FROM deliveries d
+                 FROM deliveries d INDEXED BY deliveries_queue
                  WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
                    AND NOT EXISTS (
                      SELECT 1 FROM deliveries o
@@ -146,8 +146,14 @@ impl Store {
         })
     }
 
-    pub async fn mark_running(&self, items: Vec<(i64, String, String)>) -> Result<(), StoreError> {
-        self.write(move |c| {
+    /// Marks deliveries running. Submitted at once and not awaited by the
+    /// dispatcher: the writer applies operations in order, so the outcome
+    /// written later can never be overtaken by this mark.
+    pub fn mark_running(
+        &self,
+        items: Vec<(i64, String, String)>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(), StoreError>> {
+        self.submit(move |c| {
             let now = now_ms();
             let mut st = c.prepare_cached(
                 "UPDATE deliveries SET state = 'running', attempts = attempts + 1, plugin_hash = ?3, updated_at = ?4
@@ -158,7 +164,6 @@ impl Store {
             }
             Ok(())
         })
-        .await
     }
 
     pub async fn finish(

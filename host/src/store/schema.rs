@@ -55,6 +55,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE deliveries ADD COLUMN resend INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: the scheduler walks open deliveries in event order without sorting.
+    r#"
+    CREATE INDEX deliveries_queue ON deliveries (event_seq)
+        WHERE state IN ('pending', 'failed');
+    "#,
 ];
 
 pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {

@@ -138,16 +138,16 @@ impl Writer {
 
 fn commit_batch(c: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), StoreError> {
     let run = |c: &mut Connection, batch: &mut [Box<dyn WriteOp>]| -> rusqlite::Result<()> {
-        c.execute_batch("BEGIN IMMEDIATE")?;
+        c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         for op in batch.iter_mut() {
-            c.execute_batch("SAVEPOINT op")?;
-            if op.apply(c)? {
-                c.execute_batch("RELEASE op")?;
-            } else {
-                c.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            c.prepare_cached("SAVEPOINT op")?.execute([])?;
+            if !op.apply(c)? {
+                c.prepare_cached("ROLLBACK TO op")?.execute([])?;
             }
+            c.prepare_cached("RELEASE op")?.execute([])?;
         }
-        c.execute_batch("COMMIT")
+        c.prepare_cached("COMMIT")?.execute([])?;
+        Ok(())
     };
     match run(c, batch) {
         Ok(()) => Ok(()),
