@@ -37,6 +37,14 @@ bench: build plugins
 	cargo build -p hookhost -p hookhost-bench
 	BENCH_PLUGINS_DIR=$(PLUGINS_DIR) $(CARGO_TARGET_DIR)/debug/hookhost-bench
 
+# Fuzz the event parser and the signature check, FUZZ_SECONDS each
+# (default 600). Needs cargo-fuzz (installed here when missing).
+FUZZ_SECONDS ?= 600
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run parse -- -max_total_time=$(FUZZ_SECONDS)
+	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run signature -- -max_total_time=$(FUZZ_SECONDS)
+
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings

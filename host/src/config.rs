@@ -101,6 +101,11 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// Requests handled at once; past it the answer is 503 at once.
     pub max_inflight: usize,
+    /// Open connections; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time, and an idle
+    /// keep-alive connection is closed after it (slow-loris senders).
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +117,8 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             request_timeout_ms: 10_000,
             max_inflight: 1024,
+            max_connections: 4096,
+            header_timeout_ms: 10_000,
         }
     }
 }

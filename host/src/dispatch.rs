@@ -373,6 +373,11 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
         tracing::info!(target: "plugin", tenant = %d.tenant, plugin = %d.plugin, stream = "stdio", "{line}");
     }
     if report.log_dropped > 0 {
+        inner.metrics.add(
+            "hookhost_plugin_log_lines_dropped_total",
+            vec![("plugin", d.plugin.clone())],
+            report.log_dropped as u64,
+        );
         tracing::warn!(
             dropped = report.log_dropped,
             "plugin log lines over the limit were dropped"

@@ -36,6 +36,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Plugin deliveries by tenant, plugin and outcome.",
     ),
     (
+        "hookhost_plugin_log_lines_dropped_total",
+        "counter",
+        "Plugin log lines over the per-delivery limit, dropped.",
+    ),
+    (
         "hookhost_dead_letters_total",
         "counter",
         "Deliveries that became dead letters.",
@@ -85,12 +90,16 @@ impl Metrics {
     }
 
     pub fn inc(&self, name: &'static str, labels: Labels) {
+        self.add(name, labels, 1);
+    }
+
+    pub fn add(&self, name: &'static str, labels: Labels, n: u64) {
         *self
             .counters
             .lock()
             .unwrap()
             .entry((name, labels))
-            .or_default() += 1;
+            .or_default() += n;
     }
 
     pub fn set(&self, name: &'static str, labels: Labels, v: f64) {

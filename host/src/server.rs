@@ -57,9 +57,11 @@ pub async fn serve(
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.server.data_dir.display(), plugins_dir = %config.server.plugins_dir.display(), "hookhost listening");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = ConnLimits {
+        max_connections: config.server.max_connections.max(1),
+        header_timeout: Duration::from_millis(config.server.header_timeout_ms.max(1)),
+    };
+    serve_http(listener, router(state), shutdown, limits).await;
     tracing::info!("HTTP stopped; finishing deliveries");
     dispatcher.stop(Duration::from_secs(10)).await;
     registry.stop();
@@ -67,6 +69,64 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || s.close()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+struct ConnLimits {
+    max_connections: usize,
+    header_timeout: Duration,
+}
+
+/// The accept loop: HTTP/1.1 with keep-alive, a deadline for request headers
+/// (slow senders and idle connections are closed), a cap on connections, and
+/// graceful shutdown that lets requests in flight finish.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: ConnLimits,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // Request headers larger than this are refused (431).
+        .max_header_size(64 * 1024)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 30 s; closing them");
+    }
 }
 
 /// A server running on its own threads, for tests and embedding.

@@ -103,3 +103,22 @@ impl FakeWhapi {
         self.requests.lock().unwrap().clone()
     }
 }
+
+impl FakeWhapi {
+    /// Accepted sends, one per idempotency key (a gateway that honours the
+    /// key keeps the first).
+    pub fn unique_sends(&self) -> Vec<Recorded> {
+        let mut seen = std::collections::HashSet::new();
+        self.sent()
+            .into_iter()
+            .filter(|r| {
+                let key = r
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "idempotency-key")
+                    .map(|(_, v)| v.clone());
+                seen.insert(key.unwrap_or_default())
+            })
+            .collect()
+    }
+}

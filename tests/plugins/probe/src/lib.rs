@@ -56,6 +56,14 @@ fn outcome<T>(r: std::result::Result<T, HostError>) -> String {
 }
 
 #[inline(never)]
+fn deep(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    std::hint::black_box(deep(std::hint::black_box(n - 1))) + 1
+}
+
+#[inline(never)]
 #[allow(unconditional_recursion)]
 fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
     pad[(n % 256) as usize] = n as u8;
@@ -98,6 +106,70 @@ fn attack(name: &str) -> Result {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Ok(())
+        }
+        "stack" => {
+            // Frames with no locals in linear memory: the wasm call stack
+            // itself overflows (not Rust's shadow stack).
+            Err(Error::reject(format!("depth {}", deep(u64::MAX))))
+        }
+        "hostloop" => {
+            // An endless loop whose body is a host call.
+            loop {
+                let _ = kv::get(std::hint::black_box("k"));
+            }
+        }
+        "kvflood" => {
+            let value = vec![7u8; 64 * 1024];
+            for i in 0..100_000u32 {
+                if let Err(e) = kv::set(&format!("flood/{i}"), &value) {
+                    return Err(Error::reject(format!("kv stopped at {i}: {}", outcome::<()>(Err(e)))));
+                }
+            }
+            Err(Error::reject("kv never refused"))
+        }
+        "sqlbig" => {
+            // A recursive CTE producing far more rows than allowed.
+            let r = sql::query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n) SELECT i, randomblob(1000) FROM n",
+                &[],
+            );
+            Err(Error::reject(format!("big query: {}", outcome(r))))
+        }
+        "sqlescape" => {
+            let tries = [
+                ("attach", "ATTACH DATABASE '/tmp/hookhost-escape.sqlite' AS x"),
+                ("load_extension", "SELECT load_extension('/tmp/evil.so')"),
+                ("writable_schema", "PRAGMA writable_schema = ON"),
+                ("master", "UPDATE sqlite_master SET sql = 'x'"),
+                ("vacuum_into", "VACUUM INTO '/tmp/hookhost-escape-copy.sqlite'"),
+                ("pragma_file", "PRAGMA journal_mode = OFF"),
+            ];
+            let report: Vec<String> = tries
+                .iter()
+                .map(|(name, stmt)| format!("{name}={}", outcome(sql::execute(stmt, &[]))))
+                .collect();
+            Err(Error::reject(report.join(" ")))
+        }
+        "crosskv" => {
+            // Names that would reach other tenants' or plugins' data if the
+            // host built paths or prefixes from them.
+            let names = ["../b/recorder/seen", "b/recorder/seen", "%", "seen/%", "\0b"];
+            let mut found = Vec::new();
+            for n in names {
+                if let Ok(Some(_)) = kv::get(n) {
+                    found.push(n);
+                }
+            }
+            let listed = kv::list("").map(|v| v.len()).unwrap_or(0);
+            Err(Error::reject(format!("found={found:?} listed={listed}")))
+        }
+        "wasi" => {
+            let file = std::fs::read("/etc/passwd").is_ok();
+            let dir = std::fs::read_dir("/").is_ok();
+            let write = std::fs::write("/tmp/hookhost-wasi-escape", b"x").is_ok();
+            let env = std::env::vars().count();
+            let net = std::net::TcpStream::connect("127.0.0.1:22").is_ok();
+            Err(Error::reject(format!("file={file} dir={dir} write={write} env={env} net={net}")))
         }
         other => Err(Error::reject(format!("unknown attack {other}"))),
     }

@@ -1,0 +1,255 @@
+//! Hostile plugins: each attack is contained (a typed failure or a refused
+//! capability) while a well-behaved plugin on another tenant keeps its
+//! throughput. The ratio of its throughput during the attacks to before is
+//! printed.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+const SETTLE: Duration = Duration::from_secs(120);
+const TOKEN: &str = "t0k";
+
+const ATTACKS: &[(&str, &str)] = &[
+    ("spin", r#"settings = { attack = "spin" }"#),
+    ("hostloop", r#"settings = { attack = "hostloop" }"#),
+    ("membomb", r#"settings = { attack = "membomb" }"#),
+    ("stack", r#"settings = { attack = "stack" }"#),
+    ("shadowstack", r#"settings = { attack = "recurse" }"#),
+    ("trapstorm", r#"settings = { attack = "panic" }"#),
+    ("logflood", r#"settings = { attack = "logflood" }"#),
+    (
+        "kvflood",
+        "settings = { attack = \"kvflood\" }\nlimits = { kv_bytes = 1_048_576 }",
+    ),
+    ("sqlbig", r#"settings = { attack = "sqlbig" }"#),
+    ("sqlescape", r#"settings = { attack = "sqlescape" }"#),
+    ("crosskv", r#"settings = { attack = "crosskv" }"#),
+    ("wasi", r#"settings = { attack = "wasi" }"#),
+    ("nogrant", r#"settings = { probe = "1" }"#),
+    (
+        "sleeper",
+        "settings = { attack = \"sleep\", sleep_ms = \"60000\" }\nlimits = { timeout_ms = 300 }",
+    ),
+];
+
+fn good_event(i: usize, round: &str) -> Vec<u8> {
+    serde_json::json!({"event_type":"message_received","id":format!("{round}{i}"),"chat_id":format!("c{}@c.us", i % 8),"body":"hi"})
+        .to_string()
+        .into_bytes()
+}
+
+/// Posts `n` events to the good tenant and returns deliveries per second
+/// until all of them are done.
+fn good_rate(s: &TestServer, n: usize, round: &str) -> f64 {
+    let start = Instant::now();
+    for i in 0..n {
+        assert_eq!(
+            post(&s.url("/webhook/good"), &good_event(i, round), None).status,
+            200
+        );
+    }
+    let prefix = format!("message_received:[\"{round}");
+    assert!(wait_until(SETTLE, || {
+        let c = hookhost::store::open_read_only(&s.data_dir()).unwrap();
+        let done: i64 = c
+            .query_row(
+                "SELECT count(*) FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.tenant = 'good' AND d.state = 'done' AND substr(e.key, 1, length(?1)) = ?1",
+                [&prefix],
+                |r| r.get(0),
+            )
+            .unwrap();
+        done as usize == n
+    }));
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[test]
+fn attacks_are_contained_and_the_neighbour_keeps_its_throughput() {
+    let tp = test_plugins();
+    let mut cfg = format!(
+        r#"
+[admin]
+token = "{TOKEN}"
+[dispatch]
+max_attempts = 3
+backoff_base_ms = 200
+backoff_max_ms = 1000
+[tenants.good]
+plugins = ["recorder"]
+[tenants.evil]
+plugins = [{}, "wrongworld"]
+limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
+"#,
+        ATTACKS
+            .iter()
+            .map(|(n, _)| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (name, table) in ATTACKS {
+        cfg.push_str(&format!("[tenants.evil.plugin.{name}]\n{table}\n"));
+    }
+    let s = TestServer::start(&cfg);
+    deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
+    for (name, _) in ATTACKS {
+        deploy(&tp, "probe", &s.plugins_dir(), name, None);
+    }
+    let wat = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/plugins/wat/wrong-world.wat"
+    ))
+    .unwrap();
+    std::fs::write(s.plugins_dir().join("wrongworld.wasm"), wat).unwrap();
+    assert!(wait_until(SETTLE, || {
+        let t = get(&s.url("/metrics"))
+            .body
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        t.lines()
+            .filter(|l| l.starts_with("hookhost_plugins_loaded{"))
+            .count()
+            == ATTACKS.len() + 1
+    }));
+
+    let before = good_rate(&s, 150, "a");
+    // One event for the evil tenant sets off every attack (with retries),
+    // while the good tenant's events flow.
+    assert_eq!(
+        post(
+            &s.url("/webhook/evil"),
+            hookhost::samples::MESSAGE_RECEIVED.as_bytes(),
+            None
+        )
+        .status,
+        200
+    );
+    let during = good_rate(&s, 150, "b");
+    let rows = wait_settled(&s.data_dir(), 300 + ATTACKS.len() + 1, SETTLE);
+    let ratio = during / before;
+    println!("neighbour throughput: {before:.0} deliveries/s before, {during:.0} during the attacks: ratio {ratio:.2}");
+    assert!(ratio > 0.2, "the neighbour was starved: {ratio:.2}");
+
+    let evil = |p: &str| {
+        rows.iter()
+            .find(|d| d.tenant == "evil" && d.plugin == p)
+            .cloned()
+            .unwrap_or_else(|| panic!("no delivery for {p}"))
+    };
+    let err = |p: &str| evil(p).last_error.unwrap_or_default();
+    for p in [
+        "spin",
+        "hostloop",
+        "membomb",
+        "stack",
+        "shadowstack",
+        "trapstorm",
+        "logflood",
+        "sleeper",
+    ] {
+        assert_eq!(evil(p).state, "dead", "{p}: {:?}", evil(p));
+    }
+    assert_eq!(err("spin"), "out-of-fuel");
+    assert!(
+        ["out-of-fuel", "deadline"].contains(&err("hostloop").as_str()),
+        "{}",
+        err("hostloop")
+    );
+    assert_eq!(err("membomb"), "memory-limit");
+    assert!(
+        err("stack").contains("call stack exhausted"),
+        "{}",
+        err("stack")
+    );
+    assert!(
+        err("shadowstack").starts_with("trap: "),
+        "{}",
+        err("shadowstack")
+    );
+    assert_eq!(err("sleeper"), "deadline");
+    assert!(
+        ["out-of-fuel", "deadline"].contains(&err("logflood").as_str()),
+        "{}",
+        err("logflood")
+    );
+    // Trap storm: three attempts, spaced by the backoff, then dead.
+    // Backoff 200 ms doubled, jitter down to half: at least 100 + 200 ms
+    // between the event's arrival and the third failure.
+    let storm = evil("trapstorm");
+    assert_eq!(storm.attempts, 3);
+    let c = hookhost::store::open_read_only(&s.data_dir()).unwrap();
+    let received: i64 = c
+        .query_row(
+            "SELECT received_at FROM events WHERE seq = ?1",
+            [storm.event_seq],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        storm.updated_at - received >= 300,
+        "retries came too fast: {} ms",
+        storm.updated_at - received
+    );
+    assert!(
+        err("trapstorm").contains("probe was told to panic"),
+        "{}",
+        err("trapstorm")
+    );
+    // Refused capabilities.
+    assert_eq!(err("kvflood"), "reject: kv stopped at 15: quota-exceeded");
+    assert_eq!(err("sqlbig"), "reject: big query: quota-exceeded");
+    assert_eq!(
+        err("sqlescape"),
+        "reject: attach=access-denied load_extension=access-denied writable_schema=access-denied master=invalid vacuum_into=invalid pragma_file=access-denied"
+    );
+    assert_eq!(err("crosskv"), "reject: found=[] listed=0");
+    assert_eq!(
+        err("wasi"),
+        "reject: file=false dir=false write=false env=0 net=false"
+    );
+    assert_eq!(
+        err("nogrant"),
+        "reject: log=ok kv=ok sql=ok send=access-denied config=ok"
+    );
+    assert!(!std::path::Path::new("/tmp/hookhost-escape.sqlite").exists());
+    assert!(!std::path::Path::new("/tmp/hookhost-escape-copy.sqlite").exists());
+    // The log flood was cut at the per-delivery line limit.
+    let m = get(&s.url("/metrics")).body.as_str().unwrap().to_string();
+    let dropped: f64 = m
+        .lines()
+        .find(|l| l.starts_with("hookhost_plugin_log_lines_dropped_total{plugin=\"logflood\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "{m}");
+    // A component of another world is refused; its deliveries end as dead
+    // letters with a clear reason; the host is fine.
+    let plugins = admin_get(&s, "/admin/plugins");
+    let ww = plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "wrongworld")
+        .unwrap()
+        .clone();
+    assert_eq!(ww["status"], "failed");
+    assert!(
+        ww["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("hookhost:plugin/handler"),
+        "{ww}"
+    );
+    assert_eq!(err("wrongworld"), "instantiate: plugin is not loaded");
+    assert_eq!(get(&s.url("/readyz")).status, 200);
+}
+
+fn admin_get(s: &TestServer, path: &str) -> serde_json::Value {
+    let mut r = agent()
+        .get(&s.url(path))
+        .header("Authorization", &format!("Bearer {TOKEN}"))
+        .call()
+        .unwrap();
+    r.body_mut().read_json().unwrap()
+}
