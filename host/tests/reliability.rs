@@ -68,7 +68,7 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 let id = format!("t{t}-{n}");
-                let body = if n % 3 == 0 {
+                let body = if n.is_multiple_of(3) {
                     serde_json::json!({"event_type":"ack_update","id":format!("t{t}-{}", n - 1),"ack":"read"})
                 } else {
                     serde_json::json!({"event_type":"message_received","id":id,"chat_id":format!("{t}{}@c.us", n % 7),"from":"x","body":"¿el menu?","type":"text","timestamp":1724716800})
