@@ -2,8 +2,8 @@
 //! signature in every accepted spelling, and refuses a flipped one.
 #![no_main]
 
-use hookhost::config::Secret;
-use hookhost::signature::{sign, verify};
+use hookhost_fuzz::config::Secret;
+use hookhost_fuzz::signature::{sign, verify};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: (&[u8], &[u8], &[u8])| {

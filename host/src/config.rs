@@ -225,6 +225,9 @@ pub struct DispatchConfig {
     pub workers: usize,
     /// Deliveries running at once for one tenant.
     pub tenant_concurrency: usize,
+    /// Nice value of the threads that run plugins (Linux): above 0, ingest
+    /// gets the CPU first and plugins catch up in the time left over.
+    pub nice: i32,
 }
 
 impl Default for DispatchConfig {
@@ -235,6 +238,7 @@ impl Default for DispatchConfig {
             backoff_max_ms: 5 * 60_000,
             workers: 16,
             tenant_concurrency: 4,
+            nice: 10,
         }
     }
 }
