@@ -3,12 +3,11 @@
 //! per second through the dispatcher of a real server.
 
 use crate::load;
-use hookhost::capabilities::{Capabilities, SqlDb};
+use hookhost::capabilities::Capabilities;
 use hookhost::config::{Grant, Limits, StoreConfig};
 use hookhost::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
 use hookhost::store::{Store, StoreOptions};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PLUGINS: &[(&str, &str)] = &[
@@ -29,34 +28,23 @@ fn settings(name: &str) -> serde_json::Value {
     }
 }
 
-fn caps(store: &Store, dir: &Path, name: &str, seq: i64, limits: Limits) -> Capabilities {
-    Capabilities {
-        tenant: "bench".into(),
-        plugin: name.into(),
-        event_seq: seq,
-        grants: [
-            Grant::Log,
-            Grant::Kv,
-            Grant::Sql,
-            Grant::Config,
-            Grant::Messaging,
-        ]
-        .into_iter()
-        .collect(),
+fn caps(store: &Store, dir: &Path, name: &str, limits: Limits) -> Capabilities {
+    let all = [
+        Grant::Log,
+        Grant::Kv,
+        Grant::Sql,
+        Grant::Config,
+        Grant::Messaging,
+    ];
+    // Sends are reported, not made: no network in this measurement.
+    Capabilities::offline(
+        store.clone(),
+        dir.join(format!("{name}.sqlite")),
+        name,
+        &all,
         limits,
-        store: store.clone(),
-        settings: Arc::new(settings(name)),
-        sql: SqlDb::new(dir.join(format!("{name}.sqlite"))),
-        messenger: None,
-        resend: false,
-        // Sends are reported, not made: no network in this measurement.
-        dry_run: true,
-        deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
-        sends: 0,
-        log_lines: 0,
-        log_dropped: 0,
-        journal: None,
-    }
+        settings(name),
+    )
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -107,7 +95,7 @@ pub fn suite(
             let ev = convert::event(&parsed.event, &raw);
             let r = sandbox::deliver(
                 &cached,
-                caps(&store, dir.path(), name, i as i64, limits),
+                caps(&store, dir.path(), name, limits),
                 &limits,
                 &ev,
                 &ctx,

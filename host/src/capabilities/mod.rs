@@ -72,6 +72,36 @@ pub enum Action {
 }
 
 impl Capabilities {
+    /// Capabilities outside a server (plugin test runner, benchmarks):
+    /// real storage in the given store and SQL file, sends reported only.
+    pub fn offline(
+        store: Store,
+        sql_file: std::path::PathBuf,
+        plugin: &str,
+        grants: &[Grant],
+        limits: Limits,
+        settings: serde_json::Value,
+    ) -> Capabilities {
+        Capabilities {
+            tenant: "test".into(),
+            plugin: plugin.into(),
+            event_seq: 0,
+            grants: grants.iter().copied().collect(),
+            limits,
+            store,
+            settings: Arc::new(settings),
+            sql: SqlDb::new(sql_file),
+            messenger: None,
+            resend: false,
+            dry_run: true,
+            deadline: Instant::now() + std::time::Duration::from_millis(limits.timeout_ms),
+            sends: 0,
+            log_lines: 0,
+            log_dropped: 0,
+            journal: None,
+        }
+    }
+
     fn check(&self, g: Grant) -> Result<(), HostError> {
         if self.grants.contains(&g) {
             Ok(())

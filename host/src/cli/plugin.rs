@@ -2,14 +2,14 @@
 //! same engine settings as the server and a compile cache in the user's
 //! cache folder, so a large component compiles once.
 
-use crate::capabilities::{Action, Capabilities, SqlDb};
+use crate::capabilities::{Action, Capabilities};
 use crate::config::{Grant, Limits, StoreConfig};
 use crate::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
 use crate::store::{Store, StoreOptions};
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
@@ -19,7 +19,8 @@ fn cache_dir() -> PathBuf {
     base.join("hookhost").join("compiled")
 }
 
-/// Capabilities backed by a scratch store in `dir`, sends reported only.
+/// Capabilities backed by a scratch store in `dir`, with a journal of
+/// what the plugin does.
 fn scratch_caps(
     dir: &Path,
     plugin: &str,
@@ -27,27 +28,20 @@ fn scratch_caps(
     limits: Limits,
     settings: serde_json::Value,
 ) -> Capabilities {
-    Capabilities {
-        tenant: "test".into(),
-        plugin: plugin.into(),
-        event_seq: 0,
-        grants: grants.iter().copied().collect(),
+    let store = Store::open(
+        &dir.join("store"),
+        StoreOptions::from(&StoreConfig::default()),
+    );
+    let mut caps = Capabilities::offline(
+        store,
+        dir.join("plugin.sqlite"),
+        plugin,
+        grants,
         limits,
-        store: Store::open(
-            &dir.join("store"),
-            StoreOptions::from(&StoreConfig::default()),
-        ),
-        settings: Arc::new(settings),
-        sql: SqlDb::new(dir.join("plugin.sqlite")),
-        messenger: None,
-        resend: false,
-        dry_run: true,
-        deadline: Instant::now() + Duration::from_millis(limits.timeout_ms),
-        sends: 0,
-        log_lines: 0,
-        log_dropped: 0,
-        journal: Some(Vec::new()),
-    }
+        settings,
+    );
+    caps.journal = Some(Vec::new());
+    caps
 }
 
 /// The engine, the file's bytes, and the plugin or why it did not load.

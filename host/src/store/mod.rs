@@ -247,9 +247,7 @@ impl Store {
     }
 }
 
-/// Opens an existing store for the offline CLI commands that change the
-/// ledger (replay, retry). SQLite serialises them with a running server.
-pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
+fn open_existing(data_dir: &Path, write: bool) -> Result<Connection, StoreError> {
     let path = data_dir.join("hookhost.sqlite");
     if !path.exists() {
         return Err(StoreError::Unavailable(format!(
@@ -262,26 +260,20 @@ pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
         max_batch: 1,
         max_size_mb: 0,
     };
-    let mut c = open_connection(&path, &opts, true)?;
+    Ok(open_connection(&path, &opts, write)?)
+}
+
+/// Opens an existing store for the offline CLI commands that change the
+/// ledger (replay, retry). SQLite serialises them with a running server.
+pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
+    let mut c = open_existing(data_dir, true)?;
     schema::migrate(&mut c)?;
     Ok(c)
 }
 
 /// Opens an existing store read-only, for the offline CLI commands.
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
-    let path = data_dir.join("hookhost.sqlite");
-    if !path.exists() {
-        return Err(StoreError::Unavailable(format!(
-            "no store at {}",
-            path.display()
-        )));
-    }
-    let opts = StoreOptions {
-        synchronous: Synchronous::Full,
-        max_batch: 1,
-        max_size_mb: 0,
-    };
-    Ok(open_connection(&path, &opts, false)?)
+    open_existing(data_dir, false)
 }
 
 pub fn schema_version() -> i64 {
