@@ -30,6 +30,8 @@ pub struct LoadResult {
     pub latencies_us: Vec<u64>,
     pub statuses: BTreeMap<u16, u64>,
     pub errors: u64,
+    /// (start, latency) of every request in µs since the run began.
+    pub timeline: Vec<(u64, u64)>,
 }
 
 impl LoadResult {
@@ -43,6 +45,28 @@ impl LoadResult {
         let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
         self.latencies_us[i] as f64 / 1000.0
     }
+    /// p99 in ms of the requests that started inside / outside [from, to) µs.
+    pub fn p99_split(&self, from: u64, to: u64) -> (f64, f64, usize) {
+        let (mut inside, mut outside): (Vec<u64>, Vec<u64>) = (Vec::new(), Vec::new());
+        for (start, lat) in &self.timeline {
+            if *start >= from && *start < to {
+                inside.push(*lat);
+            } else {
+                outside.push(*lat);
+            }
+        }
+        let p = |v: &mut Vec<u64>| {
+            v.sort_unstable();
+            if v.is_empty() {
+                0.0
+            } else {
+                v[((v.len() - 1) as f64 * 0.99) as usize] as f64 / 1000.0
+            }
+        };
+        let n = inside.len();
+        (p(&mut inside), p(&mut outside), n)
+    }
+
     pub fn max_ms(&self) -> f64 {
         self.latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0
     }
@@ -109,6 +133,7 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
         total.requests += r.requests;
         total.errors += r.errors;
         total.latencies_us.extend(r.latencies_us);
+        total.timeline.extend(r.timeline);
         for (k, v) in r.statuses {
             *total.statuses.entry(k).or_default() += v;
         }
@@ -165,7 +190,10 @@ async fn connection(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 let _ = resp.into_body().collect().await;
-                r.latencies_us.push(t.elapsed().as_micros() as u64);
+                let lat = t.elapsed().as_micros() as u64;
+                r.latencies_us.push(lat);
+                r.timeline
+                    .push((t.duration_since(start).as_micros() as u64, lat));
                 *r.statuses.entry(status).or_default() += 1;
                 r.requests += 1;
             }

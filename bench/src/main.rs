@@ -93,6 +93,15 @@ fn main() -> anyhow::Result<()> {
     if part("plugins") {
         report.push_str(&plugins::suite(&rt, &plugins_dir, deliveries)?);
     }
+    // 2b. A large plugin compiled in the background during ingest.
+    if part("background") {
+        report.push_str(&procs::background_compile(
+            &rt,
+            &plugins_dir,
+            connections,
+            dups,
+        )?);
+    }
     // 3. Start-up with 10 cached plugins.
     if part("startup") {
         report.push_str(&procs::startup_suite(&plugins_dir)?);

@@ -59,7 +59,7 @@ pub fn suite(
     let mut out = String::from(
         "## Plugins\n\n| plugin | language | size | compile | cached load | fresh instance + handle p50 | p99 | fuel / delivery | deliveries/s (dispatcher) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    let engine = Runtime::new(true, 128)?;
+    let engine = Runtime::new(true, 128, true)?;
     let dir = tempfile::tempdir()?;
     let store = Store::open(
         &dir.path().join("store"),

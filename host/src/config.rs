@@ -254,6 +254,9 @@ pub struct RuntimeConfig {
     /// Compiled-code cache (default: DATA_DIR/cache). Entries are keyed by
     /// the component's hash and the engine's settings, so sharing is safe.
     pub cache_dir: Option<PathBuf>,
+    /// Compile plugins with every core: faster loads, but a large component
+    /// then competes with requests for the CPU. Off by default.
+    pub parallel_compile: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -262,6 +265,7 @@ impl Default for RuntimeConfig {
             pooling: true,
             max_memory_mb: 128,
             cache_dir: None,
+            parallel_compile: false,
         }
     }
 }

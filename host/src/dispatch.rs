@@ -315,31 +315,9 @@ fn release(inner: &Inner, d: &DueDelivery) {
     r.total = r.total.saturating_sub(1);
 }
 
-thread_local! {
-    static NICE: std::cell::Cell<Option<i32>> = const { std::cell::Cell::new(None) };
-}
-
-/// Lowers the calling thread's CPU priority once (Linux threads each have
-/// their own nice value), so plugin work yields to ingest under load.
-fn lower_priority(nice: i32) {
-    NICE.with(|n| {
-        if n.get() != Some(nice) {
-            #[cfg(target_os = "linux")]
-            // SAFETY: setpriority on the calling thread (who = 0) only
-            // changes its scheduling priority.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, 0, nice);
-            }
-            n.set(Some(nice));
-        }
-    });
-}
-
 /// Runs one delivery on a blocking thread. `None` means success.
 fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Failure> {
-    if inner.cfg.nice > 0 {
-        lower_priority(inner.cfg.nice);
-    }
+    crate::priority::lower_current_thread(inner.cfg.nice);
     let span = tracing::info_span!("delivery", tenant = %d.tenant, plugin = %d.plugin, seq = d.event_seq, attempt);
     let _g = span.enter();
     let Some(plugin) = inner.registry.get(&d.plugin) else {

@@ -15,6 +15,7 @@ pub mod event;
 pub mod http;
 mod json_strict;
 pub mod metrics;
+mod priority;
 pub mod runtime;
 pub mod samples;
 pub mod server;

@@ -49,7 +49,7 @@ type Loaded = (Arc<Runtime>, Vec<u8>, Result<plugin::LoadedPlugin, String>);
 
 fn load(file: &Path) -> anyhow::Result<Loaded> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let rt = Runtime::new(false, 4096)?;
+    let rt = Runtime::new(false, 4096, true)?;
     let cache = CompileCache::new(cache_dir());
     let name = file
         .file_stem()

@@ -20,12 +20,13 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(pooling: bool, max_memory_mb: u64) -> anyhow::Result<Arc<Runtime>> {
+    /// `parallel`: compile with every core (fast, but competes with requests).
+    pub fn new(pooling: bool, max_memory_mb: u64, parallel: bool) -> anyhow::Result<Arc<Runtime>> {
         let mut cfg = wasmtime::Config::new();
         cfg.wasm_component_model(true);
         cfg.consume_fuel(true);
         cfg.epoch_interruption(true);
-        cfg.parallel_compilation(true);
+        cfg.parallel_compilation(parallel);
         if pooling {
             let mut pool = wasmtime::PoolingAllocationConfig::default();
             pool.total_component_instances(1000)

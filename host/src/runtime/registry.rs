@@ -74,6 +74,7 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     state: RwLock<State>,
     initial: (Mutex<bool>, Condvar),
+    nice: i32,
     stop: AtomicBool,
     kick: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -94,6 +95,8 @@ impl Registry {
             .name("plugin-loader".into())
             .spawn(move || {
                 let _watcher = watcher;
+                // Compiling a large component must not starve the request path.
+                crate::priority::lower_current_thread(r.nice);
                 r.scan();
                 r.mark_initial_done();
                 while !r.stop.load(Ordering::Relaxed) {
@@ -122,7 +125,11 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Registry>> {
         let max_mem = max_memory_mb(config);
-        let runtime = Runtime::new(config.runtime.pooling, max_mem)?;
+        let runtime = Runtime::new(
+            config.runtime.pooling,
+            max_mem,
+            config.runtime.parallel_compile,
+        )?;
         let messengers = tenants
             .iter()
             .filter_map(|(n, t)| {
@@ -149,6 +156,7 @@ impl Registry {
             metrics,
             state: RwLock::new(State::default()),
             initial: (Mutex::new(false), Condvar::new()),
+            nice: config.dispatch.nice,
             stop: AtomicBool::new(false),
             kick: Mutex::new(None),
         }))
