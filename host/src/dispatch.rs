@@ -217,7 +217,8 @@ async fn schedule(
     if free == 0 {
         return Ok(());
     }
-    let due = inner.store.due(now_ms(), (free * 4) as i64)?;
+    let held = inner.registry.loading();
+    let due = inner.store.due(now_ms(), (free * 4) as i64, &held)?;
     let mut picked: Vec<DueDelivery> = Vec::new();
     {
         let mut r = inner.running.lock().unwrap();

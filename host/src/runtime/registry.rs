@@ -97,8 +97,9 @@ impl Registry {
                 let _watcher = watcher;
                 // Compiling a large component must not starve the request path.
                 crate::priority::lower_current_thread(r.nice);
-                r.scan();
-                r.mark_initial_done();
+                // The dispatcher may start once the folder has been listed:
+                // it holds back deliveries to plugins still compiling.
+                r.scan_then(|| r.mark_initial_done());
                 while !r.stop.load(Ordering::Relaxed) {
                     match rx.recv_timeout(RESCAN) {
                         // Let a burst of file events settle (a copy in progress).
@@ -344,6 +345,22 @@ impl Registry {
 
     /// Looks at the folder once and applies what changed.
     pub fn scan(&self) {
+        self.scan_then(|| {});
+    }
+
+    /// Plugins whose first version is still being compiled.
+    pub fn loading(&self) -> Vec<String> {
+        let st = self.state.read().unwrap();
+        st.stamps
+            .keys()
+            .filter(|n| !st.plugins.contains_key(*n) && !st.errors.contains_key(*n))
+            .cloned()
+            .collect()
+    }
+
+    /// Scans; `listed` runs once every present file is known, before the
+    /// (possibly slow) compilations.
+    fn scan_then(&self, listed: impl FnOnce()) {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) => {
@@ -351,6 +368,7 @@ impl Registry {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read plugins folder");
                 }
                 self.apply_removals(&BTreeSet::new());
+                listed();
                 return;
             }
         };
@@ -395,6 +413,20 @@ impl Registry {
         self.load_sidecars(&sidecars);
         let names: BTreeSet<String> = wasm.keys().cloned().collect();
         self.apply_removals(&names);
+        {
+            let mut st = self.state.write().unwrap();
+            for n in &names {
+                // Seen now: `plugins_for` lists it while it compiles.
+                st.stamps
+                    .entry(n.clone())
+                    .or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
+            }
+        }
+        listed();
+        // Small files first: a large JS or Python component should not hold
+        // up the Rust plugins behind it.
+        let mut wasm: Vec<_> = wasm.into_iter().collect();
+        wasm.sort_by_key(|(_, (_, (size, _)))| *size);
         for (name, (path, stamp)) in wasm {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -467,10 +499,6 @@ impl Registry {
                 st.errors.remove(name);
                 return;
             }
-            // Seen now: `plugins_for` lists it while it compiles.
-            st.stamps
-                .entry(name.to_string())
-                .or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
         }
         match self.load_bytes(name, &bytes) {
             Ok(p) => {
