@@ -319,7 +319,14 @@ fn release(inner: &Inner, d: &DueDelivery) {
 /// Runs one delivery on a blocking thread. `None` means success.
 fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Failure> {
     crate::priority::lower_current_thread(inner.cfg.nice);
-    let span = tracing::info_span!("delivery", tenant = %d.tenant, plugin = %d.plugin, seq = d.event_seq, attempt);
+    let span = tracing::info_span!(
+        "delivery",
+        tenant = %d.tenant,
+        plugin = %d.plugin,
+        seq = d.event_seq,
+        key = tracing::field::Empty,
+        attempt
+    );
     let _g = span.enter();
     let Some(plugin) = inner.registry.get(&d.plugin) else {
         return Some(runtime::Failure::Instantiate("plugin is not loaded".into()));
@@ -329,6 +336,7 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
         Ok(None) => return Some(runtime::Failure::Reject("event not found".into())),
         Err(e) => return Some(runtime::Failure::Retry(format!("store: {e}"))),
     };
+    span.record("key", ev.key.as_str());
     let parsed = match event::parse(&ev.body) {
         Ok(p) => p,
         Err(e) => {

@@ -270,3 +270,93 @@ fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     assert_eq!(s.stored().len(), acked.len() + 1);
     println!("disk full: {} events accepted, {refused} refused with 503, 0 lost, recovered after growing the filesystem", acked.len());
 }
+
+/// A read-only data directory: the server starts and answers 503 (no
+/// crash); once the directory is writable, it takes events.
+#[test]
+fn a_read_only_data_directory_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("ro");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=16m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        let root = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout == b"0\n")
+            .unwrap_or(false);
+        assert!(!root, "running as root but cannot mount a tmpfs");
+        eprintln!("not root: the read-only test needs to mount a tmpfs");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let mut config = common::config(dir.path(), "[tenants.default]");
+    config.server.data_dir = mnt.join("data");
+    let s = TestServer::start_in(tempfile::tempdir().unwrap(), config);
+    let url = s.url("/webhook");
+    let r = post(&url, hookhost::samples::TEST_WEBHOOK.as_bytes(), None);
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(get(&s.url("/readyz")).status, 503);
+    assert_eq!(get(&s.url("/healthz")).status, 200);
+    assert!(std::process::Command::new("mount")
+        .args(["-o", "remount,rw"])
+        .arg(&mnt)
+        .status()
+        .unwrap()
+        .success());
+    assert!(wait_until(Duration::from_secs(10), || post(
+        &url,
+        hookhost::samples::TEST_WEBHOOK.as_bytes(),
+        None
+    )
+    .status
+        == 200));
+    assert_eq!(get(&s.url("/readyz")).status, 200);
+    assert_eq!(s.stored().len(), 1);
+}
+
+/// SIGTERM: the server stops accepting, finishes what it holds and exits 0;
+/// everything acknowledged is stored.
+#[test]
+fn sigterm_shuts_down_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(&cfg, "[tenants.default]\n").unwrap();
+    let data = dir.path().join("data");
+    let mut server = Proc::start(&cfg, &data, &dir.path().join("plugins"));
+    for i in 0..20 {
+        let body = serde_json::json!({"event_type":"ack_update","id":format!("g{i}"),"ack":"read"});
+        assert_eq!(
+            post(&server.url("/webhook"), body.to_string().as_bytes(), None).status,
+            200
+        );
+    }
+    assert!(server.terminate(), "the server did not exit after SIGTERM");
+    assert_eq!(server.child.wait().unwrap().code(), Some(0));
+    let c = hookhost::store::open_read_only(&data).unwrap();
+    assert_eq!(
+        hookhost::store::list_events(&c, None, 0, 100)
+            .unwrap()
+            .len(),
+        20
+    );
+    let logs = server.logs.lock().unwrap();
+    assert!(logs
+        .iter()
+        .any(|l| l["message"] == "shutdown signal received"));
+    assert!(logs.iter().any(|l| l["message"] == "stopped"));
+}

@@ -540,3 +540,66 @@ fn a_crash_mid_delivery_resumes_after_restart() {
         ]
     );
 }
+
+#[test]
+fn a_restart_loads_plugins_from_the_compile_cache() {
+    let tp = test_plugins();
+    let mut s = TestServer::start("[admin]\ntoken = \"t\"\n[tenants.default]");
+    deploy(&tp, "probe", &s.plugins_dir(), "cached", None);
+    let status = |s: &TestServer| -> serde_json::Value {
+        let mut r = agent()
+            .get(&s.url("/admin/plugins"))
+            .header("Authorization", "Bearer t")
+            .call()
+            .unwrap();
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        v["plugins"][0].clone()
+    };
+    assert!(wait_until(SETTLE, || status(&s)["status"] == "loaded"));
+    assert_eq!(status(&s)["from_cache"], false);
+    s.restart();
+    assert!(wait_until(SETTLE, || status(&s)["status"] == "loaded"));
+    let p = status(&s);
+    assert_eq!(p["from_cache"], true, "{p}");
+    assert!(p["compile_ms"].as_u64().unwrap() < 50, "{p}");
+}
+
+#[test]
+fn plugin_check_accepts_the_world_and_refuses_another() {
+    let tp = test_plugins();
+    let check = |file: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+            .args(["plugin", "check"])
+            .arg(file)
+            .arg("--json")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+        )
+    };
+    let (code, ok) = check(&tp.join("probe.wasm"));
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        ok["exports"],
+        serde_json::json!(["hookhost:plugin/handler@0.1.0"])
+    );
+    assert!(ok["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i == "hookhost:plugin/kv@0.1.0"));
+    assert_eq!(ok["subscriptions"], serde_json::json!(["*"]));
+    let wat = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/plugins/wat/wrong-world.wat");
+    let (code, bad) = check(&wat);
+    assert_eq!(code, Some(1));
+    assert_eq!(bad["exports"], serde_json::json!(["run"]));
+    let err = bad["error"].as_str().unwrap();
+    assert!(
+        err.contains("does not match the hookhost:plugin world")
+            && err.contains("hookhost:plugin/handler"),
+        "{err}"
+    );
+}

@@ -86,7 +86,10 @@ async fn receive(
             if duplicate {
                 tracing::debug!(tenant = tenant_name, key, "duplicate event");
             } else {
-                tracing::debug!(tenant = tenant_name, key, event_type, "event stored");
+                let seq = match stored {
+                    IngestOutcome::Stored { seq } | IngestOutcome::Duplicate { seq } => seq,
+                };
+                tracing::debug!(tenant = tenant_name, key, seq, event_type, "event stored");
                 state.wake.notify_one();
             }
             Ok(Json(

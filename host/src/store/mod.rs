@@ -102,6 +102,20 @@ fn open_connection(path: &Path, opts: &StoreOptions, write: bool) -> rusqlite::R
     Ok(c)
 }
 
+/// Creates the folder and the database, migrates it, and requeues the
+/// deliveries that were running when the process stopped.
+fn init(path: &Path, opts: &StoreOptions) -> Result<Connection, StoreError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+        })?;
+    }
+    let mut c = open_connection(path, opts, true)?;
+    schema::migrate(&mut c)?;
+    ledger::requeue_running(&c)?;
+    Ok(c)
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -122,16 +136,7 @@ impl Store {
     /// every write with `Unavailable`, so the server stays up and says 503.
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Store {
         let path = data_dir.join("hookhost.sqlite");
-        let conn = (|| -> Result<Connection, StoreError> {
-            std::fs::create_dir_all(data_dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", data_dir.display()))
-            })?;
-            let mut c = open_connection(&path, &opts, true)?;
-            schema::migrate(&mut c)?;
-            // Deliveries that were running when the process stopped run again.
-            ledger::requeue_running(&c)?;
-            Ok(c)
-        })();
+        let conn = init(&path, &opts);
         let conn = match conn {
             Ok(c) => Some(c),
             Err(e) => {

@@ -3,7 +3,7 @@
 //! its own savepoint, so one failing operation does not undo its neighbours;
 //! its caller hears back only after the batch's COMMIT succeeded.
 
-use super::{open_connection, StoreError, StoreOptions};
+use super::{StoreError, StoreOptions};
 use rusqlite::Connection;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -91,7 +91,7 @@ pub(super) struct Writer {
 
 impl Writer {
     pub fn run(self, mut conn: Option<Connection>) {
-        let identity = conn.as_ref().and_then(|_| file_identity(&self.path));
+        let mut identity = conn.as_ref().and_then(|_| file_identity(&self.path));
         let mut last_open_try = Instant::now();
         while let Ok(first) = self.rx.recv() {
             let mut batch = vec![first];
@@ -113,7 +113,8 @@ impl Writer {
             {
                 // Never opened (the store was unavailable at start): try again.
                 last_open_try = Instant::now();
-                if let Ok(c) = open_connection(&self.path, &self.opts, true) {
+                if let Ok(c) = super::init(&self.path, &self.opts) {
+                    identity = file_identity(&self.path);
                     conn = Some(c);
                 }
             }
