@@ -99,42 +99,19 @@ fn metrics_reflect_a_known_sequence_exactly() {
     let m = get(&s.url("/metrics"));
     let text = m.body.as_str().unwrap();
     let rx = |labels: &str| metric(text, &format!("hookhost_events_received_total{{{labels}}}"));
-    assert_eq!(
-        rx("tenant=\"default\",event_type=\"message_received\",outcome=\"stored\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"default\",event_type=\"ack_update\",outcome=\"stored\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"default\",event_type=\"ack_update\",outcome=\"duplicate\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"default\",event_type=\"test_webhook\",outcome=\"stored\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"default\",event_type=\"-\",outcome=\"bad_signature\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"default\",event_type=\"-\",outcome=\"bad_request\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"default\",event_type=\"-\",outcome=\"too_large\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"-\",event_type=\"-\",outcome=\"unknown_tenant\""),
-        Some("1".into())
-    );
-    assert_eq!(
-        rx("tenant=\"acme\",event_type=\"ack_update\",outcome=\"stored\""),
-        Some("1".into())
-    );
+    for labels in [
+        "tenant=\"default\",event_type=\"message_received\",outcome=\"stored\"",
+        "tenant=\"default\",event_type=\"ack_update\",outcome=\"stored\"",
+        "tenant=\"default\",event_type=\"ack_update\",outcome=\"duplicate\"",
+        "tenant=\"default\",event_type=\"test_webhook\",outcome=\"stored\"",
+        "tenant=\"default\",event_type=\"-\",outcome=\"bad_signature\"",
+        "tenant=\"default\",event_type=\"-\",outcome=\"bad_request\"",
+        "tenant=\"default\",event_type=\"-\",outcome=\"too_large\"",
+        "tenant=\"-\",event_type=\"-\",outcome=\"unknown_tenant\"",
+        "tenant=\"acme\",event_type=\"ack_update\",outcome=\"stored\"",
+    ] {
+        assert_eq!(rx(labels), Some("1".into()), "{labels}");
+    }
     assert_eq!(
         text.lines()
             .filter(|l| l.starts_with("hookhost_events_received_total{"))

@@ -194,34 +194,9 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
 fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        // Mounting needs root (CI and the project's machines run as root).
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        assert!(!root, "running as root but cannot mount a tmpfs");
-        eprintln!("not root: the small-filesystem test needs to mount a tmpfs");
+    let Some(_mounted) = mount_tmpfs(&mnt, "size=4m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let mut config = common::config(
         dir.path(),
         "[tenants.default]\nrate_limit = { per_second = 0, burst = 0 }",
@@ -277,33 +252,9 @@ fn a_full_disk_answers_503_and_recovers_when_space_returns() {
 fn a_read_only_data_directory_answers_503() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("ro");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=16m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !mounted {
-        let root = std::process::Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout == b"0\n")
-            .unwrap_or(false);
-        assert!(!root, "running as root but cannot mount a tmpfs");
-        eprintln!("not root: the read-only test needs to mount a tmpfs");
+    let Some(_mounted) = mount_tmpfs(&mnt, "ro,size=16m") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount")
-                .arg("-l")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let mut config = common::config(dir.path(), "[tenants.default]");
     config.server.data_dir = mnt.join("data");
     let s = TestServer::start_in(tempfile::tempdir().unwrap(), config);
@@ -359,4 +310,40 @@ fn sigterm_shuts_down_gracefully() {
         .iter()
         .any(|l| l["message"] == "shutdown signal received"));
     assert!(logs.iter().any(|l| l["message"] == "stopped"));
+}
+
+/// Unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Mounts a tmpfs with `options` at `dir`. `None` when not root (mounting
+/// needs it; CI and the project's machines run as root), and then the
+/// calling test has nothing to check.
+fn mount_tmpfs(dir: &std::path::Path, options: &str) -> Option<Mounted> {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Some(Mounted(dir.to_path_buf()));
+    }
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    assert!(!root, "running as root but cannot mount a tmpfs");
+    eprintln!("not root: this test needs to mount a tmpfs");
+    None
 }
