@@ -135,16 +135,6 @@ impl Metrics {
         e.count += 1;
     }
 
-    pub fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> u64 {
-        let l: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
-        self.counters
-            .lock()
-            .unwrap()
-            .get(&(name, l))
-            .copied()
-            .unwrap_or(0)
-    }
-
     pub fn render(&self) -> String {
         let mut out = String::new();
         let counters = self.counters.lock().unwrap();

@@ -163,10 +163,6 @@ impl Registry {
         }))
     }
 
-    pub fn runtime(&self) -> &Arc<Runtime> {
-        &self.runtime
-    }
-
     fn mark_initial_done(&self) {
         *self.initial.0.lock().unwrap() = true;
         self.initial.1.notify_all();
@@ -175,24 +171,6 @@ impl Registry {
     /// True once the plugins present at start have been loaded (or failed).
     pub fn initial_load_done(&self) -> bool {
         *self.initial.0.lock().unwrap()
-    }
-
-    /// Blocks until the first scan is over, at most `timeout`.
-    pub fn wait_initial(&self, timeout: Duration) -> bool {
-        let g = self.initial.0.lock().unwrap();
-        let (g, _) = self
-            .initial
-            .1
-            .wait_timeout_while(g, timeout, |done| !*done)
-            .unwrap();
-        *g
-    }
-
-    /// Asks the loader to rescan now.
-    pub fn rescan_soon(&self) {
-        if let Some(tx) = self.kick.lock().unwrap().as_ref() {
-            let _ = tx.send(());
-        }
     }
 
     pub fn stop(&self) {

@@ -47,10 +47,6 @@ impl StoreError {
     fn from_sqlite(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(Arc::new(e))
     }
-    /// True when the store itself failed (the sender should retry later).
-    pub fn is_unavailable(&self) -> bool {
-        !matches!(self, StoreError::Invalid(_))
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -165,10 +161,6 @@ impl Store {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     pub(crate) fn submit<T, F>(&self, f: F) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
     where
         T: Send + 'static,
@@ -279,8 +271,4 @@ pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
 /// Opens an existing store read-only, for the offline CLI commands.
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
     open_existing(data_dir, false)
-}
-
-pub fn schema_version() -> i64 {
-    schema::latest()
 }

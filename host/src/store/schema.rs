@@ -71,8 +71,3 @@ pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
     }
     tx.commit()
 }
-
-/// The newest schema version this build knows.
-pub fn latest() -> i64 {
-    MIGRATIONS.len() as i64
-}
