@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 #[derive(Clone)]
 pub struct LoadSpec {
     pub addr: SocketAddr,
-    pub path: String,
+    /// Connection i posts to `paths[i % paths.len()]` (one path per tenant).
+    pub paths: Vec<String>,
     pub connections: usize,
     pub duration: Duration,
     pub duplicate_share: f64,
@@ -120,11 +121,12 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
     let run_id: u64 = rand::rng().random_range(0..1_000_000_000);
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..spec.connections {
+    for i in 0..spec.connections {
         let spec = spec.clone();
+        let path = spec.paths[i % spec.paths.len()].clone();
         let counter = counter.clone();
         tasks.push(tokio::spawn(async move {
-            connection(spec, counter, run_id, start).await
+            connection(spec, path, counter, run_id, start).await
         }));
     }
     let mut total = LoadResult::default();
@@ -145,6 +147,7 @@ pub async fn run(spec: LoadSpec) -> LoadResult {
 
 async fn connection(
     spec: LoadSpec,
+    path: String,
     counter: Arc<AtomicU64>,
     run_id: u64,
     start: Instant,
@@ -175,7 +178,7 @@ async fn connection(
         let n = counter.fetch_add(1, Ordering::Relaxed);
         let dup = rand::rng().random_bool(spec.duplicate_share);
         let b = body(n, run_id, dup);
-        let mut req = Request::post(&spec.path)
+        let mut req = Request::post(&path)
             .header("host", "127.0.0.1")
             .header("content-type", "application/json");
         if let Some(secret) = &spec.secret {

@@ -39,7 +39,7 @@ fn main() -> anyhow::Result<()> {
             .build()?;
         let r = rt.block_on(load::run(load::LoadSpec {
             addr,
-            path: "/webhook".into(),
+            paths: vec!["/webhook".into()],
             connections: env_num("BENCH_CONNECTIONS", 64) as usize,
             duration: Duration::from_secs(secs),
             duplicate_share: env_num("BENCH_DUPLICATE_PERCENT", 10) as f64 / 100.0,
@@ -101,6 +101,10 @@ fn main() -> anyhow::Result<()> {
             connections,
             dups,
         )?);
+    }
+    // 2c. Memory: 3 tenants x 5 plugins under 256 connections.
+    if part("memory") {
+        report.push_str(&procs::memory_suite(&rt, &plugins_dir, dups)?);
     }
     // 3. Start-up with 10 cached plugins.
     if part("startup") {

@@ -160,7 +160,7 @@ fn dispatcher_rate(
     let start = Instant::now();
     let r = rt.block_on(load::run(load::LoadSpec {
         addr: server.addr,
-        path: "/webhook".into(),
+        paths: vec!["/webhook".into()],
         connections: 16,
         duration: Duration::from_secs(2),
         duplicate_share: 0.0,
