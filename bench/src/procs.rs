@@ -503,7 +503,7 @@ pub fn memory_suite(
     let peak = srv.peak_rss_mb();
     let delivered = metric_sum(srv.addr, "hookhost_deliveries_total{");
     Ok(format!(
-        "## Memory\n\nThree tenants, each with the five sample plugins (3 Rust, 1 JavaScript, 1 Python), 256 connections over the three tenants for 10 s: {:.0} req/s ({}), p99 {:.1} ms, {delivered} deliveries done meanwhile. Peak RSS **{peak:.0} MiB** ({idle_rss:.0} MiB with the plugins loaded from the compile cache, before the load; {compile_peak:.0} MiB peak in a start that compiles them).\n\n",
+        "## Memory\n\nThree tenants, each with the five sample plugins (3 Rust, 1 JavaScript, 1 Python), 256 connections over the three tenants for 10 s: {:.0} req/s ({}), p99 {:.1} ms, {delivered} deliveries done meanwhile. Peak RSS **{peak:.0} MiB** ({idle_rss:.0} MiB with the plugins loaded from the compile cache, before the load; {compile_peak:.0} MiB peak in the first start, which compiles them when the cache is cold).\n\n",
         r.rps(),
         r.status_line(),
         r.pct(0.99)
