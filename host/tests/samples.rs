@@ -369,3 +369,54 @@ settings = { notify_to = "573000000001", words = ["urgente", "queja"] }
         "{text}"
     );
 }
+
+#[test]
+fn events_wait_for_a_plugin_that_is_still_compiling() {
+    let samples = sample_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    // A large component, compiled from scratch (its own empty cache).
+    deploy(&samples, "stats", &plugins, "stats", None);
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        "[runtime]\nparallel_compile = true\n[tenants.default]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Proc::start(&cfg, &data, &plugins);
+    // Sent while stats compiles: the delivery waits instead of failing.
+    assert_eq!(
+        post(
+            &server.url("/webhook"),
+            hookhost::samples::MESSAGE_RECEIVED.as_bytes(),
+            None
+        )
+        .status,
+        200
+    );
+    let loaded_early = get(&server.url("/metrics"))
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .contains("hookhost_plugins_loaded{plugin=\"stats\"");
+    assert!(
+        !loaded_early,
+        "the component compiled too fast to show anything"
+    );
+    let rows = wait_settled(&data, 1, Duration::from_secs(180));
+    assert_eq!(
+        (rows[0].state.as_str(), rows[0].attempts),
+        ("done", 1),
+        "{rows:?}"
+    );
+    assert_eq!(
+        plugin_sql(
+            &data,
+            "default",
+            "stats",
+            "SELECT metric, n FROM daily_stats"
+        ),
+        vec![vec!["in.text".to_string(), "1".into()]]
+    );
+}
