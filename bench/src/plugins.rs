@@ -29,19 +29,12 @@ fn settings(name: &str) -> serde_json::Value {
 }
 
 fn caps(store: &Store, dir: &Path, name: &str, limits: Limits) -> Capabilities {
-    let all = [
-        Grant::Log,
-        Grant::Kv,
-        Grant::Sql,
-        Grant::Config,
-        Grant::Messaging,
-    ];
     // Sends are reported, not made: no network in this measurement.
     Capabilities::offline(
         store.clone(),
         dir.join(format!("{name}.sqlite")),
         name,
-        &all,
+        &Grant::ALL,
         limits,
         settings(name),
     )

@@ -285,6 +285,15 @@ impl Grant {
     /// What a plugin gets when the operator says nothing: everything that
     /// stays inside its own sandbox. Sending messages must be granted.
     pub const DEFAULT: [Grant; 4] = [Grant::Log, Grant::Kv, Grant::Sql, Grant::Config];
+
+    /// Every capability (the plugin test runner and benchmarks).
+    pub const ALL: [Grant; 5] = [
+        Grant::Log,
+        Grant::Kv,
+        Grant::Sql,
+        Grant::Config,
+        Grant::Messaging,
+    ];
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -102,17 +102,8 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
     ))
     .unwrap();
     std::fs::write(s.plugins_dir().join("wrongworld.wasm"), wat).unwrap();
-    assert!(wait_until(SETTLE, || {
-        let t = get(&s.url("/metrics"))
-            .body
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        t.lines()
-            .filter(|l| l.starts_with("hookhost_plugins_loaded{"))
-            .count()
-            == ATTACKS.len() + 1
-    }));
+    assert!(wait_until(SETTLE, || loaded_count(&s.url("/metrics"))
+        == ATTACKS.len() + 1));
 
     let before = good_rate(&s, 150, "a");
     // One event for the evil tenant sets off every attack (with retries),

@@ -40,17 +40,6 @@ fn admin(method: &str, url: &str, token: Option<&str>, body: Option<serde_json::
     }
 }
 
-fn loaded(s: &TestServer, names: &[&str]) -> bool {
-    let t = get(&s.url("/metrics"))
-        .body
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    names
-        .iter()
-        .all(|p| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{p}\"")))
-}
-
 fn metric(text: &str, line_prefix: &str) -> Option<String> {
     text.lines()
         .find(|l| l.starts_with(line_prefix))
@@ -64,7 +53,10 @@ fn metrics_reflect_a_known_sequence_exactly() {
         "[tenants.default]\nsecrets = [\"k\"]\nplugins = [\"recorder\"]\n[tenants.acme]",
     );
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
-    assert!(wait_until(SETTLE, || loaded(&s, &["recorder"])));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["recorder"]
+    )));
     let url = s.url("/webhook");
     for name in ["message_received", "ack_update", "test_webhook"] {
         assert_eq!(
@@ -137,11 +129,7 @@ fn metrics_reflect_a_known_sequence_exactly() {
     assert!(text.contains("# TYPE hookhost_instantiate_seconds histogram"));
     // Gauges are refreshed by the dispatcher a few times a second.
     assert!(wait_until(SETTLE, || {
-        let t = get(&s.url("/metrics"))
-            .body
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let t = metrics_text(&s.url("/metrics"));
         metric(&t, "hookhost_inbox_lag ") == Some("0".into())
             && metric(&t, "hookhost_deliveries_open ") == Some("0".into())
     }));
@@ -190,7 +178,10 @@ fn a_dead_letter_retried_after_fixing_the_plugin_succeeds() {
         "fixme",
         Some("[settings]\nattack = \"panic\"\n"),
     );
-    assert!(wait_until(SETTLE, || loaded(&s, &["fixme"])));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["fixme"]
+    )));
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -253,7 +244,10 @@ settings = {{ reply = "hola" }}
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "one", None);
     deploy(&tp, "probe", &s.plugins_dir(), "two", None);
-    assert!(wait_until(SETTLE, || loaded(&s, &["one", "two"])));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["one", "two"]
+    )));
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),

@@ -228,12 +228,7 @@ fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     assert_eq!(stored, acked.len(), "acknowledged events are all stored");
 
     // Space returns: grow the filesystem.
-    assert!(std::process::Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success());
+    remount(&mnt, "remount,size=64m");
     assert!(wait_until(Duration::from_secs(10), || post(
         &url,
         br#"{"event_type":"ack_update","id":"after","ack":"read"}"#,
@@ -263,12 +258,7 @@ fn a_read_only_data_directory_answers_503() {
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(get(&s.url("/readyz")).status, 503);
     assert_eq!(get(&s.url("/healthz")).status, 200);
-    assert!(std::process::Command::new("mount")
-        .args(["-o", "remount,rw"])
-        .arg(&mnt)
-        .status()
-        .unwrap()
-        .success());
+    remount(&mnt, "remount,rw");
     assert!(wait_until(Duration::from_secs(10), || post(
         &url,
         hookhost::samples::TEST_WEBHOOK.as_bytes(),
@@ -346,4 +336,15 @@ fn mount_tmpfs(dir: &std::path::Path, options: &str) -> Option<Mounted> {
     assert!(!root, "running as root but cannot mount a tmpfs");
     eprintln!("not root: this test needs to mount a tmpfs");
     None
+}
+
+/// Changes a mount's options (size, ro/rw) in place.
+fn remount(dir: &std::path::Path, options: &str) {
+    let ok = std::process::Command::new("mount")
+        .args(["-o", options])
+        .arg(dir)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mount -o {options} failed");
 }

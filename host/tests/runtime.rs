@@ -29,7 +29,10 @@ fn a_plugin_receives_every_event_type_with_all_fields() {
     wait_until(SETTLE, || get(&s.url("/readyz")).status == 200);
     // The plugin must be loaded before events arrive, or they predate it.
     std::thread::sleep(Duration::from_millis(100));
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "recorder")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["recorder"]
+    )));
     for name in samples::NAMES {
         assert_eq!(
             post(
@@ -103,21 +106,6 @@ fn a_plugin_receives_every_event_type_with_all_fields() {
         .all(|d| d.plugin_hash.as_deref() == Some(hash.as_str())));
 }
 
-fn plugin_loaded(s: &TestServer, name: &str) -> bool {
-    deliveries_ready(s) && {
-        // The loader logs; the simplest observable is the plugins gauge.
-        let m = get(&s.url("/metrics"));
-        m.body
-            .as_str()
-            .map(|t| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{name}\"")))
-            .unwrap_or(false)
-    }
-}
-
-fn deliveries_ready(s: &TestServer) -> bool {
-    get(&s.url("/healthz")).status == 200
-}
-
 #[test]
 fn grants_and_denials() {
     let tp = test_plugins();
@@ -141,8 +129,13 @@ settings = {{ probe = "1" }}
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "locked", None);
     deploy(&tp, "probe", &s.plugins_dir(), "open", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "locked")
-        && plugin_loaded(&s, "open")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["locked"]
+    ) && all_loaded(
+        &s.url("/metrics"),
+        &["open"]
+    )));
     post(&s.url("/webhook"), samples::TEST_WEBHOOK.as_bytes(), None);
     let rows = wait_settled(&s.data_dir(), 2, SETTLE);
     let err = |p: &str| {
@@ -175,8 +168,13 @@ read_kv = "seen/message_received:[\"ABCD1234\"]"
     );
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
     deploy(&tp, "probe", &s.plugins_dir(), "reader", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "recorder")
-        && plugin_loaded(&s, "reader")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["recorder"]
+    ) && all_loaded(
+        &s.url("/metrics"),
+        &["reader"]
+    )));
     assert_eq!(
         post(
             &s.url("/webhook/a"),
@@ -230,7 +228,10 @@ fail_until_attempt = "3"
 "#,
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "flaky", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "flaky")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["flaky"]
+    )));
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -270,7 +271,10 @@ settings = {{ reply = "Gracias!", fail_until_attempt = "3" }}
         .fail_first
         .store(1, std::sync::atomic::Ordering::SeqCst);
     deploy(&tp, "probe", &s.plugins_dir(), "replier", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "replier")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["replier"]
+    )));
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -330,8 +334,13 @@ settings = { attack = "sleep", sleep_ms = "5000" }
     ] {
         deploy(&tp, "probe", &s.plugins_dir(), p, None);
     }
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "sleeper")
-        && plugin_loaded(&s, "recorder")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["sleeper"]
+    ) && all_loaded(
+        &s.url("/metrics"),
+        &["recorder"]
+    )));
     let bad = s.url("/webhook/bad");
     let good = s.url("/webhook/good");
     assert_eq!(
@@ -410,7 +419,10 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
         hookhost::runtime::plugin::hash(&v2),
     );
     deploy(&tp, "probe", &dir, "hot", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "hot")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["hot"]
+    )));
     post(
         &s.url("/webhook"),
         br#"{"event_type":"ack_update","id":"a","ack":"sent"}"#,
@@ -454,11 +466,10 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
 
     // Removing the file unloads the plugin: new events get no delivery.
     std::fs::remove_file(dir.join("hot.wasm")).unwrap();
-    assert!(wait_until(SETTLE, || !get(&s.url("/metrics"))
-        .body
-        .as_str()
-        .unwrap()
-        .contains("hookhost_plugins_loaded{plugin=\"hot\"")));
+    assert!(wait_until(SETTLE, || !all_loaded(
+        &s.url("/metrics"),
+        &["hot"]
+    )));
     post(
         &s.url("/webhook"),
         br#"{"event_type":"ack_update","id":"d","ack":"sent"}"#,
@@ -476,7 +487,10 @@ fn one_chat_reaches_a_plugin_in_order() {
             .replace("max_attempts = 4", "max_attempts = 4\nworkers = 8"),
     );
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
-    assert!(wait_until(SETTLE, || plugin_loaded(&s, "recorder")));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["recorder"]
+    )));
     for i in 0..60 {
         let body = serde_json::json!({"event_type":"message_received","id":format!("m{i:03}"),"chat_id":format!("chat{}@c.us", i % 3),"body":format!("{i}")});
         post(&s.url("/webhook"), body.to_string().as_bytes(), None);

@@ -70,14 +70,11 @@ grants = ["log", "kv", "config", "messaging"]
     .unwrap();
     let data = dir.path().join("data");
     let server = Proc::start(&cfg, &data, &plugins);
-    // Wait for the three plugins to be loaded before sending events.
-    assert!(wait_until(SETTLE, || {
-        let m = get(&server.url("/metrics"));
-        let t = m.body.as_str().unwrap_or_default().to_string();
-        ["logger", "persistence", "auto-reply"]
-            .iter()
-            .all(|p| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{p}\"")))
-    }));
+    // Wait for the plugins to be loaded before sending events.
+    assert!(wait_until(SETTLE, || all_loaded(
+        &server.url("/metrics"),
+        &names
+    )));
     Env {
         _dir: dir,
         data,
@@ -395,11 +392,7 @@ fn events_wait_for_a_plugin_that_is_still_compiling() {
         .status,
         200
     );
-    let loaded_early = get(&server.url("/metrics"))
-        .body
-        .as_str()
-        .unwrap_or_default()
-        .contains("hookhost_plugins_loaded{plugin=\"stats\"");
+    let loaded_early = all_loaded(&server.url("/metrics"), &["stats"]);
     assert!(
         !loaded_early,
         "the component compiled too fast to show anything"

@@ -200,13 +200,6 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
         }
     };
     let scratch = tempfile::tempdir()?;
-    let all = [
-        Grant::Log,
-        Grant::Kv,
-        Grant::Sql,
-        Grant::Config,
-        Grant::Messaging,
-    ];
     let caps = scratch_caps(scratch.path(), &p.name, &[], limits, serde_json::json!({}));
     p.subscriptions = match sandbox::subscriptions(&p, caps, &limits) {
         Ok(s) => s,
@@ -226,7 +219,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             received_at: crate::store::now_ms(),
             raw_json: raw.clone(),
         };
-        let caps = scratch_caps(scratch.path(), &p.name, &all, limits, settings);
+        let caps = scratch_caps(scratch.path(), &p.name, &Grant::ALL, limits, settings);
         Some(sandbox::deliver(
             &p,
             caps,

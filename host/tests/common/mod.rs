@@ -237,3 +237,24 @@ pub fn plugin_sql(data_dir: &Path, tenant: &str, plugin: &str, query: &str) -> V
     .map(|it| it.filter_map(Result::ok).collect())
     .unwrap_or_default()
 }
+
+/// The `/metrics` text at `url`.
+pub fn metrics_text(url: &str) -> String {
+    get(url).body.as_str().unwrap_or_default().to_string()
+}
+
+/// Whether every named plugin is loaded, by the plugins gauge at `url`.
+pub fn all_loaded(url: &str, names: &[&str]) -> bool {
+    let t = metrics_text(url);
+    names
+        .iter()
+        .all(|p| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{p}\"")))
+}
+
+/// How many plugins the gauge at `url` shows loaded.
+pub fn loaded_count(url: &str) -> usize {
+    metrics_text(url)
+        .lines()
+        .filter(|l| l.starts_with("hookhost_plugins_loaded{"))
+        .count()
+}
