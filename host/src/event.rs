@@ -137,10 +137,11 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         de.end().map_err(|e| ParseError::Json(e.to_string()))?;
         v.0
     };
-    let serde_json::Value::Object(ref obj) = value else {
-        return Err(ParseError::NotObject);
-    };
-    let event_type = match obj.get("event_type") {
+    let event_type = match value
+        .as_object()
+        .ok_or(ParseError::NotObject)?
+        .get("event_type")
+    {
         Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
         _ => return Err(ParseError::EventType),
     };
@@ -156,7 +157,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     let key_of = |parts: serde_json::Value| format!("{event_type}:{parts}");
     let parsed = match event_type.as_str() {
         "message_received" | "message_sent" => {
-            let m: Message = typed(&event_type, value.clone())?;
+            let m: Message = typed(&event_type, value)?;
             require_nonempty(&event_type, "id", &m.id)?;
             let key = key_of(serde_json::json!([m.id]));
             let ordering_key = if m.chat_id.is_empty() {
@@ -176,7 +177,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "ack_update" => {
-            let a: AckUpdate = typed(&event_type, value.clone())?;
+            let a: AckUpdate = typed(&event_type, value)?;
             require_nonempty(&event_type, "id", &a.id)?;
             require_nonempty(&event_type, "ack", &a.ack)?;
             Parsed {
@@ -186,7 +187,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "message_reaction" => {
-            let r: Reaction = typed(&event_type, value.clone())?;
+            let r: Reaction = typed(&event_type, value)?;
             require_nonempty(&event_type, "message_id", &r.message_id)?;
             require_nonempty(&event_type, "from_number", &r.from_number)?;
             Parsed {
@@ -201,7 +202,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "test_webhook" => {
-            let t: TestPing = typed(&event_type, value.clone())?;
+            let t: TestPing = typed(&event_type, value)?;
             Parsed {
                 key: key_of(serde_json::json!([t.instance_id, t.timestamp])),
                 ordering_key: "test".to_string(),
@@ -210,6 +211,8 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         }
         _ => {
             // Unknown types: an `id` when there is one, else the body itself.
+            // Known to be an object: checked above.
+            let obj = value.as_object().ok_or(ParseError::NotObject)?;
             let key = match obj.get("id") {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => {
                     key_of(serde_json::json!(["id", s]))
