@@ -259,12 +259,20 @@ async fn schedule(
             (d.event_seq, d.plugin.clone(), hash)
         })
         .collect();
-    let marked = inner.store.mark_running(marks);
-    tokio::spawn(async move {
-        if let Ok(Err(e)) = marked.await {
-            tracing::warn!(error = %e, "cannot mark deliveries running");
-        }
+    // Committed before the deliveries start: a later `due` query must never
+    // see a delivery as pending while it runs (and finishes) meanwhile, or
+    // it would be picked twice.
+    let marked = inner.store.mark_running(marks).await.unwrap_or_else(|_| {
+        Err(crate::store::StoreError::Unavailable(
+            "writer stopped".into(),
+        ))
     });
+    if let Err(e) = marked {
+        for d in &picked {
+            release(inner, d);
+        }
+        return Err(e);
+    }
     for d in picked {
         let inner = inner.clone();
         tasks.spawn(async move {

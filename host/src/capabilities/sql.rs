@@ -68,6 +68,9 @@ fn open(path: &std::path::Path, max_mb: u64) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
+    // Deliveries of one plugin for different chats run in parallel and
+    // share this file: wait briefly for the write lock instead of failing.
+    c.busy_timeout(std::time::Duration::from_millis(500))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
     let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;

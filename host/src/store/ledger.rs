@@ -154,9 +154,7 @@ impl Store {
         })
     }
 
-    /// Marks deliveries running. Submitted at once and not awaited by the
-    /// dispatcher: the writer applies operations in order, so the outcome
-    /// written later can never be overtaken by this mark.
+    /// Marks deliveries running (the dispatcher waits for the commit).
     pub fn mark_running(
         &self,
         items: Vec<(i64, String, String)>,
