@@ -332,10 +332,20 @@ pub struct WhapiConfig {
     /// Literal, `env:VAR` or `env:VAR?`. With an optional variable unset,
     /// the tenant has no gateway account and sends are refused.
     pub token: String,
+    /// A send whose outcome is unknown (the process died or the connection
+    /// broke after the request left) is confirmed by the gateway's
+    /// `message_sent` echo; without an echo after this many seconds it is
+    /// sent again.
+    #[serde(default = "default_echo_wait")]
+    pub echo_wait_secs: u64,
 }
 
 fn default_whapi_url() -> String {
     "https://whapi.co".to_string()
+}
+
+fn default_echo_wait() -> u64 {
+    60
 }
 
 /// A secret value resolved at start; its `Debug` never shows it.
@@ -371,6 +381,7 @@ pub struct ResolvedWhapi {
     pub base_url: String,
     pub instance_id: String,
     pub token: Secret,
+    pub echo_wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for ResolvedWhapi {
@@ -418,6 +429,7 @@ impl Config {
                         base_url: w.base_url.trim_end_matches('/').to_string(),
                         instance_id: String::from_utf8_lossy(id.expose()).into_owned(),
                         token,
+                        echo_wait: std::time::Duration::from_secs(w.echo_wait_secs),
                     }),
                     _ => None,
                 },

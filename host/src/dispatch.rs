@@ -372,6 +372,7 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
         .registry
         .capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
     caps.resend = d.resend;
+    caps.last_attempt = attempt >= inner.cfg.max_attempts;
     let report = runtime::deliver(&plugin, caps, &policy.limits, &wit_event, &ctx);
     let labels = vec![("plugin", d.plugin.clone())];
     inner.metrics.observe(

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 const SETTLE: Duration = Duration::from_secs(180);
 const KILLS: usize = 10;
+const ECHO_CONFIRMED: &str = "unconfirmed send found in the gateway's echo";
+const RESENT: &str = "no echo of an unconfirmed send";
 
 #[test]
 fn sigkill_under_load_loses_nothing_and_sends_each_reply_once() {
@@ -31,6 +33,7 @@ fn sigkill_under_load_loses_nothing_and_sends_each_reply_once() {
 [dispatch]
 backoff_base_ms = 50
 backoff_max_ms = 500
+max_attempts = 20
 [tenants.default]
 plugins = ["logger", "persistence", "auto-reply"]
 rate_limit = {{ per_second = 0, burst = 0 }}
@@ -38,6 +41,7 @@ rate_limit = {{ per_second = 0, burst = 0 }}
 base_url = "{}"
 instance_id = "1"
 token = "t"
+echo_wait_secs = 20
 [tenants.default.plugin.auto-reply]
 grants = ["log", "kv", "config", "messaging"]
 [tenants.default.plugin.auto-reply.settings]
@@ -51,6 +55,8 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
     let data = dir.path().join("data");
 
     let server = Arc::new(Mutex::new(Proc::start(&cfg, &data, &plugins)));
+    // The gateway announces each reply it accepted, as the real one does.
+    whapi.echo_to(&server.lock().unwrap().url("/webhook"));
     let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     // Senders: unique messages (each asks for the menu) and acks, as fast
@@ -84,11 +90,15 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
         }));
     }
     let mut rng = rand::rng();
+    let (mut confirmed_by_echo, mut resent_after_wait) = (0, 0);
     for _ in 0..KILLS {
         std::thread::sleep(Duration::from_millis(rng.random_range(200..900)));
         let mut s = server.lock().unwrap();
         s.kill();
+        confirmed_by_echo += s.count_lines(ECHO_CONFIRMED);
+        resent_after_wait += s.count_lines(RESENT);
         *s = Proc::start(&cfg, &data, &plugins);
+        whapi.echo_to(&s.url("/webhook"));
     }
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -108,6 +118,7 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
             format!("{}|{}", v["id"].as_str().unwrap(), e.event_type)
         })
         .collect();
+    drop(c);
     let lost: Vec<&String> = acked.keys().filter(|k| !stored.contains(*k)).collect();
     assert!(
         lost.is_empty(),
@@ -116,7 +127,29 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
         &lost[..lost.len().min(5)]
     );
 
-    // Every delivery ends done or dead; none pending forever.
+    // Every delivery ends done or dead; none pending forever. The replies'
+    // echoes keep arriving while the backlog drains: wait for one echo per
+    // request the gateway took, then for their deliveries.
+    wait_settled(&data, 1, SETTLE);
+    let list = |data: &std::path::Path| -> BTreeSet<String> {
+        let c = hookhost::store::open_read_only(data).unwrap();
+        hookhost::store::list_events(&c, None, 0, 10_000_000)
+            .unwrap()
+            .into_iter()
+            .map(|e| {
+                let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+                format!("{}|{}", v["id"].as_str().unwrap(), e.event_type)
+            })
+            .collect()
+    };
+    wait_until(SETTLE, || {
+        list(&data)
+            .iter()
+            .filter(|k| k.ends_with("|message_sent"))
+            .count()
+            >= whapi.sent().len()
+    });
+    let stored = list(&data);
     let rows = wait_settled(&data, 1, SETTLE);
     let open: Vec<_> = rows
         .iter()
@@ -138,6 +171,13 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
         .map(|k| k.split('|').next().unwrap().to_string())
         .collect();
     let unanswered = messages.len() - acked.values().filter(|k| *k == "message_received").count();
+    // The gateway's echoes of the replies are messages too.
+    let echoes: BTreeSet<String> = stored
+        .iter()
+        .filter(|k| k.ends_with("|message_sent"))
+        .map(|k| k.split('|').next().unwrap().to_string())
+        .collect();
+    let messages_and_echoes: BTreeSet<String> = messages.union(&echoes).cloned().collect();
     let rows = plugin_sql(
         &data,
         "default",
@@ -146,44 +186,50 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
     );
     assert!(rows.iter().all(|r| r[1] == "1"));
     let persisted: BTreeSet<String> = rows.into_iter().map(|r| r[0].clone()).collect();
-    let missing: Vec<&String> = messages.difference(&persisted).take(5).collect();
-    let extra: Vec<&String> = persisted.difference(&messages).take(5).collect();
+    let missing: Vec<&String> = messages_and_echoes.difference(&persisted).take(5).collect();
+    let extra: Vec<&String> = persisted.difference(&messages_and_echoes).take(5).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "persistence: missing {missing:?}, unexpected {extra:?}"
     );
 
-    // Each message got its reply once at the gateway (keyed sends); count
-    // the retransmissions a crash between send and record may cause.
-    let unique = whapi.unique_sends();
-    // The key is tenant/event/plugin/call: one reply per event.
-    let replies_per_event: BTreeMap<String, usize> =
-        unique.iter().fold(BTreeMap::new(), |mut m, r| {
-            let key = &r
-                .headers
+    // Each message got its reply exactly once at the gateway: one request
+    // per idempotency key, one key per event, none repeated (a send whose
+    // outcome a kill left unknown was confirmed by its echo).
+    let keys: Vec<String> = whapi
+        .sent()
+        .iter()
+        .map(|r| {
+            r.headers
                 .iter()
                 .find(|(k, _)| k == "idempotency-key")
                 .unwrap()
-                .1;
-            let event = key.split('/').nth(1).unwrap().to_string();
-            *m.entry(event).or_default() += 1;
-            m
-        });
-    assert_eq!(
-        replies_per_event.len(),
-        messages.len(),
-        "every message got a reply"
-    );
-    assert!(
-        replies_per_event.values().all(|n| *n == 1),
-        "a message got two different replies"
-    );
-    let retransmissions = whapi.sent().len() - unique.len();
+                .1
+                .clone()
+        })
+        .collect();
+    let mut per_event: BTreeMap<String, usize> = BTreeMap::new();
+    for key in &keys {
+        // The key is tenant/event/plugin/call.
+        *per_event
+            .entry(key.split('/').nth(1).unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(per_event.len(), messages.len(), "every message got a reply");
+    let repeated: Vec<_> = per_event.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(repeated.is_empty(), "replies sent twice: {repeated:?}");
+    assert_eq!(echoes.len(), keys.len(), "one echo per reply");
+    {
+        let s = server.lock().unwrap();
+        confirmed_by_echo += s.count_lines(ECHO_CONFIRMED);
+        resent_after_wait += s.count_lines(RESENT);
+    }
     println!(
-        "kills: {KILLS}; events acknowledged: {}; stored without a 200 reaching the sender: {unanswered}; lost: 0; deliveries: {}; replies: {}; gateway retransmissions (same key): {retransmissions}",
+        "kills: {KILLS}; events acknowledged: {}; stored without a 200 reaching the sender: {unanswered}; lost: 0; deliveries: {}; replies at the gateway: {} for {} messages; duplicate replies: 0; unconfirmed sends settled by their echo: {confirmed_by_echo}; sent again after the wait: {resent_after_wait}",
         acked.len(),
         deliveries(&data).len(),
-        unique.len()
+        keys.len(),
+        messages.len()
     );
     server.lock().unwrap().kill();
 }

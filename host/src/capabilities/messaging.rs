@@ -1,14 +1,18 @@
 //! `messaging`: send WhatsApp text through the tenant's gateway account.
 //!
 //! Each send carries an idempotency key derived from (event, plugin, call
-//! number) and is recorded once the gateway accepted it, so a retried
-//! delivery does not send the same message twice. The token never reaches
-//! the plugin or the logs.
+//! number) and is recorded before it leaves and again once the gateway
+//! accepted it, so a retried delivery does not send the same message twice.
+//! When an earlier attempt's outcome is unknown (see `store::sends`), the
+//! gateway's `message_sent` echo decides: found, the send is confirmed;
+//! missing after `echo_wait_secs`, it is sent again. The token never
+//! reaches the plugin or the logs.
 
 use super::{Action, Capabilities};
 use crate::bindings::messaging::{Host, OutgoingText};
 use crate::bindings::types::HostError;
 use crate::config::{Grant, ResolvedWhapi};
+use crate::store::{NewSend, SendState};
 use std::time::Duration;
 
 const MAX_TEXT: usize = 64 * 1024;
@@ -24,6 +28,16 @@ pub struct Messenger {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SentMessage {
     pub message_id: Option<String>,
+}
+
+/// A send that did not get a 2xx.
+#[derive(Debug, Clone)]
+pub enum SendFailure {
+    /// The gateway answered, or the request never left: nothing was sent.
+    NotSent(HostError),
+    /// The request may have reached the gateway (timeout, broken
+    /// connection after writing).
+    InDoubt(HostError),
 }
 
 impl Messenger {
@@ -42,7 +56,7 @@ impl Messenger {
         msg: &OutgoingText,
         idem_key: &str,
         timeout: Duration,
-    ) -> Result<SentMessage, HostError> {
+    ) -> Result<SentMessage, SendFailure> {
         let mut body = serde_json::json!({
             "instanceId": self.whapi.instance_id,
             "token": String::from_utf8_lossy(self.whapi.token.expose()),
@@ -67,7 +81,17 @@ impl Messenger {
             Err(e) => {
                 // ureq errors never include the body, so the token stays out.
                 tracing::warn!(base_url = %self.whapi.base_url, error = %e, "gateway unreachable");
-                return Err(HostError::Unavailable("gateway unreachable".into()));
+                let never_left = match &e {
+                    ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+                    ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+                    _ => false,
+                };
+                let err = HostError::Unavailable("gateway unreachable".into());
+                return Err(if never_left {
+                    SendFailure::NotSent(err)
+                } else {
+                    SendFailure::InDoubt(err)
+                });
             }
         };
         let status = resp.status().as_u16();
@@ -81,10 +105,12 @@ impl Messenger {
             200..=299 => Ok(SentMessage {
                 message_id: message_id(&text),
             }),
-            429 | 500..=599 => Err(HostError::Unavailable(format!("gateway answered {status}"))),
-            _ => Err(HostError::Other(format!(
+            429 | 500..=599 => Err(SendFailure::NotSent(HostError::Unavailable(format!(
+                "gateway answered {status}"
+            )))),
+            _ => Err(SendFailure::NotSent(HostError::Other(format!(
                 "gateway refused the message ({status})"
-            ))),
+            )))),
         }
     }
 }
@@ -144,30 +170,62 @@ impl Host for Capabilities {
                     "no gateway account configured for this tenant".into(),
                 ));
             };
+            let unavailable = |_| HostError::Unavailable("storage unavailable".into());
             if !self.resend {
-                match self.store.send_recorded(&idem_key) {
-                    Ok(Some(id)) => {
+                match self.store.send_state(&idem_key).map_err(unavailable)? {
+                    None => {}
+                    Some(SendState::Sent(id)) => {
                         tracing::info!(tenant = %self.tenant, plugin = %self.plugin, idem_key, "send already made; not sending again");
                         return Ok(id);
                     }
-                    Ok(None) => {}
-                    Err(_) => return Err(HostError::Unavailable("storage unavailable".into())),
+                    Some(SendState::InDoubt { started_at, .. }) => {
+                        if let Some(id) = self
+                            .store
+                            .reconcile_send(&idem_key, &self.tenant)
+                            .map_err(unavailable)?
+                        {
+                            tracing::info!(tenant = %self.tenant, plugin = %self.plugin, idem_key, message_id = %id, "unconfirmed send found in the gateway's echo; not sending again");
+                            return Ok(Some(id));
+                        }
+                        let waited =
+                            crate::store::now_ms().saturating_sub(started_at).max(0) as u64;
+                        if waited < messenger.whapi.echo_wait.as_millis() as u64
+                            && !self.last_attempt
+                        {
+                            return Err(HostError::Unavailable(
+                                "an earlier attempt's send is unconfirmed; waiting for the gateway's message_sent echo".into(),
+                            ));
+                        }
+                        tracing::warn!(tenant = %self.tenant, plugin = %self.plugin, idem_key, "no echo of an unconfirmed send; sending again");
+                    }
                 }
             }
             let timeout = self.remaining().min(Duration::from_secs(10));
             if timeout.is_zero() {
                 return Err(HostError::Unavailable("delivery deadline reached".into()));
             }
-            let sent = messenger.send_text(&message, &idem_key, timeout)?;
-            if let Err(e) = self.store.record_send(
-                idem_key,
-                &self.tenant,
-                &self.plugin,
-                self.event_seq,
-                message.to.clone(),
-                sent.message_id.clone(),
-            ) {
-                tracing::error!(error = %e, "message sent but not recorded; a retry may send it again");
+            self.store
+                .begin_send(NewSend {
+                    idem_key: &idem_key,
+                    tenant: &self.tenant,
+                    plugin: &self.plugin,
+                    event_seq: self.event_seq,
+                    recipient: &message.to,
+                    text: &message.text,
+                })
+                .map_err(unavailable)?;
+            let sent = match messenger.send_text(&message, &idem_key, timeout) {
+                Ok(sent) => sent,
+                Err(SendFailure::NotSent(e)) => {
+                    if let Err(err) = self.store.abandon_send(&idem_key) {
+                        tracing::warn!(error = %err, "refused send left recorded as unconfirmed");
+                    }
+                    return Err(e);
+                }
+                Err(SendFailure::InDoubt(e)) => return Err(e),
+            };
+            if let Err(e) = self.store.confirm_send(&idem_key, sent.message_id.clone()) {
+                tracing::error!(error = %e, "message sent but not confirmed; a retry will look for the gateway's echo");
             }
             tracing::info!(tenant = %self.tenant, plugin = %self.plugin, to = %message.to, "message sent");
             Ok(sent.message_id)

@@ -35,6 +35,9 @@ pub struct Capabilities {
     /// Ask the messaging capability to send again what a previous delivery
     /// already sent (operator's explicit replay).
     pub resend: bool,
+    /// No retry follows this delivery: an unconfirmed send is made again
+    /// now rather than waiting longer for its echo.
+    pub last_attempt: bool,
     /// Report sends instead of making them (`plugin test`).
     pub dry_run: bool,
     pub deadline: Instant,
@@ -93,6 +96,7 @@ impl Capabilities {
             sql: SqlDb::new(sql_file),
             messenger: None,
             resend: false,
+            last_attempt: false,
             dry_run: true,
             deadline: Instant::now() + std::time::Duration::from_millis(limits.timeout_ms),
             sends: 0,

@@ -268,6 +268,7 @@ impl Registry {
             sql: SqlDb::new(self.sql_path(tenant, plugin)),
             messenger: self.messengers.get(tenant).cloned(),
             resend: false,
+            last_attempt: false,
             dry_run: false,
             deadline: Instant::now() + Duration::from_millis(policy.limits.timeout_ms),
             sends: 0,

@@ -1,7 +1,7 @@
-//! Plugin key-value data and recorded message sends. Every function takes
+//! Plugin key-value data. Every function takes
 //! the (tenant, plugin) pair from the host, never from the guest.
 
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 use rusqlite::{params, OptionalExtension};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,38 +78,6 @@ impl Store {
         self.write_blocking(move |c| {
             c.prepare_cached("DELETE FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3")?
                 .execute(params![tenant, plugin, key])?;
-            Ok(())
-        })
-    }
-
-    /// A send already made under this idempotency key: `Some(message id)`.
-    pub fn send_recorded(&self, idem_key: &str) -> Result<Option<Option<String>>, StoreError> {
-        self.read(|c| {
-            Ok(
-                c.prepare_cached("SELECT message_id FROM sends WHERE idem_key = ?1")?
-                    .query_row([idem_key], |r| r.get(0))
-                    .optional()?,
-            )
-        })
-    }
-
-    pub fn record_send(
-        &self,
-        idem_key: String,
-        tenant: &str,
-        plugin: &str,
-        event_seq: i64,
-        recipient: String,
-        message_id: Option<String>,
-    ) -> Result<(), StoreError> {
-        let (tenant, plugin) = (tenant.to_string(), plugin.to_string());
-        self.write_blocking(move |c| {
-            c.prepare_cached(
-                "INSERT INTO sends (idem_key, tenant, plugin, event_seq, recipient, message_id, sent_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (idem_key) DO UPDATE SET message_id = excluded.message_id, sent_at = excluded.sent_at",
-            )?
-            .execute(params![idem_key, tenant, plugin, event_seq, recipient, message_id, now_ms()])?;
             Ok(())
         })
     }

@@ -7,10 +7,12 @@ mod inbox;
 mod kv;
 mod ledger;
 mod schema;
+mod sends;
 mod writer;
 
 pub use inbox::{get as get_event, list as list_events, EventRow, IngestOutcome, NewEvent};
 pub use kv::{KvError, Scope as KvScope};
+pub use sends::{NewSend, SendState};
 
 pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
     KvScope { tenant, plugin }

@@ -60,6 +60,14 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_queue ON deliveries (event_seq)
         WHERE state IN ('pending', 'failed');
     "#,
+    // 4: a send is recorded before it leaves ('sending') so that a crash
+    // mid-send is reconciled with the gateway's echo instead of guessed.
+    r#"
+    ALTER TABLE sends ADD COLUMN state TEXT NOT NULL DEFAULT 'sent';
+    ALTER TABLE sends ADD COLUMN text TEXT;
+    ALTER TABLE sends ADD COLUMN watermark INTEGER;
+    CREATE INDEX sends_message_id ON sends (tenant, message_id);
+    "#,
 ];
 
 pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {

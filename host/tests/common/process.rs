@@ -76,6 +76,16 @@ impl Proc {
         false
     }
 
+    /// Log lines of the host itself whose message contains `text`.
+    pub fn count_lines(&self, text: &str) -> usize {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+            .count()
+    }
+
     pub fn plugin_lines(&self, plugin: &str) -> Vec<String> {
         self.logs
             .lock()

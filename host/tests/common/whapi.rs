@@ -1,10 +1,13 @@
 //! A stand-in for the gateway's send API: a real HTTP server on 127.0.0.1
-//! that records every request and answers as told.
+//! that records every request and answers as told. Like the real gateway it
+//! can announce each accepted message with a `message_sent` webhook (the
+//! echo), retried until the receiver answers 200.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -18,6 +21,11 @@ pub struct FakeWhapi {
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     /// Answer 500 to this many requests first.
     pub fail_first: Arc<AtomicUsize>,
+    /// Accept this many requests first but answer only after `slow_ms`.
+    pub slow_first: Arc<AtomicUsize>,
+    pub slow_ms: Arc<AtomicU64>,
+    /// Where to post the echo of each accepted message (none: no echo).
+    pub echo_to: Arc<Mutex<Option<String>>>,
 }
 
 impl FakeWhapi {
@@ -26,11 +34,24 @@ impl FakeWhapi {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(Mutex::new(Vec::new()));
         let fail_first = Arc::new(AtomicUsize::new(0));
-        let (r, f) = (requests.clone(), fail_first.clone());
+        let slow_first = Arc::new(AtomicUsize::new(0));
+        let slow_ms = Arc::new(AtomicU64::new(0));
+        let echo_to: Arc<Mutex<Option<String>>> = Arc::default();
+        let (echo_tx, echo_rx) = mpsc::channel::<String>();
+        let target = echo_to.clone();
+        std::thread::spawn(move || post_echoes(echo_rx, target));
+        let (r, f, sf, sm, et) = (
+            requests.clone(),
+            fail_first.clone(),
+            slow_first.clone(),
+            slow_ms.clone(),
+            echo_to.clone(),
+        );
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
-                let (r, f) = (r.clone(), f.clone());
+                let (r, f, sf, sm, et) = (r.clone(), f.clone(), sf.clone(), sm.clone(), et.clone());
+                let echo_tx = echo_tx.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(s.try_clone().unwrap());
                     loop {
@@ -43,7 +64,9 @@ impl FakeWhapi {
                         let mut len = 0usize;
                         loop {
                             let mut h = String::new();
-                            reader.read_line(&mut h).unwrap();
+                            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                                return;
+                            }
                             let h = h.trim_end();
                             if h.is_empty() {
                                 break;
@@ -56,20 +79,48 @@ impl FakeWhapi {
                             }
                         }
                         let mut body = vec![0; len];
-                        reader.read_exact(&mut body).unwrap();
+                        if reader.read_exact(&mut body).is_err() {
+                            // The sender died mid-request: nothing was sent.
+                            return;
+                        }
                         let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
                         let n = {
                             let mut g = r.lock().unwrap();
                             g.push(Recorded {
                                 path,
                                 headers,
-                                body,
+                                body: body.clone(),
                             });
                             g.len()
                         };
                         let fail = f
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
                             .is_ok();
+                        if !fail && et.lock().unwrap().is_some() {
+                            let to = body["to"].as_str().unwrap_or_default();
+                            let echo = serde_json::json!({
+                                "event_type": "message_sent",
+                                "id": format!("gw-{n}"),
+                                "instance_id": body["instanceId"],
+                                "chat_id": to,
+                                "from": "me",
+                                "to": to,
+                                "body": body["message"],
+                                "type": "text",
+                                "timestamp": 1724716890,
+                                "status": "sent",
+                            });
+                            let _ = echo_tx.send(echo.to_string());
+                        }
+                        if !fail
+                            && sf
+                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                                    v.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            std::thread::sleep(Duration::from_millis(sm.load(Ordering::SeqCst)));
+                        }
                         let (status, text) = if fail {
                             (
                                 "500 Internal Server Error",
@@ -96,7 +147,15 @@ impl FakeWhapi {
             url,
             requests,
             fail_first,
+            slow_first,
+            slow_ms,
+            echo_to,
         }
+    }
+
+    /// Announce accepted messages to this webhook URL from now on.
+    pub fn echo_to(&self, url: &str) {
+        *self.echo_to.lock().unwrap() = Some(url.to_string());
     }
 
     pub fn sent(&self) -> Vec<Recorded> {
@@ -120,5 +179,33 @@ impl FakeWhapi {
                 seen.insert(key.unwrap_or_default())
             })
             .collect()
+    }
+}
+
+/// Posts each echo in order, retrying every 50 ms (for up to a minute)
+/// until the receiver, which may be restarting, answers 200.
+fn post_echoes(rx: mpsc::Receiver<String>, target: Arc<Mutex<Option<String>>>) {
+    let agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .new_agent();
+    for echo in rx {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let Some(url) = target.lock().unwrap().clone() else {
+                break;
+            };
+            let ok = agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(echo.as_str())
+                .map(|r| r.status() == 200)
+                .unwrap_or(false);
+            if ok {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
