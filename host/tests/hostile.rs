@@ -79,7 +79,7 @@ backoff_max_ms = 1000
 [tenants.good]
 plugins = ["recorder"]
 [tenants.evil]
-plugins = [{}, "wrongworld"]
+plugins = [{}, "wrongworld", "tablebomb"]
 limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
 "#,
         ATTACKS
@@ -102,8 +102,15 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
     ))
     .unwrap();
     std::fs::write(s.plugins_dir().join("wrongworld.wasm"), wat).unwrap();
+    // Table growth needs `table.grow`, which no guest language here emits:
+    // a hand-written core module in a component of our world.
+    std::fs::write(
+        s.plugins_dir().join("tablebomb.wasm"),
+        component_from_core_wat("table-bomb"),
+    )
+    .unwrap();
     assert!(wait_until(SETTLE, || loaded_count(&s.url("/metrics"))
-        == ATTACKS.len() + 1));
+        == ATTACKS.len() + 2));
 
     let before = good_rate(&s, 150, "a");
     // One event for the evil tenant sets off every attack (with retries),
@@ -118,7 +125,7 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
         200
     );
     let during = good_rate(&s, 150, "b");
-    let rows = wait_settled(&s.data_dir(), 300 + ATTACKS.len() + 1, SETTLE);
+    let rows = wait_settled(&s.data_dir(), 300 + ATTACKS.len() + 2, SETTLE);
     let ratio = during / before;
     println!("neighbour throughput: {before:.0} deliveries/s before, {during:.0} during the attacks: ratio {ratio:.2}");
     assert!(ratio > 0.2, "the neighbour was starved: {ratio:.2}");
@@ -139,6 +146,7 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
         "trapstorm",
         "logflood",
         "sleeper",
+        "tablebomb",
     ] {
         assert_eq!(evil(p).state, "dead", "{p}: {:?}", evil(p));
     }
@@ -149,6 +157,8 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
         err("hostloop")
     );
     assert_eq!(err("membomb"), "memory-limit");
+    // 100,000 elements per table: the next growth is refused and named.
+    assert_eq!(err("tablebomb"), "table-limit");
     assert!(
         err("stack").contains("call stack exhausted"),
         "{}",

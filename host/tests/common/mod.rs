@@ -148,6 +148,33 @@ pub fn test_plugins() -> PathBuf {
         .clone()
 }
 
+/// A component of the hookhost:plugin world around a hand-written core
+/// module (`tests/plugins/wat/NAME.core.wat`), for attacks no guest
+/// language can express.
+pub fn component_from_core_wat(name: &str) -> Vec<u8> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut module = wat::parse_file(root.join(format!("tests/plugins/wat/{name}.core.wat")))
+        .expect("core module parses");
+    let mut resolve = wit_parser::Resolve::default();
+    let (pkg, _) = resolve
+        .push_dir(root.join("wit/since_v0.1.0"))
+        .expect("the WIT package parses");
+    let world = resolve.select_world(&[pkg], Some("plugin")).unwrap();
+    wit_component::embed_component_metadata(
+        &mut module,
+        &resolve,
+        world,
+        wit_component::StringEncoding::UTF8,
+    )
+    .unwrap();
+    wit_component::ComponentEncoder::default()
+        .module(&module)
+        .unwrap()
+        .validate(true)
+        .encode()
+        .expect("a component of the plugin world")
+}
+
 /// Builds the sample plugins once per test binary and returns their folder.
 pub fn sample_plugins() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
