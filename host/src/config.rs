@@ -228,6 +228,11 @@ pub struct DispatchConfig {
     /// Nice value of the threads that run plugins (Linux): above 0, ingest
     /// gets the CPU first and plugins catch up in the time left over.
     pub nice: i32,
+    /// Deliveries created ahead of the plugins (waiting to run). Beyond it,
+    /// new events wait in the inbox, committed, and are fanned out as the
+    /// plugins catch up, so a burst of traffic costs ingest one row per
+    /// event rather than one per plugin as well. 0: no limit.
+    pub max_pending: usize,
 }
 
 impl Default for DispatchConfig {
@@ -239,6 +244,7 @@ impl Default for DispatchConfig {
             workers: 16,
             tenant_concurrency: 4,
             nice: 10,
+            max_pending: 10_000,
         }
     }
 }

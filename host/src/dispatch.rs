@@ -2,7 +2,9 @@
 //!
 //! Fan-out creates one ledger row per (event, plugin that runs for the
 //! tenant and wants the event kind) and moves a durable cursor in the same
-//! transaction. The scheduler runs due deliveries, at most one at a time per
+//! transaction, keeping at most `max_pending` rows waiting to run: during a
+//! burst the rest wait in the inbox and the writer is not asked to create
+//! rows faster than the plugins can take them. The scheduler runs due deliveries, at most one at a time per
 //! (tenant, plugin, chat) so a chat reaches a plugin in order, within global
 //! and per-tenant caps. Outcomes go to the ledger: done, failed with a
 //! backoff, or dead. Work left running by a crash is requeued at start.
@@ -15,6 +17,7 @@ use crate::runtime::{self, convert, Registry};
 use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -36,6 +39,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     running: Mutex<Running>,
+    /// Rows fanned out and not yet started (an estimate: replays add rows
+    /// it does not count).
+    pending: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -91,6 +97,7 @@ impl Dispatcher {
             metrics,
             wake,
             running: Mutex::new(Running::default()),
+            pending: AtomicUsize::new(0),
         });
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(run(inner, stop.clone()));
@@ -110,6 +117,10 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     let mut tasks = JoinSet::new();
     let mut cursor: Option<i64> = None;
     let mut gauges_at = std::time::Instant::now();
+    match inner.store.pending_count() {
+        Ok(n) => inner.pending.store(n, Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "could not count pending deliveries"),
+    }
     loop {
         if inner.registry.initial_load_done() {
             if let Err(e) = fan_out(&inner, &mut cursor).await {
@@ -168,7 +179,18 @@ async fn fan_out(
         None => inner.store.fanout_cursor()?,
     };
     loop {
-        let events = inner.store.events_after(None, pos, FANOUT_BATCH)?;
+        let mut batch = FANOUT_BATCH;
+        if inner.cfg.max_pending > 0 {
+            let room = inner
+                .cfg
+                .max_pending
+                .saturating_sub(inner.pending.load(Ordering::Relaxed));
+            if room == 0 {
+                break;
+            }
+            batch = batch.min(room as i64);
+        }
+        let events = inner.store.events_after(None, pos, batch)?;
         let Some(last) = events.last().map(|e| e.seq) else {
             break;
         };
@@ -196,10 +218,12 @@ async fn fan_out(
                 }
             }
         }
+        let added = rows.len();
         inner.store.fan_out(rows, last).await?;
+        inner.pending.fetch_add(added, Ordering::Relaxed);
         pos = last;
         *cursor = Some(pos);
-        if (events.len() as i64) < FANOUT_BATCH {
+        if (events.len() as i64) < batch {
             break;
         }
     }
@@ -273,6 +297,12 @@ async fn schedule(
         }
         return Err(e);
     }
+    let started = picked.iter().filter(|d| d.attempts == 0).count();
+    let _ = inner
+        .pending
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            Some(p.saturating_sub(started))
+        });
     for d in picked {
         let inner = inner.clone();
         tasks.spawn(async move {

@@ -130,6 +130,18 @@ impl Store {
     }
 
     /// The newest event's seq and the number of open deliveries.
+    /// Deliveries waiting for their first run.
+    pub fn pending_count(&self) -> Result<usize, StoreError> {
+        self.read(|c| {
+            let n: i64 = c.query_row(
+                "SELECT count(*) FROM deliveries WHERE state = 'pending'",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(n as usize)
+        })
+    }
+
     pub fn backlog(&self) -> Result<(i64, i64), StoreError> {
         self.read(|c| {
             let max: i64 =
