@@ -3,11 +3,12 @@
 //! per second through the dispatcher of a real server.
 
 use crate::load;
-use hookhost::capabilities::Capabilities;
+use hookhost::capabilities::{Capabilities, SqlDb, SqlPool};
 use hookhost::config::{Grant, Limits, StoreConfig};
 use hookhost::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
 use hookhost::store::{Store, StoreOptions};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const PLUGINS: &[(&str, &str)] = &[
@@ -28,16 +29,25 @@ fn settings(name: &str) -> serde_json::Value {
     }
 }
 
-fn caps(store: &Store, dir: &Path, name: &str, limits: Limits) -> Capabilities {
+fn caps(
+    store: &Store,
+    dir: &Path,
+    name: &str,
+    limits: Limits,
+    pool: &Arc<SqlPool>,
+) -> Capabilities {
     // Sends are reported, not made: no network in this measurement.
-    Capabilities::offline(
+    let mut caps = Capabilities::offline(
         store.clone(),
         dir.join(format!("{name}.sqlite")),
         name,
         &Grant::ALL,
         limits,
         settings(name),
-    )
+    );
+    // As in the server: the plugin's database connection is reused.
+    caps.sql = SqlDb::pooled(dir.join(format!("{name}.sqlite")), pool.clone());
+    caps
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -50,7 +60,7 @@ pub fn suite(
     deliveries: usize,
 ) -> anyhow::Result<String> {
     let mut out = String::from(
-        "## Plugins\n\n| plugin | language | size | compile | cached load | fresh instance + handle p50 | p99 | fuel / delivery | deliveries/s (dispatcher) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "## Plugins\n\n| plugin | language | size | compile | cached load | fresh instance + handle p50 | p99 | of which instantiate p50 | fuel / delivery | deliveries/s (dispatcher) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let engine = Runtime::new(true, 128, true)?;
     let dir = tempfile::tempdir()?;
@@ -59,10 +69,16 @@ pub fn suite(
         StoreOptions::from(&StoreConfig::default()),
     );
     let limits = Limits::default();
+    let pool = Arc::new(SqlPool::default());
+    // BENCH_PLUGIN=NAME measures one plugin.
+    let only = std::env::var("BENCH_PLUGIN").unwrap_or_default();
     for (name, lang) in PLUGINS {
+        if !only.is_empty() && only != *name {
+            continue;
+        }
         let path = plugins_dir.join(format!("{name}.wasm"));
         let Ok(bytes) = std::fs::read(&path) else {
-            out.push_str(&format!("| {name} | {lang} | not built | | | | | | |\n"));
+            out.push_str(&format!("| {name} | {lang} | not built | | | | | | | |\n"));
             continue;
         };
         eprintln!("plugin {name}: compile, load, {deliveries} deliveries…");
@@ -72,6 +88,7 @@ pub fn suite(
         let cached = plugin::load(&engine, &CompileCache::new(cache_dir), name, &bytes)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut times = Vec::with_capacity(deliveries);
+        let mut inst = Vec::with_capacity(deliveries);
         let mut fuel = 0u64;
         for i in 0..deliveries + 20 {
             let body = load::body(i as u64 * 10, 7, false); // message_received
@@ -88,7 +105,7 @@ pub fn suite(
             let ev = convert::event(&parsed.event, &raw);
             let r = sandbox::deliver(
                 &cached,
-                caps(&store, dir.path(), name, limits),
+                caps(&store, dir.path(), name, limits, &pool),
                 &limits,
                 &ev,
                 &ctx,
@@ -98,10 +115,12 @@ pub fn suite(
             }
             if i >= 20 {
                 times.push(r.total.as_secs_f64() * 1e6);
+                inst.push(r.instantiate.as_secs_f64() * 1e6);
                 fuel += r.fuel_used;
             }
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        inst.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let dps = dispatcher_rate(rt, plugins_dir, name)?;
         let fmt_us = |us: f64| {
             if us >= 1000.0 {
@@ -111,12 +130,13 @@ pub fn suite(
             }
         };
         out.push_str(&format!(
-            "| {name} | {lang} | {:.0} KiB | {:.0} ms | {:.1} ms | {} | {} | {} | {:.0} |\n",
+            "| {name} | {lang} | {:.0} KiB | {:.0} ms | {:.1} ms | {} | {} | {} | {} | {:.0} |\n",
             bytes.len() as f64 / 1024.0,
             compiled.compile_time.as_secs_f64() * 1000.0,
             cached.compile_time.as_secs_f64() * 1000.0,
             fmt_us(pct(&times, 0.5)),
             fmt_us(pct(&times, 0.99)),
+            fmt_us(pct(&inst, 0.5)),
             fuel / deliveries as u64,
             dps
         ));

@@ -11,7 +11,7 @@ mod sql;
 
 pub(crate) use log::truncate;
 pub use messaging::{Messenger, SentMessage};
-pub use sql::SqlDb;
+pub use sql::{SqlDb, SqlPool};
 
 use crate::bindings::types::{self, HostError};
 use crate::config::{Grant, Limits};

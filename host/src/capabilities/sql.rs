@@ -9,35 +9,95 @@ use crate::config::Grant;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags};
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 const MAX_STATEMENT: usize = 64 * 1024;
 const MAX_RESULT_BYTES: usize = 8 * 1024 * 1024;
 
-/// The plugin's database file, opened lazily.
+/// Connections idle between deliveries, per (database file, size cap):
+/// opening one costs more than most deliveries' statements.
+#[derive(Default)]
+pub struct SqlPool {
+    idle: Mutex<HashMap<(PathBuf, u64), Vec<Connection>>>,
+}
+
+/// Idle connections kept per plugin database.
+const IDLE_PER_DB: usize = 4;
+
+impl SqlPool {
+    fn take(&self, path: &Path, max_mb: u64) -> Option<Connection> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.get_mut(&(path.to_path_buf(), max_mb))?.pop()
+    }
+
+    fn put(&self, path: PathBuf, max_mb: u64, c: Connection) {
+        // Nothing a delivery left behind reaches the next one: an open
+        // transaction is rolled back, or the connection is closed.
+        c.progress_handler(0, None::<fn() -> bool>);
+        if !c.is_autocommit() && (c.execute_batch("ROLLBACK").is_err() || !c.is_autocommit()) {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry((path, max_mb)).or_default();
+        if list.len() < IDLE_PER_DB {
+            list.push(c);
+        }
+    }
+}
+
+/// The plugin's database file, opened (or taken from the pool) on first use.
 pub struct SqlDb {
     path: PathBuf,
-    conn: Option<Connection>,
+    pool: Option<Arc<SqlPool>>,
+    conn: Option<(Connection, u64)>,
 }
 
 impl SqlDb {
+    /// A database whose connection is closed after the delivery.
     pub fn new(path: PathBuf) -> SqlDb {
-        SqlDb { path, conn: None }
+        SqlDb {
+            path,
+            pool: None,
+            conn: None,
+        }
+    }
+
+    /// A database whose connection returns to `pool` after the delivery.
+    pub fn pooled(path: PathBuf, pool: Arc<SqlPool>) -> SqlDb {
+        SqlDb {
+            path,
+            pool: Some(pool),
+            conn: None,
+        }
     }
 
     fn open(&mut self, max_mb: u64, deadline: Instant) -> Result<&Connection, HostError> {
         if self.conn.is_none() {
-            let c = open(&self.path, max_mb).map_err(|e| {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot open plugin database");
-                HostError::Unavailable("database unavailable".into())
-            })?;
-            self.conn = Some(c);
+            let pooled = self.pool.as_ref().and_then(|p| p.take(&self.path, max_mb));
+            let c = match pooled {
+                Some(c) => c,
+                None => open(&self.path, max_mb).map_err(|e| {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot open plugin database");
+                    HostError::Unavailable("database unavailable".into())
+                })?,
+            };
+            self.conn = Some((c, max_mb));
         }
-        let c = self.conn.as_ref().expect("opened above");
+        let (c, _) = self.conn.as_ref().expect("opened above");
         // Long statements stop at the delivery's deadline.
         c.progress_handler(10_000, Some(move || Instant::now() > deadline));
         Ok(c)
+    }
+}
+
+impl Drop for SqlDb {
+    fn drop(&mut self) {
+        if let (Some(pool), Some((c, max_mb))) = (self.pool.take(), self.conn.take()) {
+            pool.put(std::mem::take(&mut self.path), max_mb, c);
+        }
     }
 }
 
@@ -145,7 +205,7 @@ impl Host for Capabilities {
         Ok((|| {
             self.sql_prepare(&statement)?;
             let c = self.sql.open(self.limits.sql_mb, self.deadline)?;
-            let mut st = c.prepare(&statement).map_err(sql_err)?;
+            let mut st = c.prepare_cached(&statement).map_err(sql_err)?;
             let params: Vec<Param> = params.iter().map(Param).collect();
             let n = st
                 .execute(rusqlite::params_from_iter(params))
@@ -163,7 +223,7 @@ impl Host for Capabilities {
             self.sql_prepare(&statement)?;
             let max_rows = self.limits.sql_rows;
             let c = self.sql.open(self.limits.sql_mb, self.deadline)?;
-            let mut st = c.prepare(&statement).map_err(sql_err)?;
+            let mut st = c.prepare_cached(&statement).map_err(sql_err)?;
             let columns: Vec<String> = st.column_names().iter().map(|s| s.to_string()).collect();
             let params: Vec<Param> = params.iter().map(Param).collect();
             let mut rows = st
@@ -200,5 +260,32 @@ impl Host for Capabilities {
             }
             Ok(Rows { columns, rows: out })
         })())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pooled_connection_comes_back_without_the_last_deliverys_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.sqlite");
+        let pool = Arc::new(SqlPool::default());
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        {
+            let mut db = SqlDb::pooled(path.clone(), pool.clone());
+            let c = db.open(8, deadline).unwrap();
+            c.execute_batch("CREATE TABLE t (x); BEGIN; INSERT INTO t VALUES (1);")
+                .unwrap();
+            assert!(!c.is_autocommit());
+        }
+        let mut db = SqlDb::pooled(path.clone(), pool.clone());
+        let c = db.open(8, deadline).unwrap();
+        assert!(c.is_autocommit(), "the open transaction was rolled back");
+        let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0);
+        // The same connection came back from the pool: no new one opened.
+        assert!(pool.take(&path, 8).is_none());
     }
 }

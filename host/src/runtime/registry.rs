@@ -8,7 +8,7 @@ use super::cache::CompileCache;
 use super::engine::Runtime;
 use super::plugin::{self, LoadedPlugin};
 use super::sandbox;
-use crate::capabilities::{Capabilities, Messenger, SqlDb};
+use crate::capabilities::{Capabilities, Messenger, SqlDb, SqlPool};
 use crate::config::{Config, Grant, Limits, LimitsOverride, Tenant, DEFAULT_TENANT};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -77,6 +77,7 @@ pub struct Registry {
     nice: i32,
     stop: AtomicBool,
     kick: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+    sql_pool: Arc<SqlPool>,
 }
 
 impl Registry {
@@ -160,6 +161,7 @@ impl Registry {
             nice: config.dispatch.nice,
             stop: AtomicBool::new(false),
             kick: Mutex::new(None),
+            sql_pool: Arc::default(),
         }))
     }
 
@@ -265,7 +267,7 @@ impl Registry {
             limits: policy.limits,
             store: self.store.clone(),
             settings: policy.settings.clone(),
-            sql: SqlDb::new(self.sql_path(tenant, plugin)),
+            sql: SqlDb::pooled(self.sql_path(tenant, plugin), self.sql_pool.clone()),
             messenger: self.messengers.get(tenant).cloned(),
             resend: false,
             last_attempt: false,
