@@ -1,10 +1,5 @@
 use clap::Parser;
 
-// Many small, short-lived allocations per request across threads: mimalloc
-// spends less time in them than the system allocator.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = hookhost::cli::Cli::parse();
     hookhost::cli::init_logging(cli.log_format);

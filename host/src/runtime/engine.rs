@@ -45,8 +45,9 @@ impl Runtime {
                 // the next instance of the plugin takes no page faults and
                 // the process no TLB-shootdown interrupts.
                 .pagemap_scan(wasmtime::Enabled::Auto)
-                .linear_memory_keep_resident(64 << 20)
-                .table_keep_resident(1 << 20);
+                .linear_memory_keep_resident(4 << 20)
+                .table_keep_resident(1 << 20)
+                .max_unused_warm_slots(16);
             cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
         let engine = wasmtime::Engine::new(&cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
