@@ -196,18 +196,7 @@ rules = [{{ keywords = ["menu"], reply = "Menú del día" }}]
     // Each message got its reply exactly once at the gateway: one request
     // per idempotency key, one key per event, none repeated (a send whose
     // outcome a kill left unknown was confirmed by its echo).
-    let keys: Vec<String> = whapi
-        .sent()
-        .iter()
-        .map(|r| {
-            r.headers
-                .iter()
-                .find(|(k, _)| k == "idempotency-key")
-                .unwrap()
-                .1
-                .clone()
-        })
-        .collect();
+    let keys = whapi.idempotency_keys();
     let mut per_event: BTreeMap<String, usize> = BTreeMap::new();
     for key in &keys {
         // The key is tenant/event/plugin/call.

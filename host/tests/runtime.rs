@@ -301,10 +301,15 @@ settings = {{ reply = "Gracias!", fail_until_attempt = "3" }}
     );
 }
 
-/// The replier's config against `whapi`, with a short delivery deadline so
-/// that a slow gateway leaves the send's outcome unknown.
-fn in_doubt_config(whapi: &FakeWhapi, echo_wait_secs: u64) -> String {
-    format!(
+/// A replier whose first reply the gateway takes but answers only after
+/// the delivery's deadline: the send's outcome is unknown. With `echo`, the
+/// gateway announces the message with a `message_sent` webhook.
+fn replier_with_an_unconfirmed_send(
+    whapi: &FakeWhapi,
+    echo_wait_secs: u64,
+    echo: bool,
+) -> TestServer {
+    let s = TestServer::start(&format!(
         r#"
 [dispatch]
 backoff_base_ms = 100
@@ -323,39 +328,17 @@ limits = {{ timeout_ms = 400 }}
 settings = {{ reply = "Gracias!" }}
 "#,
         whapi.url
-    )
-}
-
-fn idem_keys(whapi: &FakeWhapi) -> Vec<String> {
-    whapi
-        .sent()
-        .iter()
-        .map(|r| {
-            r.headers
-                .iter()
-                .find(|(k, _)| k == "idempotency-key")
-                .unwrap()
-                .1
-                .clone()
-        })
-        .collect()
-}
-
-#[test]
-fn an_unconfirmed_send_is_confirmed_by_the_gateways_echo() {
-    let tp = test_plugins();
-    let whapi = FakeWhapi::start();
-    let s = TestServer::start(&in_doubt_config(&whapi, 300));
-    whapi.echo_to(&s.url("/webhook"));
-    // The gateway takes the message but answers after the delivery's
-    // deadline: the outcome is unknown until its echo arrives.
+    ));
+    if echo {
+        whapi.echo_to(&s.url("/webhook"));
+    }
     whapi
         .slow_ms
         .store(1500, std::sync::atomic::Ordering::SeqCst);
     whapi
         .slow_first
         .store(1, std::sync::atomic::Ordering::SeqCst);
-    deploy(&tp, "probe", &s.plugins_dir(), "replier", None);
+    deploy(&test_plugins(), "probe", &s.plugins_dir(), "replier", None);
     assert!(wait_until(SETTLE, || all_loaded(
         &s.url("/metrics"),
         &["replier"]
@@ -365,6 +348,13 @@ fn an_unconfirmed_send_is_confirmed_by_the_gateways_echo() {
         samples::MESSAGE_RECEIVED.as_bytes(),
         None,
     );
+    s
+}
+
+#[test]
+fn an_unconfirmed_send_is_confirmed_by_the_gateways_echo() {
+    let whapi = FakeWhapi::start();
+    let s = replier_with_an_unconfirmed_send(&whapi, 300, true);
     // Two events: the message and the gateway's echo of the reply.
     let rows = wait_settled(&s.data_dir(), 2, SETTLE);
     let reply = rows.iter().find(|d| d.event_seq == 1).unwrap();
@@ -382,31 +372,14 @@ fn an_unconfirmed_send_is_confirmed_by_the_gateways_echo() {
 
 #[test]
 fn an_unconfirmed_send_without_an_echo_is_sent_again_after_the_wait() {
-    let tp = test_plugins();
     let whapi = FakeWhapi::start();
-    let s = TestServer::start(&in_doubt_config(&whapi, 1));
-    whapi
-        .slow_ms
-        .store(1500, std::sync::atomic::Ordering::SeqCst);
-    whapi
-        .slow_first
-        .store(1, std::sync::atomic::Ordering::SeqCst);
-    deploy(&tp, "probe", &s.plugins_dir(), "replier", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["replier"]
-    )));
-    post(
-        &s.url("/webhook"),
-        samples::MESSAGE_RECEIVED.as_bytes(),
-        None,
-    );
+    let s = replier_with_an_unconfirmed_send(&whapi, 1, false);
     let rows = wait_settled(&s.data_dir(), 1, SETTLE);
     assert_eq!(rows[0].state, "done", "{rows:?}");
     // Attempts in between waited for an echo that never came; then one
     // more send under the same key.
     assert!(rows[0].attempts >= 3, "{rows:?}");
-    let keys = idem_keys(&whapi);
+    let keys = whapi.idempotency_keys();
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert_eq!(keys[0], keys[1]);
 }

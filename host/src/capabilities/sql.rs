@@ -283,7 +283,9 @@ mod tests {
         let mut db = SqlDb::pooled(path.clone(), pool.clone());
         let c = db.open(8, deadline).unwrap();
         assert!(c.is_autocommit(), "the open transaction was rolled back");
-        let n: i64 = c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
         // The same connection came back from the pool: no new one opened.
         assert!(pool.take(&path, 8).is_none());

@@ -153,6 +153,20 @@ impl FakeWhapi {
         }
     }
 
+    /// The Idempotency-Key header of every request, in order.
+    pub fn idempotency_keys(&self) -> Vec<String> {
+        self.sent()
+            .iter()
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| k == "idempotency-key")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
     /// Announce accepted messages to this webhook URL from now on.
     pub fn echo_to(&self, url: &str) {
         *self.echo_to.lock().unwrap() = Some(url.to_string());
@@ -160,25 +174,6 @@ impl FakeWhapi {
 
     pub fn sent(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
-    }
-}
-
-impl FakeWhapi {
-    /// Accepted sends, one per idempotency key (a gateway that honours the
-    /// key keeps the first).
-    pub fn unique_sends(&self) -> Vec<Recorded> {
-        let mut seen = std::collections::HashSet::new();
-        self.sent()
-            .into_iter()
-            .filter(|r| {
-                let key = r
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k == "idempotency-key")
-                    .map(|(_, v)| v.clone());
-                seen.insert(key.unwrap_or_default())
-            })
-            .collect()
     }
 }
 
