@@ -143,7 +143,7 @@ pub fn suite(
     }
     engine.stop();
     out.push_str(&format!(
-        "\nFresh instance + handle: a new store and instance from the plugin's `InstancePre` (pooling allocator) and one `handle` call with a `message_received` event, {deliveries} times after 20 warm-up calls; SQL and key-value writes are real (the store commits with `synchronous = FULL`), sends are dry-run. Deliveries/s: one server with only that plugin, events posted for 2 s, counted until the ledger has no open delivery.\n\n"
+        "\nFresh instance + handle: a new store and instance from the plugin's `InstancePre` (pooling allocator) and one `handle` call with a `message_received` event, {deliveries} times after 20 warm-up calls; SQL and key-value writes are real (key-value through the store's `synchronous = FULL` commits, plugin SQL in its own WAL database with a pooled connection), sends are dry-run. Deliveries/s: one server with only that plugin, events posted for 2 s, counted until the ledger has no open delivery.\n\n"
     ));
     Ok(out)
 }
