@@ -30,7 +30,14 @@ const IDLE_PER_DB: usize = 4;
 impl SqlPool {
     fn take(&self, path: &Path, max_mb: u64) -> Option<Connection> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.get_mut(&(path.to_path_buf(), max_mb))?.pop()
+        let list = idle.get_mut(&(path.to_path_buf(), max_mb))?;
+        if !path.exists() {
+            // The file was removed under us: a kept connection would write
+            // to the unlinked file. Start again from the path.
+            list.clear();
+            return None;
+        }
+        list.pop()
     }
 
     fn put(&self, path: PathBuf, max_mb: u64, c: Connection) {

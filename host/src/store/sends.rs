@@ -112,50 +112,62 @@ impl Store {
     }
 
     /// Looks for the gateway's echo of an in-doubt send and, when found,
-    /// claims it (in one write transaction, so two sends never claim the
-    /// same echo). Returns the echo's message id.
+    /// claims it. The inbox is scanned on a read connection (bounded, so an
+    /// old send cannot hold anything up); the claim is one write
+    /// transaction, so two sends never claim the same echo.
     pub fn reconcile_send(
         &self,
         idem_key: &str,
         tenant: &str,
     ) -> Result<Option<String>, StoreError> {
-        let (key, tenant) = (idem_key.to_string(), tenant.to_string());
-        self.write_blocking(move |c| {
-            let Some((to, text, watermark)) = c
-                .prepare_cached(
-                    "SELECT recipient, coalesce(text, ''), coalesce(watermark, 0) FROM sends
-                     WHERE idem_key = ?1 AND state = 'sending'",
-                )?
-                .query_row([&key], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?)))
-                .optional()?
-            else {
-                return Ok(None);
-            };
-            let mut echoes = c.prepare_cached(
-                "SELECT body FROM events WHERE seq > ?1 AND tenant = ?2 AND event_type = 'message_sent'
-                 ORDER BY seq",
+        let Some(SendState::InDoubt {
+            recipient,
+            text,
+            watermark,
+            ..
+        }) = self.send_state(idem_key)?
+        else {
+            return Ok(None);
+        };
+        let candidates = self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT body FROM events WHERE seq > ?1 AND seq <= ?1 + ?3 AND tenant = ?2
+                   AND event_type = 'message_sent' ORDER BY seq",
             )?;
-            let mut claimed =
-                c.prepare_cached("SELECT 1 FROM sends WHERE tenant = ?1 AND message_id = ?2")?;
-            let mut rows = echoes.query(params![watermark, tenant])?;
+            let mut rows = st.query(params![watermark, tenant, ECHO_SCAN])?;
+            let mut ids = Vec::new();
             while let Some(row) = rows.next()? {
                 let body: Vec<u8> = row.get(0)?;
-                let Some(id) = echo_of(&body, &to, &text) else {
-                    continue;
-                };
+                ids.extend(echo_of(&body, &recipient, &text));
+            }
+            Ok(ids)
+        })?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        let (key, tenant) = (idem_key.to_string(), tenant.to_string());
+        self.write_blocking(move |c| {
+            let mut claimed =
+                c.prepare_cached("SELECT 1 FROM sends WHERE tenant = ?1 AND message_id = ?2")?;
+            for id in candidates {
                 if claimed.exists(params![tenant, id])? {
                     continue;
                 }
-                c.prepare_cached(
-                    "UPDATE sends SET state = 'sent', message_id = ?2, sent_at = ?3 WHERE idem_key = ?1",
-                )?
-                .execute(params![key, id, now_ms()])?;
-                return Ok(Some(id));
+                let n = c
+                    .prepare_cached(
+                        "UPDATE sends SET state = 'sent', message_id = ?2, sent_at = ?3
+                         WHERE idem_key = ?1 AND state = 'sending'",
+                    )?
+                    .execute(params![key, id, now_ms()])?;
+                return Ok((n == 1).then_some(id));
             }
             Ok(None)
         })
     }
 }
+
+/// Events after a send's position searched for its echo.
+const ECHO_SCAN: i64 = 200_000;
 
 /// The echo's message id when `body` is a `message_sent` event of `text`
 /// to `to`.
