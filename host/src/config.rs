@@ -263,6 +263,15 @@ pub struct RuntimeConfig {
     /// Compile plugins with every core: faster loads, but a large component
     /// then competes with requests for the CPU. Off by default.
     pub parallel_compile: bool,
+    /// Components of at least this many KiB are compiled by a child
+    /// process (`hookhost compile-worker`), so the compiler's working memory
+    /// (hundreds of MiB for a JavaScript or Python component) is returned
+    /// when it exits and never counts against the server. 0: always in
+    /// process.
+    pub compile_process_min_kb: u64,
+    /// The hookhost binary that runs the child compiler; set by `serve`.
+    #[serde(skip)]
+    pub compiler_exe: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -272,6 +281,8 @@ impl Default for RuntimeConfig {
             max_memory_mb: 128,
             cache_dir: None,
             parallel_compile: false,
+            compile_process_min_kb: 1024,
+            compiler_exe: None,
         }
     }
 }

@@ -700,3 +700,46 @@ fn plugin_check_accepts_the_world_and_refuses_another() {
         "{err}"
     );
 }
+
+/// `hookhost compile-worker`, as `serve` runs it for large components:
+/// the component on standard input, the cache entry written, exit 0; a
+/// file that is not a component, exit 1 with the reason.
+#[test]
+fn the_child_compiler_fills_the_cache_or_says_why_not() {
+    use std::io::Write;
+    let cache = tempfile::tempdir().unwrap();
+    let run = |bytes: &[u8]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+            .args(["compile-worker", "--cache-dir"])
+            .arg(cache.path())
+            .args(["--pooling=true", "--max-memory-mb=128", "--parallel=false"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(bytes).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let garbage = run(&vec![0x42; 2 << 20]);
+    assert_eq!(garbage.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&garbage.stderr).starts_with("error: "),
+        "{}",
+        String::from_utf8_lossy(&garbage.stderr)
+    );
+    let logger = std::fs::read(sample_plugins().join("logger.wasm")).unwrap();
+    let ok = run(&logger);
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let entries: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].starts_with(&hookhost::runtime::plugin::hash(&logger)));
+    assert!(entries[0].ends_with(".cwasm"));
+}

@@ -43,6 +43,19 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the receiver.
     Serve(ServeArgs),
+    /// Compile a component from standard input into the compile cache (run
+    /// by `serve` for large plugins).
+    #[command(hide = true)]
+    CompileWorker {
+        #[arg(long)]
+        cache_dir: PathBuf,
+        #[arg(long, action = clap::ArgAction::Set)]
+        pooling: bool,
+        #[arg(long)]
+        max_memory_mb: u64,
+        #[arg(long, action = clap::ArgAction::Set)]
+        parallel: bool,
+    },
     /// Sign and POST a sample event (or a JSON file) to a receiver.
     Send(SendArgs),
     /// Print the X-Whapi-Signature of a body.
@@ -247,7 +260,8 @@ pub fn init_logging(format: LogFormat) {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(args) => {
-            let config = args.load()?;
+            let mut config = args.load()?;
+            config.runtime.compiler_exe = std::env::current_exe().ok();
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -259,6 +273,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             })?;
             Ok(0)
         }
+        Command::CompileWorker {
+            cache_dir,
+            pooling,
+            max_memory_mb,
+            parallel,
+        } => Ok(crate::runtime::cache::compile_worker(
+            cache_dir,
+            crate::runtime::engine::EngineSettings {
+                pooling,
+                max_memory_mb,
+                parallel,
+            },
+        )),
         Command::Send(args) => send(args),
         Command::Sign { secret, file } => {
             let body = read_input(file.as_ref())?;

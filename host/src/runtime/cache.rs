@@ -7,6 +7,15 @@ use wasmtime::component::Component;
 
 pub struct CompileCache {
     dir: PathBuf,
+    compiler: Option<ChildCompiler>,
+}
+
+/// Compiles large components in a child process (`hookhost
+/// compile-worker`) that writes the cache entry and exits.
+#[derive(Debug, Clone)]
+pub struct ChildCompiler {
+    pub exe: PathBuf,
+    pub min_bytes: usize,
 }
 
 pub enum Source {
@@ -16,7 +25,21 @@ pub enum Source {
 
 impl CompileCache {
     pub fn new(dir: PathBuf) -> CompileCache {
-        CompileCache { dir }
+        CompileCache {
+            dir,
+            compiler: None,
+        }
+    }
+
+    pub fn with_child_compiler(dir: PathBuf, compiler: ChildCompiler) -> CompileCache {
+        CompileCache {
+            dir,
+            compiler: Some(compiler),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn path(&self, rt: &Runtime, hash: &str) -> PathBuf {
@@ -32,6 +55,21 @@ impl CompileCache {
         bytes: &[u8],
     ) -> anyhow::Result<(Component, Source)> {
         let path = self.path(rt, hash);
+        if !path.exists() {
+            if let Some(c) = self
+                .compiler
+                .as_ref()
+                .filter(|c| bytes.len() >= c.min_bytes)
+            {
+                match compile_in_child(c, rt, &self.dir, bytes) {
+                    Ok(()) => {}
+                    Err(ChildError::Refused(msg)) => anyhow::bail!("{msg}"),
+                    Err(ChildError::Failed(msg)) => {
+                        tracing::warn!(error = %msg, "child compiler failed; compiling in process")
+                    }
+                }
+            }
+        }
         if path.exists() {
             // SAFETY: the file was written by `Component::serialize` of this
             // engine configuration (the name carries its fingerprint) into a
@@ -58,4 +96,92 @@ impl CompileCache {
         std::fs::rename(&tmp, path)?;
         Ok(())
     }
+}
+
+enum ChildError {
+    /// The component does not compile: the child said why.
+    Refused(String),
+    /// The child could not run or died.
+    Failed(String),
+}
+
+fn compile_in_child(
+    c: &ChildCompiler,
+    rt: &Runtime,
+    dir: &Path,
+    bytes: &[u8],
+) -> Result<(), ChildError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let s = rt.settings;
+    let mut child = Command::new(&c.exe)
+        .arg("compile-worker")
+        .arg("--cache-dir")
+        .arg(dir)
+        .arg(format!("--pooling={}", s.pooling))
+        .arg(format!("--max-memory-mb={}", s.max_memory_mb))
+        .arg(format!("--parallel={}", s.parallel))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ChildError::Failed(format!("cannot start {}: {e}", c.exe.display())))?;
+    let mut stdin = child.stdin.take().expect("piped");
+    let written = stdin.write_all(bytes);
+    drop(stdin);
+    let out = child
+        .wait_with_output()
+        .map_err(|e| ChildError::Failed(e.to_string()))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .to_string();
+    match out.status.code() {
+        Some(0) if written.is_ok() => Ok(()),
+        // Exit code 1: the compiler ran and refused the component.
+        Some(1) => Err(ChildError::Refused(
+            last.trim_start_matches("error: ").to_string(),
+        )),
+        _ => Err(ChildError::Failed(format!(
+            "child compiler ended with {}: {last}",
+            out.status
+        ))),
+    }
+}
+
+/// `hookhost compile-worker`: compile the component on standard input into
+/// the cache with the given engine settings. Exit 1 when it does not
+/// compile (the message on standard error), 2 on any other failure.
+pub fn compile_worker(dir: PathBuf, settings: super::engine::EngineSettings) -> i32 {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
+        eprintln!("error: cannot read the component: {e}");
+        return 2;
+    }
+    let rt = match Runtime::new(settings.pooling, settings.max_memory_mb, settings.parallel) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot create the engine: {e}");
+            return 2;
+        }
+    };
+    let cache = CompileCache::new(dir);
+    let hash = super::plugin::hash(&bytes);
+    let code = match cache.load(&rt, &hash, &bytes) {
+        Ok(_) if cache.path(&rt, &hash).exists() => 0,
+        Ok(_) => {
+            eprintln!("error: compiled, but the cache entry could not be written");
+            2
+        }
+        Err(e) => {
+            eprintln!("error: {}", e.to_string().lines().next().unwrap_or(""));
+            1
+        }
+    };
+    rt.stop();
+    code
 }

@@ -16,7 +16,16 @@ pub const TICK: Duration = Duration::from_millis(5);
 pub struct Runtime {
     pub engine: wasmtime::Engine,
     pub linker: Linker<HostState>,
+    /// The settings it was made with, for a child compiler to match.
+    pub settings: EngineSettings,
     stop: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineSettings {
+    pub pooling: bool,
+    pub max_memory_mb: u64,
+    pub parallel: bool,
 }
 
 impl Runtime {
@@ -69,6 +78,11 @@ impl Runtime {
         Ok(Arc::new(Runtime {
             engine,
             linker,
+            settings: EngineSettings {
+                pooling,
+                max_memory_mb,
+                parallel,
+            },
             stop,
         }))
     }

@@ -4,7 +4,7 @@
 //! is reported and the previous version keeps running; a delivery holds an
 //! `Arc` of the version it started with.
 
-use super::cache::CompileCache;
+use super::cache::{ChildCompiler, CompileCache};
 use super::engine::Runtime;
 use super::plugin::{self, LoadedPlugin};
 use super::sandbox;
@@ -142,13 +142,7 @@ impl Registry {
             .collect();
         Ok(Arc::new(Registry {
             runtime,
-            cache: CompileCache::new(
-                config
-                    .runtime
-                    .cache_dir
-                    .clone()
-                    .unwrap_or_else(|| config.server.data_dir.join("cache")),
-            ),
+            cache: compile_cache(config),
             dir: config.server.plugins_dir.clone(),
             data_dir: config.server.data_dir.clone(),
             defaults: config.limits,
@@ -576,5 +570,26 @@ fn watch(dir: &Path, tx: std::sync::mpsc::Sender<()>) -> Option<notify::Recommen
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch plugins folder; rescanning periodically");
             None
         }
+    }
+}
+
+fn compile_cache(config: &Config) -> CompileCache {
+    let dir = config
+        .runtime
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| config.server.data_dir.join("cache"));
+    match (
+        &config.runtime.compiler_exe,
+        config.runtime.compile_process_min_kb,
+    ) {
+        (Some(exe), kb) if kb > 0 => CompileCache::with_child_compiler(
+            dir,
+            ChildCompiler {
+                exe: exe.clone(),
+                min_bytes: (kb as usize).saturating_mul(1024),
+            },
+        ),
+        _ => CompileCache::new(dir),
     }
 }
