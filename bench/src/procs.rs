@@ -441,7 +441,7 @@ pub fn background_compile(
     let (inside, outside, n) =
         r.p99_split(copy_at.as_micros() as u64, loaded_at.as_micros() as u64);
     Ok(format!(
-        "## Background compile\n\nWhile hookhost (no other plugins) took {:.0} req/s, the 18 MB Python component was dropped into the plugins folder and compiled in the background (niced loader thread, single-threaded Cranelift) in {:.1} s. Ingest p99 during the compile: **{inside:.2} ms** ({n} requests) against {outside:.2} ms outside it: **{:.2}×**.\n\n",
+        "## Background compile\n\nWhile hookhost (no other plugins) took {:.0} req/s, the 18 MB Python component was dropped into the plugins folder and compiled in the background (a `hookhost compile-worker` child process started by the niced loader thread, single-threaded Cranelift) in {:.1} s. Ingest p99 during the compile: **{inside:.2} ms** ({n} requests) against {outside:.2} ms outside it: **{:.2}×**.\n\n",
         r.rps(),
         loaded.as_secs_f64(),
         if outside > 0.0 { inside / outside } else { 0.0 }
