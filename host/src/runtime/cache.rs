@@ -64,8 +64,11 @@ impl CompileCache {
                 match compile_in_child(c, rt, &self.dir, bytes) {
                     Ok(()) => {}
                     Err(ChildError::Refused(msg)) => anyhow::bail!("{msg}"),
-                    Err(ChildError::Failed(msg)) => {
-                        tracing::warn!(error = %msg, "child compiler failed; compiling in process")
+                    // Killed (out of memory, say): compiling in the server
+                    // would only move the problem here.
+                    Err(ChildError::Died(msg)) => anyhow::bail!("{msg}"),
+                    Err(ChildError::NotStarted(msg)) => {
+                        tracing::warn!(error = %msg, "child compiler did not start; compiling in process")
                     }
                 }
             }
@@ -101,8 +104,10 @@ impl CompileCache {
 enum ChildError {
     /// The component does not compile: the child said why.
     Refused(String),
-    /// The child could not run or died.
-    Failed(String),
+    /// The child started but did not finish its work.
+    Died(String),
+    /// The child could not be started.
+    NotStarted(String),
 }
 
 fn compile_in_child(
@@ -125,13 +130,13 @@ fn compile_in_child(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| ChildError::Failed(format!("cannot start {}: {e}", c.exe.display())))?;
+        .map_err(|e| ChildError::NotStarted(format!("cannot start {}: {e}", c.exe.display())))?;
     let mut stdin = child.stdin.take().expect("piped");
     let written = stdin.write_all(bytes);
     drop(stdin);
     let out = child
         .wait_with_output()
-        .map_err(|e| ChildError::Failed(e.to_string()))?;
+        .map_err(|e| ChildError::Died(e.to_string()))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr
         .lines()
@@ -145,7 +150,7 @@ fn compile_in_child(
         Some(1) => Err(ChildError::Refused(
             last.trim_start_matches("error: ").to_string(),
         )),
-        _ => Err(ChildError::Failed(format!(
+        _ => Err(ChildError::Died(format!(
             "child compiler ended with {}: {last}",
             out.status
         ))),
