@@ -62,7 +62,11 @@ impl CompileCache {
                 .filter(|c| bytes.len() >= c.min_bytes)
             {
                 match compile_in_child(c, rt, &self.dir, bytes) {
-                    Ok(()) => {}
+                    Ok(()) if path.exists() => {}
+                    Ok(()) => tracing::warn!(
+                        path = %path.display(),
+                        "the child compiler wrote no entry for this engine; compiling in process"
+                    ),
                     Err(ChildError::Refused(msg)) => anyhow::bail!("{msg}"),
                     // Killed (out of memory, say): compiling in the server
                     // would only move the problem here.
