@@ -116,6 +116,7 @@ impl Dispatcher {
 async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     let mut tasks = JoinSet::new();
     let mut cursor: Option<i64> = None;
+    let mut stuck = false;
     let mut gauges_at = std::time::Instant::now();
     match inner.store.pending_count() {
         Ok(n) => inner.pending.store(n, Ordering::Relaxed),
@@ -123,12 +124,16 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     }
     loop {
         if inner.registry.initial_load_done() {
-            if let Err(e) = fan_out(&inner, &mut cursor).await {
+            if let Err(e) = fan_out(&inner, &mut cursor, stuck).await {
                 tracing::warn!(error = %e, "fan-out failed; will retry");
             }
-            if let Err(e) = schedule(&inner, &mut tasks).await {
-                tracing::warn!(error = %e, "scheduling failed; will retry");
-            }
+            stuck = match schedule(&inner, &mut tasks).await {
+                Ok(stuck) => stuck,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduling failed; will retry");
+                    false
+                }
+            };
         }
         while tasks.try_join_next().is_some() {}
         if gauges_at.elapsed() >= Duration::from_millis(250) {
@@ -170,9 +175,13 @@ fn next_pause(inner: &Inner) -> Duration {
     }
 }
 
+/// Fans out events after the cursor while fewer than `max_pending`
+/// deliveries are queued; `stuck` (nothing queued can run) lets one batch
+/// through anyway, so a chat waiting on a retry never holds up the rest.
 async fn fan_out(
     inner: &Arc<Inner>,
     cursor: &mut Option<i64>,
+    stuck: bool,
 ) -> Result<(), crate::store::StoreError> {
     let mut pos = match *cursor {
         Some(c) => c,
@@ -180,7 +189,7 @@ async fn fan_out(
     };
     loop {
         let mut batch = FANOUT_BATCH;
-        if inner.cfg.max_pending > 0 {
+        if inner.cfg.max_pending > 0 && !stuck {
             let room = inner
                 .cfg
                 .max_pending
@@ -223,23 +232,26 @@ async fn fan_out(
         inner.pending.fetch_add(added, Ordering::Relaxed);
         pos = last;
         *cursor = Some(pos);
-        if (events.len() as i64) < batch {
+        if stuck || (events.len() as i64) < batch {
             break;
         }
     }
     Ok(())
 }
 
+/// Starts what may run now. Returns true when nothing is running and
+/// nothing could start: every queued delivery waits (a retry's backoff, or
+/// an earlier event of its chat), so more must be fanned out.
 async fn schedule(
     inner: &Arc<Inner>,
     tasks: &mut JoinSet<()>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<bool, crate::store::StoreError> {
     let free = {
         let r = inner.running.lock().unwrap();
         inner.cfg.workers.saturating_sub(r.total)
     };
     if free == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let held = inner.registry.loading();
     let due = inner.store.due(now_ms(), (free * 4) as i64, &held)?;
@@ -270,7 +282,7 @@ async fn schedule(
         }
     }
     if picked.is_empty() {
-        return Ok(());
+        return Ok(inner.running.lock().unwrap().total == 0);
     }
     let marks = picked
         .iter()
@@ -340,7 +352,7 @@ async fn schedule(
             inner.wake.notify_one();
         });
     }
-    Ok(())
+    Ok(false)
 }
 
 fn release(inner: &Inner, d: &DueDelivery) {

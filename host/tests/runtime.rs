@@ -743,3 +743,76 @@ fn the_child_compiler_fills_the_cache_or_says_why_not() {
     assert!(entries[0].starts_with(&hookhost::runtime::plugin::hash(&logger)));
     assert!(entries[0].ends_with(".cwasm"));
 }
+
+/// At most `max_pending` deliveries are queued ahead of the plugins, but a
+/// chat stuck behind a retry does not hold the others up: when nothing
+/// queued can run, fan-out goes on.
+#[test]
+fn a_chat_waiting_on_a_retry_does_not_hold_up_other_tenants() {
+    let tp = test_plugins();
+    let s = TestServer::start(
+        r#"
+[dispatch]
+max_pending = 5
+backoff_base_ms = 60000
+backoff_max_ms = 60000
+max_attempts = 10
+[tenants.stuck]
+plugins = ["failing"]
+[tenants.stuck.plugin.failing.settings]
+fail_until_attempt = "100"
+[tenants.good]
+plugins = ["recorder"]
+"#,
+    );
+    deploy(&tp, "probe", &s.plugins_dir(), "failing", None);
+    deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["failing", "recorder"]
+    )));
+    let event = |i: usize, chat: &str| {
+        serde_json::json!({"event_type":"message_received","id":format!("m{i}"),"chat_id":chat,"body":"hola"})
+            .to_string()
+    };
+    // Twenty events of one chat: the first fails and waits a minute for its
+    // retry; the other nineteen wait behind it.
+    for i in 0..20 {
+        assert_eq!(
+            post(
+                &s.url("/webhook/stuck"),
+                event(i, "c1@c.us").as_bytes(),
+                None
+            )
+            .status,
+            200
+        );
+    }
+    for i in 0..10 {
+        assert_eq!(
+            post(
+                &s.url("/webhook/good"),
+                event(i, &format!("g{i}@c.us")).as_bytes(),
+                None
+            )
+            .status,
+            200
+        );
+    }
+    let good_done = || {
+        deliveries(&s.data_dir())
+            .iter()
+            .filter(|d| d.tenant == "good" && d.state == "done")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || good_done() == 10),
+        "the good tenant's events waited behind the stuck chat: {} of 10 done",
+        good_done()
+    );
+    let stuck: Vec<_> = deliveries(&s.data_dir())
+        .into_iter()
+        .filter(|d| d.tenant == "stuck")
+        .collect();
+    assert!(stuck.iter().all(|d| d.state != "done"), "{stuck:?}");
+}
