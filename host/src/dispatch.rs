@@ -4,9 +4,9 @@
 //! tenant and wants the event kind) and moves a durable cursor in the same
 //! transaction, keeping at most `max_pending` rows waiting to run: during a
 //! burst the rest wait in the inbox and the writer is not asked to create
-//! rows faster than the plugins can take them. The scheduler runs due deliveries, at most one at a time per
-//! (tenant, plugin, chat) so a chat reaches a plugin in order, within global
-//! and per-tenant caps. Outcomes go to the ledger: done, failed with a
+//! rows faster than the plugins can take them. The scheduler runs due
+//! deliveries, at most one at a time per (tenant, plugin, chat) so a chat
+//! reaches a plugin in order, within global and per-tenant caps. Outcomes go to the ledger: done, failed with a
 //! backoff, or dead. Work left running by a crash is requeued at start.
 
 use crate::bindings::types as wit;
