@@ -9,6 +9,15 @@ use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// Deploys the probe test plugin as `name` and waits until it is loaded.
+fn deploy_probe(s: &TestServer, name: &str) {
+    deploy(&test_plugins(), "probe", &s.plugins_dir(), name, None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &[name]
+    )));
+}
+
 fn fast_retries(extra: &str) -> String {
     format!(
         r#"
@@ -218,7 +227,6 @@ read_kv = "seen/message_received:[\"ABCD1234\"]"
 
 #[test]
 fn retry_then_success_and_reject_goes_to_dead() {
-    let tp = test_plugins();
     let s = TestServer::start(&fast_retries(
         r#"
 [tenants.default]
@@ -227,11 +235,7 @@ plugins = ["flaky"]
 fail_until_attempt = "3"
 "#,
     ));
-    deploy(&tp, "probe", &s.plugins_dir(), "flaky", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["flaky"]
-    )));
+    deploy_probe(&s, "flaky");
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -250,7 +254,6 @@ fail_until_attempt = "3"
 
 #[test]
 fn a_reply_is_sent_exactly_once_across_retries() {
-    let tp = test_plugins();
     let whapi = FakeWhapi::start();
     let s = TestServer::start(&fast_retries(&format!(
         r#"
@@ -270,11 +273,7 @@ settings = {{ reply = "Gracias!", fail_until_attempt = "3" }}
     whapi
         .fail_first
         .store(1, std::sync::atomic::Ordering::SeqCst);
-    deploy(&tp, "probe", &s.plugins_dir(), "replier", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["replier"]
-    )));
+    deploy_probe(&s, "replier");
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -338,11 +337,7 @@ settings = {{ reply = "Gracias!" }}
     whapi
         .slow_first
         .store(1, std::sync::atomic::Ordering::SeqCst);
-    deploy(&test_plugins(), "probe", &s.plugins_dir(), "replier", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["replier"]
-    )));
+    deploy_probe(&s, "replier");
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -564,16 +559,11 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
 
 #[test]
 fn one_chat_reaches_a_plugin_in_order() {
-    let tp = test_plugins();
     let s = TestServer::start(
         &fast_retries("[tenants.default]")
             .replace("max_attempts = 4", "max_attempts = 4\nworkers = 8"),
     );
-    deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["recorder"]
-    )));
+    deploy_probe(&s, "recorder");
     for i in 0..60 {
         let body = serde_json::json!({"event_type":"message_received","id":format!("m{i:03}"),"chat_id":format!("chat{}@c.us", i % 3),"body":format!("{i}")});
         post(&s.url("/webhook"), body.to_string().as_bytes(), None);
