@@ -178,10 +178,15 @@ impl Host for Capabilities {
                         tracing::info!(tenant = %self.tenant, plugin = %self.plugin, idem_key, "send already made; not sending again");
                         return Ok(id);
                     }
-                    Some(SendState::InDoubt { started_at, .. }) => {
+                    Some(SendState::InDoubt {
+                        recipient,
+                        text,
+                        watermark,
+                        started_at,
+                    }) => {
                         if let Some(id) = self
                             .store
-                            .reconcile_send(&idem_key, &self.tenant)
+                            .reconcile_send(&idem_key, &self.tenant, &recipient, &text, watermark)
                             .map_err(unavailable)?
                         {
                             tracing::info!(tenant = %self.tenant, plugin = %self.plugin, idem_key, message_id = %id, "unconfirmed send found in the gateway's echo; not sending again");

@@ -115,20 +115,16 @@ impl Store {
     /// claims it. The inbox is scanned on a read connection (bounded, so an
     /// old send cannot hold anything up); the claim is one write
     /// transaction, so two sends never claim the same echo.
+    /// `recipient`, `text` and `watermark` are the in-doubt send's, as
+    /// [`Store::send_state`] returned them.
     pub fn reconcile_send(
         &self,
         idem_key: &str,
         tenant: &str,
+        recipient: &str,
+        text: &str,
+        watermark: i64,
     ) -> Result<Option<String>, StoreError> {
-        let Some(SendState::InDoubt {
-            recipient,
-            text,
-            watermark,
-            ..
-        }) = self.send_state(idem_key)?
-        else {
-            return Ok(None);
-        };
         let candidates = self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT body FROM events WHERE seq > ?1 AND seq <= ?1 + ?3 AND tenant = ?2
@@ -138,7 +134,7 @@ impl Store {
             let mut ids = Vec::new();
             while let Some(row) = rows.next()? {
                 let body: Vec<u8> = row.get(0)?;
-                ids.extend(echo_of(&body, &recipient, &text));
+                ids.extend(echo_of(&body, recipient, text));
             }
             Ok(ids)
         })?;
