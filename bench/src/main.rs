@@ -11,6 +11,7 @@
 mod load;
 mod plugins;
 mod procs;
+mod store;
 
 use std::time::Duration;
 
@@ -25,6 +26,10 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--bare-server") {
         return procs::bare_server();
+    }
+    if args.get(1).map(String::as_str) == Some("--store") {
+        let events = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200_000);
+        return store::run(events);
     }
     if args.get(1).map(String::as_str) == Some("--load") {
         // `--load ADDR [SECONDS]`: only drive load at a running server (for profiling).

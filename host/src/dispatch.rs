@@ -25,6 +25,10 @@ use tokio::task::JoinSet;
 
 const FANOUT_BATCH: i64 = 1000;
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Shortest time between two passes. Every stored event and every finished
+/// delivery wakes the dispatcher; under load the wakes are gathered so one
+/// pass (a few queries and one write) serves all of them.
+const MIN_PASS_GAP: Duration = Duration::from_millis(1);
 
 pub struct Dispatcher {
     stop: Arc<Notify>,
@@ -123,6 +127,7 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         Err(e) => tracing::warn!(error = %e, "could not count pending deliveries"),
     }
     loop {
+        let pass_started = std::time::Instant::now();
         if inner.registry.initial_load_done() {
             if let Err(e) = fan_out(&inner, &mut cursor, stuck).await {
                 tracing::warn!(error = %e, "fan-out failed; will retry");
@@ -146,6 +151,12 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
             _ = inner.wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+        if let Some(rest) = MIN_PASS_GAP.checked_sub(pass_started.elapsed()) {
+            tokio::select! {
+                _ = stop.notified() => break,
+                _ = tokio::time::sleep(rest) => {}
+            }
         }
     }
     while tasks.join_next().await.is_some() {}
@@ -199,7 +210,7 @@ async fn fan_out(
             }
             batch = batch.min(room as i64);
         }
-        let events = inner.store.events_after(None, pos, batch)?;
+        let events = inner.store.event_heads(pos, batch)?;
         let Some(last) = events.last().map(|e| e.seq) else {
             break;
         };

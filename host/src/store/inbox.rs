@@ -87,6 +87,33 @@ pub fn list(
     Ok(rows)
 }
 
+/// What fan-out needs of an event (no body).
+#[derive(Debug, Clone)]
+pub struct EventHead {
+    pub seq: i64,
+    pub tenant: String,
+    pub event_type: String,
+    pub ordering_key: String,
+}
+
+/// Heads of all tenants' events after `after_seq`, oldest first.
+pub fn heads(c: &Connection, after_seq: i64, limit: i64) -> Result<Vec<EventHead>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT seq, tenant, event_type, ordering_key FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = st
+        .query_map(params![after_seq, limit], |r| {
+            Ok(EventHead {
+                seq: r.get(0)?,
+                tenant: r.get(1)?,
+                event_type: r.get(2)?,
+                ordering_key: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
 pub fn get(c: &Connection, seq: i64) -> Result<Option<EventRow>, StoreError> {
     let mut st = c.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE seq = ?1"))?;
     Ok(st.query_row([seq], row).optional()?)
@@ -95,7 +122,7 @@ pub fn get(c: &Connection, seq: i64) -> Result<Option<EventRow>, StoreError> {
 impl Store {
     /// Commits `event` (or finds its duplicate) before returning.
     pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
-        self.write(move |c| insert(c, &event)).await
+        self.write_statement(move |c| insert(c, &event)).await
     }
 
     pub fn events_after(
@@ -105,6 +132,10 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
         self.read(|c| list(c, tenant, after_seq, limit))
+    }
+
+    pub fn event_heads(&self, after_seq: i64, limit: i64) -> Result<Vec<EventHead>, StoreError> {
+        self.read(|c| heads(c, after_seq, limit))
     }
 
     pub fn event(&self, seq: i64) -> Result<Option<EventRow>, StoreError> {

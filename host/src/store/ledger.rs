@@ -133,24 +133,23 @@ impl Store {
     /// Deliveries waiting for their first run.
     pub fn pending_count(&self) -> Result<usize, StoreError> {
         self.read(|c| {
-            let n: i64 = c.query_row(
-                "SELECT count(*) FROM deliveries WHERE state = 'pending'",
-                [],
-                |r| r.get(0),
-            )?;
+            let n: i64 = c
+                .prepare_cached("SELECT count(*) FROM deliveries WHERE state = 'pending'")?
+                .query_row([], |r| r.get(0))?;
             Ok(n as usize)
         })
     }
 
     pub fn backlog(&self) -> Result<(i64, i64), StoreError> {
         self.read(|c| {
-            let max: i64 =
-                c.query_row("SELECT coalesce(max(seq), 0) FROM events", [], |r| r.get(0))?;
-            let open: i64 = c.query_row(
-                "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running', 'failed')",
-                [],
-                |r| r.get(0),
-            )?;
+            let max: i64 = c
+                .prepare_cached("SELECT coalesce(max(seq), 0) FROM events")?
+                .query_row([], |r| r.get(0))?;
+            let open: i64 = c
+                .prepare_cached(
+                    "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running', 'failed')",
+                )?
+                .query_row([], |r| r.get(0))?;
             Ok((max, open))
         })
     }
@@ -158,11 +157,10 @@ impl Store {
     /// The earliest `next_at` of a delivery waiting for a retry.
     pub fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
         self.read(|c| {
-            Ok(c.query_row(
+            Ok(c.prepare_cached(
                 "SELECT min(next_at) FROM deliveries WHERE state IN ('pending', 'failed')",
-                [],
-                |r| r.get(0),
-            )?)
+            )?
+            .query_row([], |r| r.get(0))?)
         })
     }
 
@@ -190,7 +188,7 @@ impl Store {
         plugin: String,
         outcome: DeliveryOutcome,
     ) -> Result<(), StoreError> {
-        self.write(move |c| {
+        self.write_statement(move |c| {
             let now = now_ms();
             let (state, error, next_at) = match &outcome {
                 DeliveryOutcome::Done => ("done", None::<&str>, 0),

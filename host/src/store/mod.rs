@@ -10,7 +10,9 @@ mod schema;
 mod sends;
 mod writer;
 
-pub use inbox::{get as get_event, list as list_events, EventRow, IngestOutcome, NewEvent};
+pub use inbox::{
+    get as get_event, list as list_events, EventHead, EventRow, IngestOutcome, NewEvent,
+};
 pub use kv::{KvError, Scope as KvScope};
 pub use sends::{NewSend, SendState};
 
@@ -168,11 +170,24 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.submit_op(f, true)
+    }
+
+    fn submit_op<T, F>(
+        &self,
+        f: F,
+        guarded: bool,
+    ) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let op: Box<dyn WriteOp> = Box::new(Op {
             f: Some(f),
             result: None,
             reply,
+            guarded,
         });
         let sent = match self.inner.tx.lock().unwrap().as_ref() {
             Some(tx) => tx.send(op).map_err(|e| e.0),
@@ -191,6 +206,18 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         self.submit(f)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+    }
+
+    /// [`Store::write`] for an `f` that changes the database with at most one
+    /// statement: it runs without a savepoint of its own.
+    pub(crate) async fn write_statement<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit_op(f, false)
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
     }

@@ -1,6 +1,7 @@
 //! The single writer: one thread owns the write connection and commits the
 //! operations it receives in batches (group commit). Each operation runs in
-//! its own savepoint, so one failing operation does not undo its neighbours;
+//! its own savepoint (or is a single statement, which SQLite undoes by
+//! itself), so one failing operation does not undo its neighbours;
 //! its caller hears back only after the batch's COMMIT succeeded.
 
 use super::{StoreError, StoreOptions};
@@ -14,6 +15,11 @@ pub(super) trait WriteOp: Send {
     /// `Ok(false)`: this operation failed on its own and its savepoint is
     /// rolled back; `Err`: the storage failed and the whole batch with it.
     fn apply(&mut self, c: &Connection) -> rusqlite::Result<bool>;
+    /// Whether the operation needs its own savepoint. An operation whose
+    /// only change is one SQL statement does not: SQLite undoes a failed
+    /// statement by itself, and a savepoint per event costs a copy of every
+    /// page it touches.
+    fn guarded(&self) -> bool;
     fn complete(self: Box<Self>, committed: Result<(), StoreError>);
 }
 
@@ -21,6 +27,7 @@ pub(super) struct Op<T, F> {
     pub f: Option<F>,
     pub result: Option<Result<T, StoreError>>,
     pub reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
+    pub guarded: bool,
 }
 
 impl<T, F> WriteOp for Op<T, F>
@@ -41,6 +48,10 @@ where
         let ok = r.is_ok();
         self.result = Some(r);
         Ok(ok)
+    }
+
+    fn guarded(&self) -> bool {
+        self.guarded
     }
 
     fn complete(self: Box<Self>, committed: Result<(), StoreError>) {
@@ -93,7 +104,13 @@ impl Writer {
     pub fn run(self, mut conn: Option<Connection>) {
         let mut identity = conn.as_ref().and_then(|_| file_identity(&self.path));
         let mut last_open_try = Instant::now();
+        let mut last_batch = 0usize;
         while let Ok(first) = self.rx.recv() {
+            if let Some(d) = std::env::var("DELAY_US").ok().and_then(|v| v.parse().ok()) {
+                if last_batch >= 4 {
+                    std::thread::sleep(Duration::from_micros(d));
+                }
+            }
             let mut batch = vec![first];
             while batch.len() < self.opts.max_batch {
                 match self.rx.try_recv() {
@@ -126,6 +143,7 @@ impl Writer {
                 }
                 continue;
             };
+            last_batch = batch.len();
             let outcome = commit_batch(c, &mut batch);
             if let Err(e) = &outcome {
                 tracing::warn!(error = %e, ops = batch.len(), "store batch failed");
@@ -141,6 +159,10 @@ fn commit_batch(c: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<()
     let run = |c: &mut Connection, batch: &mut [Box<dyn WriteOp>]| -> rusqlite::Result<()> {
         c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         for op in batch.iter_mut() {
+            if !op.guarded() {
+                op.apply(c)?;
+                continue;
+            }
             c.prepare_cached("SAVEPOINT op")?.execute([])?;
             if !op.apply(c)? {
                 c.prepare_cached("ROLLBACK TO op")?.execute([])?;
