@@ -104,13 +104,7 @@ impl Writer {
     pub fn run(self, mut conn: Option<Connection>) {
         let mut identity = conn.as_ref().and_then(|_| file_identity(&self.path));
         let mut last_open_try = Instant::now();
-        let mut last_batch = 0usize;
         while let Ok(first) = self.rx.recv() {
-            if let Some(d) = std::env::var("DELAY_US").ok().and_then(|v| v.parse().ok()) {
-                if last_batch >= 4 {
-                    std::thread::sleep(Duration::from_micros(d));
-                }
-            }
             let mut batch = vec![first];
             while batch.len() < self.opts.max_batch {
                 match self.rx.try_recv() {
@@ -143,7 +137,6 @@ impl Writer {
                 }
                 continue;
             };
-            last_batch = batch.len();
             let outcome = commit_batch(c, &mut batch);
             if let Err(e) = &outcome {
                 tracing::warn!(error = %e, ops = batch.len(), "store batch failed");
