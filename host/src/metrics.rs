@@ -1,14 +1,20 @@
 //! Counters, gauges and histograms in Prometheus text format. Small on
 //! purpose: labelled series in a map, rendered on scrape.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 type Labels = Vec<(&'static str, String)>;
 
 #[derive(Default)]
 pub struct Metrics {
+    /// `hookhost_events_received_total`, counted on every request: keyed
+    /// by "tenant\0event_type\0outcome" so a known series is counted with a
+    /// shared lock and no allocation.
+    received: RwLock<HashMap<Box<str>, AtomicU64>>,
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
@@ -79,14 +85,28 @@ const HELP: &[(&str, &str, &str)] = &[
 
 impl Metrics {
     pub fn received(&self, tenant: &str, event_type: &str, outcome: &str) {
-        self.inc(
-            "hookhost_events_received_total",
-            vec![
-                ("tenant", tenant.into()),
-                ("event_type", event_type.into()),
-                ("outcome", outcome.into()),
-            ],
-        );
+        thread_local! {
+            static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        KEY.with_borrow_mut(|key| {
+            key.clear();
+            for (i, part) in [tenant, event_type, outcome].iter().enumerate() {
+                if i > 0 {
+                    key.push('\0');
+                }
+                key.push_str(part);
+            }
+            if let Some(n) = self.received.read().unwrap().get(key.as_str()) {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            self.received
+                .write()
+                .unwrap()
+                .entry(key.as_str().into())
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
+        });
     }
 
     pub fn inc(&self, name: &'static str, labels: Labels) {
@@ -137,7 +157,17 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters = self.counters.lock().unwrap();
+        let mut counters = self.counters.lock().unwrap().clone();
+        for (key, n) in self.received.read().unwrap().iter() {
+            let mut parts = key.split('\0').map(String::from);
+            let labels = ["tenant", "event_type", "outcome"]
+                .into_iter()
+                .map(|l| (l, parts.next().unwrap_or_default()))
+                .collect();
+            *counters
+                .entry(("hookhost_events_received_total", labels))
+                .or_default() += n.load(Ordering::Relaxed);
+        }
         let gauges = self.gauges.lock().unwrap();
         let hists = self.histograms.lock().unwrap();
         for (name, kind, help) in HELP {

@@ -4,7 +4,7 @@
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::http::{router, AppState};
+use crate::http::{router, AppContext, AppState};
 use crate::metrics::Metrics;
 use crate::runtime::Registry;
 use crate::store::{Store, StoreOptions};
@@ -41,7 +41,7 @@ pub async fn serve(
         wake.clone(),
     );
 
-    let state = AppState {
+    let state = AppState::from(AppContext {
         tenants,
         store: store.clone(),
         registry: registry.clone(),
@@ -54,7 +54,7 @@ pub async fn serve(
         request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
         metrics,
         wake,
-    };
+    });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.server.data_dir.display(), plugins_dir = %config.server.plugins_dir.display(), "hookhost listening");
     let limits = ConnLimits {

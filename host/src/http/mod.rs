@@ -24,8 +24,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
+/// What every handler shares, behind one `Arc`: cloned per request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppContext>);
+
+impl From<AppContext> for AppState {
+    fn from(c: AppContext) -> Self {
+        AppState(Arc::new(c))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppContext;
+    fn deref(&self) -> &AppContext {
+        &self.0
+    }
+}
+
+pub struct AppContext {
     pub tenants: Arc<BTreeMap<String, Tenant>>,
     pub store: Store,
     pub max_body_bytes: usize,

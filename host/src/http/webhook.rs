@@ -11,13 +11,20 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use serde_json::json;
+
+/// The answer to an accepted webhook: `{"ok":true,"duplicate":false,"key":"…"}`.
+#[derive(serde::Serialize)]
+pub struct Ack {
+    ok: bool,
+    duplicate: bool,
+    key: String,
+}
 
 pub async fn default_tenant(
     state: State<AppState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<Ack>, AppError> {
     receive(state, DEFAULT_TENANT, headers, body).await
 }
 
@@ -26,7 +33,7 @@ pub async fn tenant(
     Path(tenant): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<Ack>, AppError> {
     receive(state, &tenant, headers, body).await
 }
 
@@ -35,7 +42,7 @@ async fn receive(
     tenant_name: &str,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, AppError> {
+) -> Result<Json<Ack>, AppError> {
     let metrics = &state.metrics;
     let outcome = async {
         let body = body.map_err(|e| {
@@ -92,9 +99,11 @@ async fn receive(
                 tracing::debug!(tenant = tenant_name, key, seq, event_type, "event stored");
                 state.wake.notify_one();
             }
-            Ok(Json(
-                json!({ "ok": true, "duplicate": duplicate, "key": key }),
-            ))
+            Ok(Json(Ack {
+                ok: true,
+                duplicate,
+                key,
+            }))
         }
         Err(e) => {
             let label = match &e {
