@@ -29,7 +29,8 @@ fn main() -> anyhow::Result<()> {
     }
     if args.get(1).map(String::as_str) == Some("--store") {
         let events = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200_000);
-        return store::run(events);
+        println!("{}", store::run(events)?);
+        return Ok(());
     }
     if args.get(1).map(String::as_str) == Some("--load") {
         // `--load ADDR [SECONDS]`: only drive load at a running server (for profiling).
@@ -93,6 +94,11 @@ fn main() -> anyhow::Result<()> {
             duration,
             dups,
         )?);
+        eprintln!("ingest: the store alone…");
+        report.push_str(&format!(
+            "The store alone, without HTTP (`hookhost-bench --store`, 64 concurrent callers, `synchronous = FULL`): {}.\n\n",
+            store::run(100_000)?
+        ));
     }
     // 2. Plugins.
     if part("plugins") {

@@ -73,6 +73,11 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// CPU time (user + system) the server has used so far, in ms.
+    pub fn cpu_ms(&self) -> f64 {
+        crate::store::process_cpu_ms(self.child.id())
+    }
+
     /// Peak resident set size (VmHWM), in MiB.
     pub fn peak_rss_mb(&self) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -185,11 +190,13 @@ pub fn fake_whapi(rt: &tokio::runtime::Runtime) -> String {
     url
 }
 
-fn row(name: &str, r: &LoadResult, ceiling: f64, rss: Option<f64>) -> String {
+/// One server's line; `cpu_ms`: the server's CPU time during the load.
+fn row(name: &str, r: &LoadResult, ceiling: f64, rss: Option<f64>, cpu_ms: f64) -> String {
     format!(
-        "| {name} | {:.0} | {:.0} % | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+        "| {name} | {:.0} | {:.0} % | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
         r.rps(),
         100.0 * r.rps() / ceiling,
+        cpu_ms * 1000.0 / r.requests.max(1) as f64,
         r.pct(0.50),
         r.pct(0.99),
         r.max_ms(),
@@ -229,14 +236,22 @@ pub fn ingest_suite(
     duration: Duration,
     dups: f64,
 ) -> anyhow::Result<String> {
-    let mut out = String::from("## Ingest\n\n| server | req/s | of ceiling | p50 ms | p99 ms | max ms | peak RSS MiB | statuses |\n|---|---|---|---|---|---|---|---|\n");
+    let mut out = String::from("## Ingest\n\n| server | req/s | of ceiling | server CPU µs/request | p50 ms | p99 ms | max ms | peak RSS MiB | statuses |\n|---|---|---|---|---|---|---|---|---|\n");
     eprintln!("ingest: bare axum ceiling…");
     let bare = spawn_bare()?;
+    let cpu0 = bare.cpu_ms();
     let ceiling = drive(rt, bare.addr, connections, duration, dups, true);
+    let bare_cpu = bare.cpu_ms() - cpu0;
     let bare_rss = bare.peak_rss_mb();
     drop(bare);
     let c = ceiling.rps();
-    out.push_str(&row("bare axum (ceiling)", &ceiling, c, Some(bare_rss)));
+    out.push_str(&row(
+        "bare axum (ceiling)",
+        &ceiling,
+        c,
+        Some(bare_rss),
+        bare_cpu,
+    ));
 
     eprintln!("ingest: hookhost, no plugins…");
     let dir = tempfile::tempdir()?;
@@ -244,12 +259,14 @@ pub fn ingest_suite(
     std::fs::create_dir_all(&empty)?;
     let cfg = config(dir.path(), &[], None);
     let (srv, _) = spawn_hookhost(&cfg, &dir.path().join("data1"), &empty)?;
+    let cpu0 = srv.cpu_ms();
     let bare_hookhost = drive(rt, srv.addr, connections, duration, dups, true);
     out.push_str(&row(
         "hookhost, durable ingest, no plugins",
         &bare_hookhost,
         c,
         Some(srv.peak_rss_mb()),
+        srv.cpu_ms() - cpu0,
     ));
     drop(srv);
 
@@ -271,12 +288,14 @@ pub fn ingest_suite(
     let data = dir.path().join("data2");
     let (srv, _) = spawn_hookhost(&cfg, &data, &with)?;
     wait_loaded(srv.addr, 3);
+    let cpu0 = srv.cpu_ms();
     let plugged = drive(rt, srv.addr, connections, duration, dups, true);
     out.push_str(&row(
         "hookhost + logger, persistence, auto-reply",
         &plugged,
         c,
         Some(srv.peak_rss_mb()),
+        srv.cpu_ms() - cpu0,
     ));
     // How long the plugins take to catch up with what was accepted.
     // Events not yet fanned out wait in the inbox (lag), the rest in the

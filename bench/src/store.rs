@@ -14,7 +14,7 @@ use std::time::Instant;
 
 const CALLERS: u64 = 64;
 
-pub fn run(events: u64) -> anyhow::Result<()> {
+pub fn run(events: u64) -> anyhow::Result<String> {
     let dir = tempfile::tempdir()?;
     let store = Store::open(dir.path(), StoreOptions::from(&StoreConfig::default()));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -22,8 +22,8 @@ pub fn run(events: u64) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let next = Arc::new(AtomicU64::new(0));
-    let cpu0 = cpu_ms(None);
-    let writer0 = cpu_ms(Some("store-writer"));
+    let cpu0 = process_cpu_ms(std::process::id());
+    let writer0 = thread_cpu_ms("store-writer");
     let t0 = Instant::now();
     let stored = rt.block_on(async {
         let mut tasks = Vec::new();
@@ -62,43 +62,45 @@ pub fn run(events: u64) -> anyhow::Result<()> {
         stored
     });
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_ms(None) - cpu0;
-    let writer = cpu_ms(Some("store-writer")) - writer0;
+    let cpu = process_cpu_ms(std::process::id()) - cpu0;
+    let writer = thread_cpu_ms("store-writer") - writer0;
     store.close();
-    println!(
+    Ok(format!(
         "{events} events ({stored} new) in {secs:.2} s: {:.0} events/s, CPU {:.1} µs/event (writer thread {:.1} µs/event)",
         events as f64 / secs,
         cpu * 1000.0 / events as f64,
         writer * 1000.0 / events as f64
-    );
-    Ok(())
+    ))
 }
 
-/// CPU time (user + system) in ms of this process, or of its threads named `thread`.
-fn cpu_ms(thread: Option<&str>) -> f64 {
-    let ticks = |stat: &str| -> f64 {
-        // Fields after the command name, which is in parentheses.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        get(11) + get(12) // utime, stime (fields 14 and 15)
-    };
-    let tick_ms = 10.0; // USER_HZ = 100 on Linux
-    match thread {
-        None => ticks(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default()) * tick_ms,
-        Some(name) => {
-            let mut total = 0.0;
-            if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
-                for t in tasks.flatten() {
-                    let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                    if comm.trim() == name {
-                        total += ticks(
-                            &std::fs::read_to_string(t.path().join("stat")).unwrap_or_default(),
-                        );
-                    }
-                }
+/// CPU time (user + system) in ms used so far by process `pid`.
+pub fn process_cpu_ms(pid: u32) -> f64 {
+    stat_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default()) * TICK_MS
+}
+
+/// CPU time in ms used so far by this process's threads named `name`.
+fn thread_cpu_ms(name: &str) -> f64 {
+    let mut total = 0.0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                total +=
+                    stat_ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default());
             }
-            total * tick_ms
         }
     }
+    total * TICK_MS
+}
+
+/// USER_HZ is 100 on Linux.
+const TICK_MS: f64 = 10.0;
+
+/// utime + stime (fields 14 and 15) of a `/proc/…/stat` line, in ticks.
+fn stat_ticks(stat: &str) -> f64 {
+    // The fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    get(11) + get(12)
 }

@@ -257,15 +257,32 @@ async fn schedule(
     inner: &Arc<Inner>,
     tasks: &mut JoinSet<()>,
 ) -> Result<bool, crate::store::StoreError> {
-    let free = {
+    // Deliveries that could start now, within the global and per-tenant
+    // caps: when every tenant is at its cap the ledger is not even asked,
+    // and otherwise it is asked for little more than can start.
+    // and otherwise it is asked for the tenants with room, for little more
+    // than can start.
+    let (startable, full) = {
         let r = inner.running.lock().unwrap();
-        inner.cfg.workers.saturating_sub(r.total)
+        let free = inner.cfg.workers.saturating_sub(r.total);
+        let mut room = 0;
+        let mut full = Vec::new();
+        for (name, t) in inner.tenants.iter() {
+            let cap = t.config.concurrency.unwrap_or(inner.cfg.tenant_concurrency);
+            match cap.saturating_sub(r.per_tenant.get(name).copied().unwrap_or(0)) {
+                0 => full.push(name.clone()),
+                n => room += n,
+            }
+        }
+        (free.min(room), full)
     };
-    if free == 0 {
+    if startable == 0 {
         return Ok(false);
     }
     let held = inner.registry.loading();
-    let due = inner.store.due(now_ms(), (free * 4) as i64, &held)?;
+    let due = inner
+        .store
+        .due(now_ms(), (startable * 2).max(4) as i64, &held, &full)?;
     let mut picked: Vec<DueDelivery> = Vec::new();
     {
         let mut r = inner.running.lock().unwrap();

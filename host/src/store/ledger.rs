@@ -92,20 +92,24 @@ impl Store {
 
     /// Deliveries that may run now: due, and the oldest open one of their
     /// (tenant, plugin, ordering key), so one chat reaches a plugin in order.
-    /// `held`: plugins whose deliveries wait (still compiling).
+    /// `held`: plugins whose deliveries wait (still compiling); `full`:
+    /// tenants running as many deliveries as they may.
     pub fn due(
         &self,
         now: i64,
         limit: i64,
         held: &[String],
+        full: &[String],
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let held = serde_json::to_string(held).unwrap_or_else(|_| "[]".into());
+        let full = serde_json::to_string(full).unwrap_or_else(|_| "[]".into());
         self.read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend
                  FROM deliveries d INDEXED BY deliveries_queue
                  WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
                    AND d.plugin NOT IN (SELECT value FROM json_each(?3))
+                   AND d.tenant NOT IN (SELECT value FROM json_each(?4))
                    AND NOT EXISTS (
                      SELECT 1 FROM deliveries o
                      WHERE o.tenant = d.tenant AND o.plugin = d.plugin
@@ -114,7 +118,7 @@ impl Store {
                  ORDER BY d.event_seq LIMIT ?2",
             )?;
             let rows = st
-                .query_map(params![now, limit, held], |r| {
+                .query_map(params![now, limit, held, full], |r| {
                     Ok(DueDelivery {
                         event_seq: r.get(0)?,
                         plugin: r.get(1)?,
