@@ -806,3 +806,56 @@ plugins = ["recorder"]
         .collect();
     assert!(stuck.iter().all(|d| d.state != "done"), "{stuck:?}");
 }
+
+#[test]
+fn a_tenant_at_its_concurrency_cap_does_not_hold_up_another() {
+    let tp = test_plugins();
+    // "busy" may run one delivery at a time and each takes 200 ms: its
+    // 80 events keep it at its cap for 16 s, queued before "good"'s.
+    let s = TestServer::start(
+        r#"
+[tenants.busy]
+plugins = ["slow"]
+concurrency = 1
+[tenants.busy.plugin.slow]
+settings = { attack = "sleep", sleep_ms = "200" }
+[tenants.good]
+plugins = ["recorder"]
+"#,
+    );
+    deploy(&tp, "probe", &s.plugins_dir(), "slow", None);
+    deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["slow", "recorder"]
+    )));
+    let event = |i: usize, chat: &str| {
+        serde_json::json!({"event_type":"message_received","id":format!("m{i}"),"chat_id":chat,"body":"hola"})
+            .to_string()
+    };
+    for i in 0..80 {
+        let chat = format!("b{i}@c.us");
+        let r = post(&s.url("/webhook/busy"), event(i, &chat).as_bytes(), None);
+        assert_eq!(r.status, 200);
+    }
+    for i in 0..5 {
+        let chat = format!("g{i}@c.us");
+        let r = post(&s.url("/webhook/good"), event(i, &chat).as_bytes(), None);
+        assert_eq!(r.status, 200);
+    }
+    let done = |tenant: &str| {
+        deliveries(&s.data_dir())
+            .iter()
+            .filter(|d| d.tenant == tenant && d.state == "done")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(8), || done("good") == 5),
+        "the good tenant waited behind a tenant at its cap: {} of 5 done",
+        done("good")
+    );
+    assert!(
+        done("busy") < 80,
+        "busy finished first; the test proves nothing"
+    );
+}
