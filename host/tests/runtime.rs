@@ -859,3 +859,56 @@ plugins = ["recorder"]
         "busy finished first; the test proves nothing"
     );
 }
+
+/// A compile child whose parent dies is killed with it, instead of
+/// compiling on (and writing a cache entry) for nobody.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_child_compiler_dies_with_its_parent() {
+    let cache = tempfile::tempdir().unwrap();
+    let stats = sample_plugins().join("stats.wasm");
+    // A shell stands in for the server: it starts the child on the 12 MB
+    // JavaScript component (seconds of compiling) and prints its pid.
+    let mut parent = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "\"{}\" compile-worker --cache-dir \"{}\" --pooling=true --max-memory-mb=128 --parallel=false < \"{}\" & echo $!; wait",
+            env!("CARGO_BIN_EXE_hookhost"),
+            cache.path().display(),
+            stats.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let child: u32 = line.trim().parse().unwrap();
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                let state = s
+                    .rsplit_once(')')
+                    .map(|(_, r)| r.trim_start())
+                    .unwrap_or("");
+                !state.starts_with('Z') && !state.starts_with('X')
+            })
+            .unwrap_or(false)
+    };
+    // The child is compiling (it has read its input and started).
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(alive(child), "the child compiler should still be compiling");
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(child)),
+        "the child compiler outlived its parent"
+    );
+    let entries = std::fs::read_dir(cache.path())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(entries, 0, "a dead parent's child wrote a cache entry");
+}

@@ -166,6 +166,21 @@ fn compile_in_child(
 /// compile (the message on standard error), 2 on any other failure.
 pub fn compile_worker(dir: PathBuf, settings: super::engine::EngineSettings) -> i32 {
     use std::io::Read;
+    // The compile is only worth finishing for the server that asked: when
+    // it dies (killed, say), so does this child, instead of compiling on
+    // for half a minute.
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::os::unix::process::parent_id();
+        // SAFETY: PR_SET_PDEATHSIG only sets this process's parent-death signal.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+        }
+        if std::os::unix::process::parent_id() != parent {
+            eprintln!("error: the server that started this compile is gone");
+            return 2;
+        }
+    }
     let mut bytes = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
         eprintln!("error: cannot read the component: {e}");
