@@ -797,8 +797,12 @@ plugins = ["recorder"]
     };
     assert!(
         wait_until(Duration::from_secs(20), || good_done() == 10),
-        "the good tenant's events waited behind the stuck chat: {} of 10 done",
-        good_done()
+        "the good tenant's events waited behind the stuck chat: {} of 10 done: {:?}",
+        good_done(),
+        deliveries(&s.data_dir())
+            .into_iter()
+            .filter(|d| d.tenant == "good" && d.state != "done")
+            .collect::<Vec<_>>()
     );
     let stuck: Vec<_> = deliveries(&s.data_dir())
         .into_iter()
