@@ -1,7 +1,7 @@
 //! The durable store: inbox, delivery ledger, sends and plugin key-value in
-//! one SQLite database (WAL). Writes are group-committed on one write
-//! connection (see `writer`); reads use their own connections. An event
-//! that received 200 is in the inbox, committed.
+//! one SQLite database (WAL). One writer thread owns the write connection;
+//! reads use their own connections. An event that received 200 is in the
+//! inbox, committed.
 
 mod inbox;
 mod kv;
@@ -29,7 +29,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
-use writer::{Op, WriteOp};
+use writer::{Op, WriteOp, Writer};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -125,8 +125,7 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     opts: StoreOptions,
-    shared: Arc<writer::Shared>,
-    kick: Mutex<Option<mpsc::Sender<()>>>,
+    tx: Mutex<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -145,29 +144,21 @@ impl Store {
                 None
             }
         };
-        let identity = conn.as_ref().and_then(|_| writer::file_identity_of(&path));
-        let shared = Arc::new(writer::Shared {
-            queue: Mutex::new(writer::Queue::default()),
-            committer: Mutex::new(writer::Committer {
-                path: path.clone(),
-                opts: opts.clone(),
-                conn,
-                identity,
-                last_open_try: std::time::Instant::now(),
-            }),
-        });
-        let (kick, kicks) = mpsc::channel();
-        let s2 = shared.clone();
+        let (tx, rx) = mpsc::channel();
+        let w = Writer {
+            path: path.clone(),
+            opts: opts.clone(),
+            rx,
+        };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run_writer(s2, kicks))
+            .spawn(move || w.run(conn))
             .expect("spawn store writer");
         Store {
             inner: Arc::new(Inner {
                 path,
                 opts,
-                shared,
-                kick: Mutex::new(Some(kick)),
+                tx: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(handle)),
             }),
@@ -179,17 +170,13 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit_op(f, true, true)
+        self.submit_op(f, true)
     }
 
-    /// Queues `f`; `inline`: commit here if no commit is running (callers
-    /// on the request path), otherwise the writer thread commits (threads
-    /// whose priority was lowered must not hold up everyone's commit).
     fn submit_op<T, F>(
         &self,
         f: F,
         guarded: bool,
-        inline: bool,
     ) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
     where
         T: Send + 'static,
@@ -202,19 +189,12 @@ impl Store {
             reply,
             guarded,
         });
-        {
-            let mut q = self.inner.shared.queue.lock().unwrap();
-            if q.closed {
-                drop(q);
-                op.complete(Err(StoreError::Unavailable("store is shut down".into())));
-                return rx;
-            }
-            q.ops.push(op);
-        }
-        if inline {
-            self.inner.shared.drive();
-        } else if let Some(k) = self.inner.kick.lock().unwrap().as_ref() {
-            let _ = k.send(());
+        let sent = match self.inner.tx.lock().unwrap().as_ref() {
+            Some(tx) => tx.send(op).map_err(|e| e.0),
+            None => Err(op),
+        };
+        if let Err(op) = sent {
+            op.complete(Err(StoreError::Unavailable("store is shut down".into())));
         }
         rx
     }
@@ -237,7 +217,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit_op(f, false, true)
+        self.submit_op(f, false)
             .await
             .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
     }
@@ -248,7 +228,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit_op(f, true, false)
+        self.submit(f)
             .blocking_recv()
             .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
     }
@@ -286,8 +266,7 @@ impl Store {
 
     /// Stops the writer after the operations already queued are committed.
     pub fn close(&self) {
-        self.inner.shared.queue.lock().unwrap().closed = true;
-        self.inner.kick.lock().unwrap().take();
+        self.inner.tx.lock().unwrap().take();
         if let Some(h) = self.inner.writer.lock().unwrap().take() {
             let _ = h.join();
         }

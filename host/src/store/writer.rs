@@ -1,10 +1,5 @@
-//! Group commit on one write connection. Operations are queued; the thread
-//! that queues one and finds no commit running commits the whole queue in
-//! one transaction (a request's own thread, usually: no hand-off to another
-//! thread and back), and threads that queue meanwhile leave theirs to it.
-//! Plugin threads, which run at a lower priority, hand theirs to the
-//! `store-writer` thread instead, so a batch of events never waits on a
-//! niced thread. Each operation runs in
+//! The single writer: one thread owns the write connection and commits the
+//! operations it receives in batches (group commit). Each operation runs in
 //! its own savepoint (or is a single statement, which SQLite undoes by
 //! itself), so one failing operation does not undo its neighbours;
 //! its caller hears back only after the batch's COMMIT succeeded.
@@ -12,7 +7,7 @@
 use super::{StoreError, StoreOptions};
 use rusqlite::Connection;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// One unit of work for the writer.
@@ -99,111 +94,58 @@ fn clone_err(e: &rusqlite::Error) -> rusqlite::Error {
     }
 }
 
-/// What the committer owns: the write connection and the checks around it.
-pub(super) struct Committer {
+pub(super) struct Writer {
     pub path: PathBuf,
     pub opts: StoreOptions,
-    pub conn: Option<Connection>,
-    pub identity: Option<(u64, u64)>,
-    pub last_open_try: Instant,
+    pub rx: mpsc::Receiver<Box<dyn WriteOp>>,
 }
 
-/// Operations waiting for the next commit, and whether the store is closed.
-#[derive(Default)]
-pub(super) struct Queue {
-    pub ops: Vec<Box<dyn WriteOp>>,
-    pub closed: bool,
-}
-
-/// Group commit without a hand-off: whoever submits an operation and finds
-/// no commit running commits everything queued (its own operation and the
-/// others'), then looks again for operations queued meanwhile. A submitter
-/// that finds a commit running leaves its operation to that committer.
-pub(super) struct Shared {
-    pub queue: Mutex<Queue>,
-    pub committer: Mutex<Committer>,
-}
-
-impl Shared {
-    /// Commits until the queue is empty or another thread is committing.
-    pub fn drive(&self) {
-        loop {
-            let mut c = match self.committer.try_lock() {
-                Ok(c) => c,
-                // A committer that panicked left the connection as SQLite
-                // left it (the transaction rolls back at the next BEGIN's
-                // failure or is committed whole): keep committing.
-                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) => return,
-            };
-            let batch = {
-                let mut q = self.queue.lock().unwrap();
-                let n = q.ops.len().min(c.opts.max_batch);
-                q.ops.drain(..n).collect::<Vec<_>>()
-            };
-            if batch.is_empty() {
-                drop(c);
-                // An operation queued after the queue was read and before the
-                // lock was released found the lock taken: it is ours.
-                if self.queue.lock().unwrap().ops.is_empty() {
-                    return;
+impl Writer {
+    pub fn run(self, mut conn: Option<Connection>) {
+        let mut identity = conn.as_ref().and_then(|_| file_identity(&self.path));
+        let mut last_open_try = Instant::now();
+        while let Ok(first) = self.rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < self.opts.max_batch {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            // The database file must still be the one we opened: writing to
+            // a deleted file would acknowledge events that are already lost.
+            if conn.is_some() && file_identity(&self.path) != identity {
+                tracing::error!(path = %self.path.display(), "database file vanished or was replaced; refusing writes until restart");
+                conn = None;
+            }
+            if conn.is_none()
+                && identity.is_none()
+                && last_open_try.elapsed() > Duration::from_millis(500)
+            {
+                // Never opened (the store was unavailable at start): try again.
+                last_open_try = Instant::now();
+                if let Ok(c) = super::init(&self.path, &self.opts) {
+                    identity = file_identity(&self.path);
+                    conn = Some(c);
+                }
+            }
+            let Some(c) = conn.as_mut() else {
+                for op in batch {
+                    op.complete(Err(StoreError::Unavailable(
+                        "database is not available".into(),
+                    )));
                 }
                 continue;
+            };
+            let outcome = commit_batch(c, &mut batch);
+            if let Err(e) = &outcome {
+                tracing::warn!(error = %e, ops = batch.len(), "store batch failed");
             }
-            c.commit(batch);
-        }
-    }
-}
-
-impl Committer {
-    fn commit(&mut self, mut batch: Vec<Box<dyn WriteOp>>) {
-        // The database file must still be the one we opened: writing to
-        // a deleted file would acknowledge events that are already lost.
-        if self.conn.is_some() && file_identity(&self.path) != self.identity {
-            tracing::error!(path = %self.path.display(), "database file vanished or was replaced; refusing writes until restart");
-            self.conn = None;
-        }
-        if self.conn.is_none()
-            && self.identity.is_none()
-            && self.last_open_try.elapsed() > Duration::from_millis(500)
-        {
-            // Never opened (the store was unavailable at start): try again.
-            self.last_open_try = Instant::now();
-            if let Ok(c) = super::init(&self.path, &self.opts) {
-                self.identity = file_identity(&self.path);
-                self.conn = Some(c);
-            }
-        }
-        let Some(c) = self.conn.as_mut() else {
             for op in batch {
-                op.complete(Err(StoreError::Unavailable(
-                    "database is not available".into(),
-                )));
+                op.complete(outcome.clone());
             }
-            return;
-        };
-        let outcome = commit_batch(c, &mut batch);
-        if let Err(e) = &outcome {
-            tracing::warn!(error = %e, ops = batch.len(), "store batch failed");
-        }
-        for op in batch {
-            op.complete(outcome.clone());
         }
     }
-}
-
-pub(super) fn file_identity_of(p: &std::path::Path) -> Option<(u64, u64)> {
-    file_identity(p)
-}
-
-/// The writer thread commits for submitters that must not (threads with a
-/// lowered priority): they queue and kick it.
-pub(super) fn run_writer(shared: Arc<Shared>, kicks: mpsc::Receiver<()>) {
-    while kicks.recv().is_ok() {
-        while kicks.try_recv().is_ok() {}
-        shared.drive();
-    }
-    shared.drive();
 }
 
 fn commit_batch(c: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), StoreError> {
