@@ -259,7 +259,6 @@ async fn schedule(
 ) -> Result<bool, crate::store::StoreError> {
     // Deliveries that could start now, within the global and per-tenant
     // caps: when every tenant is at its cap the ledger is not even asked,
-    // and otherwise it is asked for little more than can start.
     // and otherwise it is asked for the tenants with room, for little more
     // than can start.
     let (startable, full) = {
