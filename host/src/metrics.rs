@@ -88,6 +88,21 @@ impl Metrics {
         thread_local! {
             static KEY: RefCell<String> = const { RefCell::new(String::new()) };
         }
+        if [tenant, event_type, outcome]
+            .iter()
+            .any(|p| p.contains('\0'))
+        {
+            // The separator itself (an event type can hold any character):
+            // counted the slow way, labels intact.
+            return self.inc(
+                "hookhost_events_received_total",
+                vec![
+                    ("tenant", tenant.into()),
+                    ("event_type", event_type.into()),
+                    ("outcome", outcome.into()),
+                ],
+            );
+        }
         KEY.with_borrow_mut(|key| {
             key.clear();
             for (i, part) in [tenant, event_type, outcome].iter().enumerate() {
@@ -215,5 +230,25 @@ fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
         String::new()
     } else {
         format!("{{{}}}", parts.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn received_counts_each_series_and_keeps_odd_labels_whole() {
+        let m = Metrics::default();
+        m.received("acme", "message_received", "stored");
+        m.received("acme", "message_received", "stored");
+        m.received("acme", "odd\0type", "stored");
+        let text = m.render();
+        assert!(text.contains(
+            "hookhost_events_received_total{tenant=\"acme\",event_type=\"message_received\",outcome=\"stored\"} 2"
+        ), "{text}");
+        assert!(text.contains(
+            "hookhost_events_received_total{tenant=\"acme\",event_type=\"odd\0type\",outcome=\"stored\"} 1"
+        ), "{text}");
     }
 }
