@@ -734,6 +734,12 @@ fn the_child_compiler_fills_the_cache_or_says_why_not() {
     assert!(entries[0].ends_with(".cwasm"));
 }
 
+/// A `message_received` event `m{i}` saying "hola" in `chat`.
+fn hola(i: usize, chat: &str) -> String {
+    serde_json::json!({"event_type":"message_received","id":format!("m{i}"),"chat_id":chat,"body":"hola"})
+        .to_string()
+}
+
 /// At most `max_pending` deliveries are queued ahead of the plugins, but a
 /// chat stuck behind a retry does not hold the others up: when nothing
 /// queued can run, fan-out goes on.
@@ -761,17 +767,13 @@ plugins = ["recorder"]
         &s.url("/metrics"),
         &["failing", "recorder"]
     )));
-    let event = |i: usize, chat: &str| {
-        serde_json::json!({"event_type":"message_received","id":format!("m{i}"),"chat_id":chat,"body":"hola"})
-            .to_string()
-    };
     // Twenty events of one chat: the first fails and waits a minute for its
     // retry; the other nineteen wait behind it.
     for i in 0..20 {
         assert_eq!(
             post(
                 &s.url("/webhook/stuck"),
-                event(i, "c1@c.us").as_bytes(),
+                hola(i, "c1@c.us").as_bytes(),
                 None
             )
             .status,
@@ -782,7 +784,7 @@ plugins = ["recorder"]
         assert_eq!(
             post(
                 &s.url("/webhook/good"),
-                event(i, &format!("g{i}@c.us")).as_bytes(),
+                hola(i, &format!("g{i}@c.us")).as_bytes(),
                 None
             )
             .status,
@@ -833,18 +835,14 @@ plugins = ["recorder"]
         &s.url("/metrics"),
         &["slow", "recorder"]
     )));
-    let event = |i: usize, chat: &str| {
-        serde_json::json!({"event_type":"message_received","id":format!("m{i}"),"chat_id":chat,"body":"hola"})
-            .to_string()
-    };
     for i in 0..80 {
         let chat = format!("b{i}@c.us");
-        let r = post(&s.url("/webhook/busy"), event(i, &chat).as_bytes(), None);
+        let r = post(&s.url("/webhook/busy"), hola(i, &chat).as_bytes(), None);
         assert_eq!(r.status, 200);
     }
     for i in 0..5 {
         let chat = format!("g{i}@c.us");
-        let r = post(&s.url("/webhook/good"), event(i, &chat).as_bytes(), None);
+        let r = post(&s.url("/webhook/good"), hola(i, &chat).as_bytes(), None);
         assert_eq!(r.status, 200);
     }
     let done = |tenant: &str| {
