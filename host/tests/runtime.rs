@@ -473,6 +473,40 @@ settings = { attack = "sleep", sleep_ms = "5000" }
     assert_eq!(get(&s.url("/healthz")).status, 200);
 }
 
+#[test]
+fn every_delivery_starts_from_pristine_memory() {
+    // The probe checks that none of 256 pages (half in the memory image, half
+    // zero-initialised) holds an earlier delivery's writes, then writes to
+    // every other one: more separate dirty regions than one scan of the
+    // freed slot reports, so resetting it takes several.
+    let s = TestServer::start(
+        r#"
+[dispatch]
+max_attempts = 1
+[tenants.default]
+plugins = ["scribbler"]
+concurrency = 1
+[tenants.default.plugin.scribbler.settings]
+attack = "scribble"
+record = "false"
+"#,
+    );
+    deploy_probe(&s, "scribbler");
+    for i in 0..30 {
+        assert_eq!(
+            post(&s.url("/webhook"), hola(i, "c1@c.us").as_bytes(), None).status,
+            200
+        );
+    }
+    let rows = wait_settled(&s.data_dir(), 30, SETTLE);
+    let dirty: Vec<_> = rows
+        .iter()
+        .filter(|d| d.state != "done")
+        .map(|d| (d.event_seq, d.last_error.clone()))
+        .collect();
+    assert!(dirty.is_empty(), "{dirty:?}");
+}
+
 /// Appends a custom section: a different file (hash) with the same code.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     let mut payload = vec![tag.len() as u8];

@@ -71,8 +71,49 @@ fn recurse(n: u64, pad: &mut [u8; 256]) -> u64 {
     recurse(n + 1, &mut next) + next[0] as u64
 }
 
+/// Host pages in each of the two `scribble` arrays.
+const SCRIBBLE_PAGES: usize = 128;
+const HOST_PAGE: usize = 4096;
+/// Initialised data: part of the module's memory image.
+static mut SCRIBBLE_DATA: [u8; SCRIBBLE_PAGES * HOST_PAGE] = [7; SCRIBBLE_PAGES * HOST_PAGE];
+/// Zeroed data: past the image.
+static mut SCRIBBLE_ZERO: [u8; SCRIBBLE_PAGES * HOST_PAGE] = [0; SCRIBBLE_PAGES * HOST_PAGE];
+
+/// Counts the pages of both arrays that differ from their initial contents,
+/// then writes to every other page of each: a hundred separate dirty regions
+/// that the host must reset before the next instance.
+fn scribble() -> usize {
+    // SAFETY: one call at a time; an instance runs one delivery.
+    let (data, zero) = unsafe {
+        (
+            &mut *std::ptr::addr_of_mut!(SCRIBBLE_DATA),
+            &mut *std::ptr::addr_of_mut!(SCRIBBLE_ZERO),
+        )
+    };
+    let mut left = 0;
+    for p in 0..SCRIBBLE_PAGES {
+        let at = p * HOST_PAGE;
+        left += usize::from(std::hint::black_box(data[at]) != 7);
+        left += usize::from(std::hint::black_box(zero[at]) != 0);
+    }
+    for p in (0..SCRIBBLE_PAGES).step_by(2) {
+        data[p * HOST_PAGE + 1] = 0xAA;
+        zero[p * HOST_PAGE + 1] = 0xAA;
+        data[p * HOST_PAGE] = 0xAA;
+        zero[p * HOST_PAGE] = 0xAA;
+    }
+    std::hint::black_box((data, zero));
+    left
+}
+
 fn attack(name: &str) -> Result {
     match name {
+        "scribble" => match scribble() {
+            0 => Ok(()),
+            n => Err(Error::reject(format!(
+                "{n} pages still hold an earlier delivery's writes"
+            ))),
+        },
         "spin" => {
             let mut x: u64 = 0;
             loop {
