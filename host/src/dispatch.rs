@@ -122,6 +122,7 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     let mut cursor: Option<i64> = None;
     let mut stuck = false;
     let mut gauges_at = std::time::Instant::now();
+    let mut gauges = tokio::task::spawn_blocking(|| {});
     match inner.store.pending_count() {
         Ok(n) => inner.pending.store(n, Ordering::Relaxed),
         Err(e) => tracing::warn!(error = %e, "could not count pending deliveries"),
@@ -141,9 +142,12 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
             };
         }
         while tasks.try_join_next().is_some() {}
-        if gauges_at.elapsed() >= Duration::from_millis(250) {
+        if gauges_at.elapsed() >= Duration::from_millis(250) && gauges.is_finished() {
             gauges_at = std::time::Instant::now();
-            publish_gauges(&inner, cursor);
+            // Counting open deliveries reads every one of them: not on a
+            // thread that also answers requests.
+            let i = inner.clone();
+            gauges = tokio::task::spawn_blocking(move || publish_gauges(&i, cursor));
         }
         let pause = next_pause(&inner);
         tokio::select! {
@@ -279,9 +283,32 @@ async fn schedule(
         return Ok(false);
     }
     let held = inner.registry.loading();
-    let due = inner
-        .store
-        .due(now_ms(), (startable * 2).max(4) as i64, &held, &full)?;
+    let limit = (startable * 2).max(4) as i64;
+    let due = if held.is_empty() && full.is_empty() {
+        inner.store.due(now_ms(), limit, &held, &full)?
+    } else {
+        // Rows that cannot start now may be many (a large plugin compiles
+        // while events arrive for it): ask only the lanes that can run.
+        let lanes: Vec<(String, String)> = inner
+            .tenants
+            .keys()
+            .filter(|t| !full.contains(t))
+            .flat_map(|t| {
+                inner
+                    .registry
+                    .plugins_for(t)
+                    .into_iter()
+                    .filter(|p| !held.contains(p))
+                    .map(move |p| (t.clone(), p))
+            })
+            .collect();
+        if lanes.is_empty() {
+            // Everything waits on compiles, which end by themselves: not a
+            // reason to fan out past `max_pending`.
+            return Ok(false);
+        }
+        inner.store.due_in_lanes(now_ms(), limit, &lanes)?
+    };
     let mut picked: Vec<DueDelivery> = Vec::new();
     {
         let mut r = inner.running.lock().unwrap();

@@ -133,6 +133,51 @@ impl Store {
         })
     }
 
+    /// [`Store::due`] for the given (tenant, plugin) lanes only, read one
+    /// lane at a time: rows of other lanes (a plugin still compiling, a
+    /// tenant at its cap) are not even stepped over, however many wait.
+    pub fn due_in_lanes(
+        &self,
+        now: i64,
+        limit: i64,
+        lanes: &[(String, String)],
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend
+                 FROM deliveries d INDEXED BY deliveries_lane
+                 WHERE d.tenant = ?1 AND d.plugin = ?2
+                   AND d.state IN ('pending', 'failed') AND d.next_at <= ?3
+                   AND NOT EXISTS (
+                     SELECT 1 FROM deliveries o
+                     WHERE o.tenant = d.tenant AND o.plugin = d.plugin
+                       AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
+                       AND o.state IN ('pending', 'running', 'failed'))
+                 ORDER BY d.event_seq LIMIT ?4",
+            )?;
+            let mut all = Vec::new();
+            for (tenant, plugin) in lanes {
+                let rows = st.query_map(params![tenant, plugin, now, limit], |r| {
+                    Ok(DueDelivery {
+                        event_seq: r.get(0)?,
+                        plugin: r.get(1)?,
+                        tenant: r.get(2)?,
+                        ordering_key: r.get(3)?,
+                        attempts: r.get(4)?,
+                        resend: r.get(5)?,
+                    })
+                })?;
+                for row in rows {
+                    all.push(row?);
+                }
+            }
+            // Oldest first across lanes, as the single query gives them.
+            all.sort_by_key(|d| d.event_seq);
+            all.truncate(limit.max(0) as usize);
+            Ok(all)
+        })
+    }
+
     /// The newest event's seq and the number of open deliveries.
     /// Deliveries waiting for their first run.
     pub fn pending_count(&self) -> Result<usize, StoreError> {
