@@ -1,8 +1,5 @@
 use clap::Parser;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let cli = hookhost::cli::Cli::parse();
     hookhost::cli::init_logging(cli.log_format);
