@@ -53,6 +53,27 @@ pub(super) fn requeue_running(c: &Connection) -> rusqlite::Result<usize> {
 
 const FANOUT_CURSOR: &str = "fanout_cursor";
 
+/// What the scheduler reads of a delivery that may run.
+const DUE_COLUMNS: &str = "d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend";
+
+/// `d` is the oldest open delivery of its (tenant, plugin, chat).
+const FIRST_OF_ITS_CHAT: &str = "NOT EXISTS (
+    SELECT 1 FROM deliveries o
+    WHERE o.tenant = d.tenant AND o.plugin = d.plugin
+      AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
+      AND o.state IN ('pending', 'running', 'failed'))";
+
+fn due_row(r: &rusqlite::Row) -> rusqlite::Result<DueDelivery> {
+    Ok(DueDelivery {
+        event_seq: r.get(0)?,
+        plugin: r.get(1)?,
+        tenant: r.get(2)?,
+        ordering_key: r.get(3)?,
+        attempts: r.get(4)?,
+        resend: r.get(5)?,
+    })
+}
+
 impl Store {
     /// Where fan-out stopped: every event with a smaller or equal seq has its
     /// delivery rows.
@@ -104,30 +125,17 @@ impl Store {
         let held = serde_json::to_string(held).unwrap_or_else(|_| "[]".into());
         let full = serde_json::to_string(full).unwrap_or_else(|_| "[]".into());
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend
-                 FROM deliveries d INDEXED BY deliveries_queue
-                 WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
-                   AND d.plugin NOT IN (SELECT value FROM json_each(?3))
-                   AND d.tenant NOT IN (SELECT value FROM json_each(?4))
-                   AND NOT EXISTS (
-                     SELECT 1 FROM deliveries o
-                     WHERE o.tenant = d.tenant AND o.plugin = d.plugin
-                       AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
-                       AND o.state IN ('pending', 'running', 'failed'))
-                 ORDER BY d.event_seq LIMIT ?2",
-            )?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {DUE_COLUMNS}
+                     FROM deliveries d INDEXED BY deliveries_queue
+                     WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
+                       AND d.plugin NOT IN (SELECT value FROM json_each(?3))
+                       AND d.tenant NOT IN (SELECT value FROM json_each(?4))
+                       AND {FIRST_OF_ITS_CHAT}
+                     ORDER BY d.event_seq LIMIT ?2"
+            ))?;
             let rows = st
-                .query_map(params![now, limit, held, full], |r| {
-                    Ok(DueDelivery {
-                        event_seq: r.get(0)?,
-                        plugin: r.get(1)?,
-                        tenant: r.get(2)?,
-                        ordering_key: r.get(3)?,
-                        attempts: r.get(4)?,
-                        resend: r.get(5)?,
-                    })
-                })?
+                .query_map(params![now, limit, held, full], due_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })
@@ -143,31 +151,17 @@ impl Store {
         lanes: &[(String, String)],
     ) -> Result<Vec<DueDelivery>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend
-                 FROM deliveries d INDEXED BY deliveries_lane
-                 WHERE d.tenant = ?1 AND d.plugin = ?2
-                   AND d.state IN ('pending', 'failed') AND d.next_at <= ?3
-                   AND NOT EXISTS (
-                     SELECT 1 FROM deliveries o
-                     WHERE o.tenant = d.tenant AND o.plugin = d.plugin
-                       AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
-                       AND o.state IN ('pending', 'running', 'failed'))
-                 ORDER BY d.event_seq LIMIT ?4",
-            )?;
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {DUE_COLUMNS}
+                     FROM deliveries d INDEXED BY deliveries_lane
+                     WHERE d.tenant = ?1 AND d.plugin = ?2
+                       AND d.state IN ('pending', 'failed') AND d.next_at <= ?3
+                       AND {FIRST_OF_ITS_CHAT}
+                     ORDER BY d.event_seq LIMIT ?4"
+            ))?;
             let mut all = Vec::new();
             for (tenant, plugin) in lanes {
-                let rows = st.query_map(params![tenant, plugin, now, limit], |r| {
-                    Ok(DueDelivery {
-                        event_seq: r.get(0)?,
-                        plugin: r.get(1)?,
-                        tenant: r.get(2)?,
-                        ordering_key: r.get(3)?,
-                        attempts: r.get(4)?,
-                        resend: r.get(5)?,
-                    })
-                })?;
-                for row in rows {
+                for row in st.query_map(params![tenant, plugin, now, limit], due_row)? {
                     all.push(row?);
                 }
             }
