@@ -507,6 +507,85 @@ record = "false"
     assert!(dirty.is_empty(), "{dirty:?}");
 }
 
+/// The pid of the child compiler working for the server whose data lives
+/// in `data_dir` (its cache folder is in the command line).
+fn compile_child(data_dir: &std::path::Path) -> Option<i32> {
+    let cache = data_dir.join("cache");
+    let cache = cache.to_string_lossy();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        (cmd.contains("compile-worker") && cmd.contains(cache.as_ref())).then_some(pid)
+    })
+}
+
+/// While a plugin compiles, the deliveries waiting for it do not push
+/// fan-out past `max_pending` (every pass would step over them); once it
+/// loads, every event reaches it.
+#[test]
+fn a_compiling_plugin_does_not_fan_out_past_max_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        r#"
+[dispatch]
+max_pending = 20
+[tenants.default]
+plugins = ["stats"]
+"#,
+    );
+    cfg.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
+    let s = TestServer::start_in(dir, cfg);
+    // The 12 MB JavaScript sample compiles in a child for seconds; the test
+    // holds the child still (SIGSTOP) so "still compiling" lasts.
+    deploy(&sample_plugins(), "stats", &s.plugins_dir(), "stats", None);
+    let mut child = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        child = compile_child(&s.data_dir());
+        child.is_some()
+    }));
+    let child = child.unwrap();
+    // SAFETY: signals a process this test's server started.
+    unsafe { libc::kill(child, libc::SIGSTOP) };
+    for i in 0..200 {
+        assert_eq!(
+            post(
+                &s.url("/webhook"),
+                hola(i, &format!("c{}@c.us", i % 7)).as_bytes(),
+                None
+            )
+            .status,
+            200
+        );
+    }
+    // Many passes of the dispatcher (at least one a second when idle).
+    std::thread::sleep(Duration::from_secs(3));
+    let queued = deliveries(&s.data_dir()).len();
+    // SAFETY: as above.
+    unsafe { libc::kill(child, libc::SIGCONT) };
+    assert!(
+        queued <= 20,
+        "{queued} deliveries queued, max_pending is 20"
+    );
+    assert!(
+        wait_until(SETTLE, || all_loaded(&s.url("/metrics"), &["stats"])),
+        "the plugin did not load after its compile went on: {}",
+        metrics_text(&s.url("/metrics"))
+            .lines()
+            .filter(|l| l.contains("stats"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let rows = wait_settled(&s.data_dir(), 200, SETTLE);
+    assert_eq!(
+        rows.iter().filter(|d| d.state == "done").count(),
+        200,
+        "{:?}",
+        rows.iter().find(|d| d.state != "done")
+    );
+}
+
 /// Appends a custom section: a different file (hash) with the same code.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     let mut payload = vec![tag.len() as u8];

@@ -180,14 +180,6 @@ pub fn compile_worker(dir: PathBuf, settings: super::engine::EngineSettings) -> 
             eprintln!("error: the server that started this compile is gone");
             return 2;
         }
-        // The compile only gets a CPU that nothing else wants: a nice value
-        // still lets it keep a core for a scheduler slice (milliseconds) while
-        // requests wait, SCHED_IDLE gives way at once.
-        let param = libc::sched_param { sched_priority: 0 };
-        // SAFETY: changes only this process's own scheduling policy.
-        unsafe {
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
-        }
     }
     let mut bytes = Vec::new();
     if let Err(e) = std::io::stdin().read_to_end(&mut bytes) {
