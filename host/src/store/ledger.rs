@@ -53,15 +53,24 @@ pub(super) fn requeue_running(c: &Connection) -> rusqlite::Result<usize> {
 
 const FANOUT_CURSOR: &str = "fanout_cursor";
 
-/// What the scheduler reads of a delivery that may run.
-const DUE_COLUMNS: &str = "d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend";
+/// What the scheduler reads of a delivery that may run (a macro, so the
+/// queries below are literals built once at compile time).
+macro_rules! due_columns {
+    () => {
+        "d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend"
+    };
+}
 
 /// `d` is the oldest open delivery of its (tenant, plugin, chat).
-const FIRST_OF_ITS_CHAT: &str = "NOT EXISTS (
-    SELECT 1 FROM deliveries o
-    WHERE o.tenant = d.tenant AND o.plugin = d.plugin
-      AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
-      AND o.state IN ('pending', 'running', 'failed'))";
+macro_rules! first_of_its_chat {
+    () => {
+        "NOT EXISTS (
+            SELECT 1 FROM deliveries o
+            WHERE o.tenant = d.tenant AND o.plugin = d.plugin
+              AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
+              AND o.state IN ('pending', 'running', 'failed'))"
+    };
+}
 
 fn due_row(r: &rusqlite::Row) -> rusqlite::Result<DueDelivery> {
     Ok(DueDelivery {
@@ -125,14 +134,16 @@ impl Store {
         let held = serde_json::to_string(held).unwrap_or_else(|_| "[]".into());
         let full = serde_json::to_string(full).unwrap_or_else(|_| "[]".into());
         self.read(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {DUE_COLUMNS}
-                     FROM deliveries d INDEXED BY deliveries_queue
-                     WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
-                       AND d.plugin NOT IN (SELECT value FROM json_each(?3))
-                       AND d.tenant NOT IN (SELECT value FROM json_each(?4))
-                       AND {FIRST_OF_ITS_CHAT}
-                     ORDER BY d.event_seq LIMIT ?2"
+            let mut st = c.prepare_cached(concat!(
+                "SELECT ",
+                due_columns!(),
+                " FROM deliveries d INDEXED BY deliveries_queue
+                 WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
+                   AND d.plugin NOT IN (SELECT value FROM json_each(?3))
+                   AND d.tenant NOT IN (SELECT value FROM json_each(?4))
+                   AND ",
+                first_of_its_chat!(),
+                " ORDER BY d.event_seq LIMIT ?2"
             ))?;
             let rows = st
                 .query_map(params![now, limit, held, full], due_row)?
@@ -151,13 +162,15 @@ impl Store {
         lanes: &[(String, String)],
     ) -> Result<Vec<DueDelivery>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT {DUE_COLUMNS}
-                     FROM deliveries d INDEXED BY deliveries_lane
-                     WHERE d.tenant = ?1 AND d.plugin = ?2
-                       AND d.state IN ('pending', 'failed') AND d.next_at <= ?3
-                       AND {FIRST_OF_ITS_CHAT}
-                     ORDER BY d.event_seq LIMIT ?4"
+            let mut st = c.prepare_cached(concat!(
+                "SELECT ",
+                due_columns!(),
+                " FROM deliveries d INDEXED BY deliveries_lane
+                 WHERE d.tenant = ?1 AND d.plugin = ?2
+                   AND d.state IN ('pending', 'failed') AND d.next_at <= ?3
+                   AND ",
+                first_of_its_chat!(),
+                " ORDER BY d.event_seq LIMIT ?4"
             ))?;
             let mut all = Vec::new();
             for (tenant, plugin) in lanes {
@@ -172,7 +185,6 @@ impl Store {
         })
     }
 
-    /// The newest event's seq and the number of open deliveries.
     /// Deliveries waiting for their first run.
     pub fn pending_count(&self) -> Result<usize, StoreError> {
         self.read(|c| {
@@ -183,6 +195,7 @@ impl Store {
         })
     }
 
+    /// The newest event's seq and the number of open deliveries.
     pub fn backlog(&self) -> Result<(i64, i64), StoreError> {
         self.read(|c| {
             let max: i64 = c
