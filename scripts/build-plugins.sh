@@ -68,11 +68,15 @@ if [ -d python ]; then
     [ -f "$src/app.py" ] || continue
     dest="$out/${name//_/-}.wasm"
     if stale "$dest" "$src"; then
-      if [ ! -x "$venv/bin/componentize-py" ]; then
+      # A virtual environment is tied to the interpreter and the path it was
+      # made with (its scripts' shebangs are absolute): one copied or moved
+      # from elsewhere, or left by a removed Python, is made again.
+      if ! "$venv/bin/python3" -c 'import componentize_py' 2>/dev/null; then
+        rm -rf "$venv"
         python3 -m venv "$venv" >&2
         "$venv/bin/pip" install --quiet --disable-pip-version-check -r python/requirements.txt >&2
       fi
-      (cd "$src" && "$venv/bin/componentize-py" -d "$wit" -w plugin componentize app \
+      (cd "$src" && "$venv/bin/python3" "$venv/bin/componentize-py" -d "$wit" -w plugin componentize app \
         -o "$out/.$name.wasm.tmp" -s >/dev/null)
       mv "$out/.$name.wasm.tmp" "$dest"
     fi
