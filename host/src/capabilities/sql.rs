@@ -86,7 +86,7 @@ impl SqlDb {
             let pooled = self.pool.as_ref().and_then(|p| p.take(&self.path, max_mb));
             let c = match pooled {
                 Some(c) => c,
-                None => open(&self.path, max_mb).map_err(|e| {
+                None => open_until(&self.path, max_mb, deadline).map_err(|e| {
                     tracing::warn!(path = %self.path.display(), error = %e, "cannot open plugin database");
                     HostError::Unavailable("database unavailable".into())
                 })?,
@@ -122,6 +122,33 @@ fn authorize(ctx: AuthContext<'_>) -> Authorization {
         // (and `PRAGMA writable_schema` by the rule above); CREATE statements
         // still update it through SQLite itself.
         _ => Authorization::Allow,
+    }
+}
+
+/// Opens the database, trying again while another connection holds a lock
+/// that setting up a connection needs. The first opener of a new file turns
+/// it to WAL under an exclusive lock, and SQLite answers the others' reads
+/// of it with `SQLITE_BUSY` without calling the busy handler; they wait
+/// here instead, until `deadline`.
+fn open_until(
+    path: &std::path::Path,
+    max_mb: u64,
+    deadline: Instant,
+) -> rusqlite::Result<Connection> {
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match open(path, max_mb) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -273,6 +300,43 @@ impl Host for Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_opening_a_new_database_together_all_get_it() {
+        // The first opener switches the new file to WAL while the others
+        // read it; none of them may come back with "database unavailable".
+        let dir = tempfile::tempdir().unwrap();
+        for round in 0..40 {
+            let path = dir.path().join(format!("p{round}.sqlite"));
+            let start = Arc::new(std::sync::Barrier::new(6));
+            let threads: Vec<_> = (0..6)
+                .map(|i| {
+                    let (path, start) = (path.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+                        let mut db = SqlDb::new(path);
+                        start.wait();
+                        let c = db.open(8, deadline).map_err(|e| format!("{e:?}"))?;
+                        c.execute_batch("CREATE TABLE IF NOT EXISTS t (x)")
+                            .map_err(|e| e.to_string())?;
+                        c.execute("INSERT INTO t VALUES (?1)", [i])
+                            .map_err(|e| e.to_string())?;
+                        Ok::<_, String>(())
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join()
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            }
+            let c = Connection::open(&path).unwrap();
+            let n: i64 = c
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(n, 6, "round {round}");
+        }
+    }
 
     #[test]
     fn a_pooled_connection_comes_back_without_the_last_deliverys_transaction() {
