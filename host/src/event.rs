@@ -130,34 +130,27 @@ impl Event {
 /// Parses a raw body. Duplicate object keys are refused: two readers of the
 /// same body must never see two different events.
 pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
-    let value: serde_json::Value = {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let v = crate::json_strict::StrictValue::deserialize(&mut de)
-            .map_err(|e| ParseError::Json(e.to_string()))?;
-        de.end().map_err(|e| ParseError::Json(e.to_string()))?;
-        v.0
-    };
-    let event_type = match value
-        .as_object()
-        .ok_or(ParseError::NotObject)?
-        .get("event_type")
-    {
-        Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= 128 => s.clone(),
+    use crate::json_strict::{check, Scalar};
+    // One pass checks the whole body and reads the top-level fields the
+    // keys need; known types are then read straight into their structs.
+    let top = check(body, ["event_type", "id", "chat_id"])
+        .map_err(|e| ParseError::Json(e.to_string()))?;
+    if !top.is_object {
+        return Err(ParseError::NotObject);
+    }
+    let [event_type, id, chat_id] = top.fields;
+    let event_type = match event_type {
+        Some(Scalar::Str(s)) if !s.is_empty() && s.len() <= 128 => s.into_owned(),
         _ => return Err(ParseError::EventType),
     };
-    fn typed<T: serde::de::DeserializeOwned>(
-        et: &str,
-        v: serde_json::Value,
-    ) -> Result<T, ParseError> {
-        T::deserialize(v).map_err(|e| ParseError::Invalid {
-            event_type: et.to_string(),
-            message: e.to_string(),
-        })
-    }
+    let invalid = |e: serde_json::Error| ParseError::Invalid {
+        event_type: event_type.clone(),
+        message: e.to_string(),
+    };
     let key_of = |parts: serde_json::Value| format!("{event_type}:{parts}");
     let parsed = match event_type.as_str() {
         "message_received" | "message_sent" => {
-            let m: Message = typed(&event_type, value)?;
+            let m: Message = serde_json::from_slice(body).map_err(invalid)?;
             require_nonempty(&event_type, "id", &m.id)?;
             let key = key_of(serde_json::json!([m.id]));
             let ordering_key = if m.chat_id.is_empty() {
@@ -177,7 +170,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "ack_update" => {
-            let a: AckUpdate = typed(&event_type, value)?;
+            let a: AckUpdate = serde_json::from_slice(body).map_err(invalid)?;
             require_nonempty(&event_type, "id", &a.id)?;
             require_nonempty(&event_type, "ack", &a.ack)?;
             Parsed {
@@ -187,7 +180,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "message_reaction" => {
-            let r: Reaction = typed(&event_type, value)?;
+            let r: Reaction = serde_json::from_slice(body).map_err(invalid)?;
             require_nonempty(&event_type, "message_id", &r.message_id)?;
             require_nonempty(&event_type, "from_number", &r.from_number)?;
             Parsed {
@@ -202,7 +195,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "test_webhook" => {
-            let t: TestPing = typed(&event_type, value)?;
+            let t: TestPing = serde_json::from_slice(body).map_err(invalid)?;
             Parsed {
                 key: key_of(serde_json::json!([t.instance_id, t.timestamp])),
                 ordering_key: "test".to_string(),
@@ -211,22 +204,16 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         }
         _ => {
             // Unknown types: an `id` when there is one, else the body itself.
-            // Known to be an object: checked above.
-            let obj = value.as_object().ok_or(ParseError::NotObject)?;
-            let key = match obj.get("id") {
-                Some(serde_json::Value::String(s)) if !s.is_empty() => {
-                    key_of(serde_json::json!(["id", s]))
-                }
-                Some(serde_json::Value::Number(n)) => {
-                    key_of(serde_json::json!(["id", n.to_string()]))
-                }
+            let key = match id {
+                Some(Scalar::Str(s)) if !s.is_empty() => key_of(serde_json::json!(["id", s])),
+                Some(Scalar::Num(n)) => key_of(serde_json::json!(["id", n.to_string()])),
                 _ => key_of(serde_json::json!([
                     "sha256",
                     hex::encode(Sha256::digest(body))
                 ])),
             };
-            let ordering_key = match obj.get("chat_id") {
-                Some(serde_json::Value::String(c)) => format!("chat:{c}"),
+            let ordering_key = match chat_id {
+                Some(Scalar::Str(c)) => format!("chat:{c}"),
                 _ => format!("key:{key}"),
             };
             Parsed {
@@ -254,32 +241,79 @@ fn require_nonempty(et: &str, field: &str, v: &str) -> Result<(), ParseError> {
 
 // --- field deserializers for the spec's loose types -------------------------
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum IdRepr {
-    S(String),
+/// A field's value as the gateway may write it. It is read once and then
+/// judged, rather than tried against one type after another (each failed
+/// try builds an error, which costs more than the parse).
+enum Loose {
+    Null,
+    Bool(bool),
     I(i64),
     U(u64),
+    F(f64),
+    S(String),
 }
 
-fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    match IdRepr::deserialize(d)
-        .map_err(|_| de::Error::custom("expected a string or an integer"))?
-    {
-        IdRepr::S(s) => Ok(s),
-        IdRepr::I(i) => Ok(i.to_string()),
-        IdRepr::U(u) => Ok(u.to_string()),
+struct LooseVisitor;
+
+impl<'de> de::Visitor<'de> for LooseVisitor {
+    type Value = Loose;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("null, a boolean, a number or a string")
+    }
+    fn visit_unit<E>(self) -> Result<Loose, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_none<E>(self) -> Result<Loose, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Loose, D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Loose, E> {
+        Ok(Loose::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Loose, E> {
+        Ok(Loose::I(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Loose, E> {
+        Ok(Loose::U(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Loose, E> {
+        Ok(Loose::F(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Loose, E> {
+        Ok(Loose::S(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Loose, E> {
+        Ok(Loose::S(v))
     }
 }
 
+/// Reads a loose value; arrays, objects and malformed input are `Err(msg)`.
+fn loose<'de, D: Deserializer<'de>>(d: D, msg: &'static str) -> Result<Loose, D::Error> {
+    d.deserialize_any(LooseVisitor)
+        .map_err(|_| de::Error::custom(msg))
+}
+
+fn id_of(v: Loose) -> Option<String> {
+    match v {
+        Loose::S(s) => Some(s),
+        Loose::I(i) => Some(i.to_string()),
+        Loose::U(u) => Some(u.to_string()),
+        _ => None,
+    }
+}
+
+fn id_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    const MSG: &str = "expected a string or an integer";
+    id_of(loose(d, MSG)?).ok_or_else(|| de::Error::custom(MSG))
+}
+
 fn opt_id_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Option::<IdRepr>::deserialize(d)
-        .map_err(|_| de::Error::custom("expected a string, an integer or null"))?
-    {
-        None => Ok(None),
-        Some(IdRepr::S(s)) => Ok(Some(s)),
-        Some(IdRepr::I(i)) => Ok(Some(i.to_string())),
-        Some(IdRepr::U(u)) => Ok(Some(u.to_string())),
+    const MSG: &str = "expected a string, an integer or null";
+    match loose(d, MSG)? {
+        Loose::Null => Ok(None),
+        v => id_of(v).map(Some).ok_or_else(|| de::Error::custom(MSG)),
     }
 }
 
@@ -287,52 +321,50 @@ fn nullable_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> 
     Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum FlagRepr {
-    B(bool),
-    I(i64),
-}
-
 fn opt_flag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    match Option::<FlagRepr>::deserialize(d)
-        .map_err(|_| de::Error::custom("expected 0, 1, true, false or null"))?
-    {
-        None => Ok(None),
-        Some(FlagRepr::B(b)) => Ok(Some(b)),
-        Some(FlagRepr::I(0)) => Ok(Some(false)),
-        Some(FlagRepr::I(1)) => Ok(Some(true)),
-        Some(FlagRepr::I(_)) => Err(de::Error::custom("expected 0 or 1")),
+    const MSG: &str = "expected 0, 1, true, false or null";
+    match loose(d, MSG)? {
+        Loose::Null => Ok(None),
+        Loose::Bool(b) => Ok(Some(b)),
+        Loose::U(0) => Ok(Some(false)),
+        Loose::U(1) => Ok(Some(true)),
+        Loose::I(_) => Err(de::Error::custom("expected 0 or 1")),
+        Loose::U(u) if u <= i64::MAX as u64 => Err(de::Error::custom("expected 0 or 1")),
+        _ => Err(de::Error::custom(MSG)),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum TsRepr {
-    I(i64),
-    F(f64),
-}
-
-fn to_ts<E: de::Error>(t: TsRepr) -> Result<i64, E> {
-    match t {
-        TsRepr::I(i) => Ok(i),
-        // Some senders write seconds with a fraction; keys use whole seconds.
-        TsRepr::F(f) if f.is_finite() && f.abs() < 1e15 => Ok(f.trunc() as i64),
-        TsRepr::F(_) => Err(E::custom("timestamp out of range")),
-    }
+/// Seconds since the epoch, `None` for anything but a number.
+fn ts_of<E: de::Error>(v: Loose) -> Option<Result<i64, E>> {
+    let f = match v {
+        Loose::I(i) => return Some(Ok(i)),
+        Loose::U(u) => match i64::try_from(u) {
+            Ok(i) => return Some(Ok(i)),
+            Err(_) => u as f64,
+        },
+        Loose::F(f) => f,
+        _ => return None,
+    };
+    // Some senders write seconds with a fraction; keys use whole seconds.
+    Some(if f.is_finite() && f.abs() < 1e15 {
+        Ok(f.trunc() as i64)
+    } else {
+        Err(E::custom("timestamp out of range"))
+    })
 }
 
 fn timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let t = TsRepr::deserialize(d).map_err(|_| de::Error::custom("timestamp must be a number"))?;
-    to_ts(t)
+    const MSG: &str = "timestamp must be a number";
+    ts_of(loose(d, MSG)?).unwrap_or_else(|| Err(de::Error::custom(MSG)))
 }
 
 fn opt_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    match Option::<TsRepr>::deserialize(d)
-        .map_err(|_| de::Error::custom("timestamp must be a number or null"))?
-    {
-        None => Ok(None),
-        Some(t) => to_ts(t).map(Some),
+    const MSG: &str = "timestamp must be a number or null";
+    match loose(d, MSG)? {
+        Loose::Null => Ok(None),
+        v => ts_of(v)
+            .map(|r| r.map(Some))
+            .unwrap_or_else(|| Err(de::Error::custom(MSG))),
     }
 }
 
