@@ -110,11 +110,11 @@ impl Store {
             for r in &rows {
                 st.execute(params![r.event_seq, r.plugin, r.tenant, r.ordering_key, now])?;
             }
-            c.execute(
+            c.prepare_cached(
                 "INSERT INTO meta (key, value) VALUES (?1, ?2)
                  ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
-                params![FANOUT_CURSOR, cursor],
-            )?;
+            )?
+            .execute(params![FANOUT_CURSOR, cursor])?;
             Ok(())
         })
         .await

@@ -84,6 +84,9 @@ fn open_connection(path: &Path, opts: &StoreOptions, write: bool) -> rusqlite::R
         OpenFlags::SQLITE_OPEN_READ_ONLY
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let c = Connection::open_with_flags(path, flags)?;
+    // Every statement the store runs stays prepared (rusqlite keeps 16 by
+    // default, fewer than the writer uses, and re-parses what it evicted).
+    c.set_prepared_statement_cache_capacity(64);
     c.busy_timeout(Duration::from_secs(5))?;
     if write {
         c.pragma_update(None, "journal_mode", "WAL")?;
