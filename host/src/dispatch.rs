@@ -17,7 +17,7 @@ use crate::runtime::{self, convert, Registry};
 use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
 use rand::Rng;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -29,6 +29,9 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 /// delivery wakes the dispatcher; under load the wakes are gathered so one
 /// pass (a few queries and one write) serves all of them.
 const MIN_PASS_GAP: Duration = Duration::from_millis(1);
+/// How often the backlog gauges are counted (a count over every open
+/// delivery: not at every pass).
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Dispatcher {
     stop: Arc<Notify>,
@@ -46,6 +49,10 @@ struct Inner {
     /// Rows fanned out and not yet started (an estimate: replays add rows
     /// it does not count).
     pending: AtomicUsize,
+    /// The earliest retry time recorded since the loop last read the
+    /// ledger's (ms; `i64::MAX`: none), so that a pass does not ask the
+    /// ledger for it every time.
+    retry_hint: AtomicI64,
 }
 
 #[derive(Default)]
@@ -102,6 +109,7 @@ impl Dispatcher {
             wake,
             running: Mutex::new(Running::default()),
             pending: AtomicUsize::new(0),
+            retry_hint: AtomicI64::new(i64::MAX),
         });
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(run(inner, stop.clone()));
@@ -123,6 +131,7 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     let mut stuck = false;
     let mut gauges_at = std::time::Instant::now();
     let mut gauges = tokio::task::spawn_blocking(|| {});
+    let mut retries = RetryClock::default();
     match inner.store.pending_count() {
         Ok(n) => inner.pending.store(n, Ordering::Relaxed),
         Err(e) => tracing::warn!(error = %e, "could not count pending deliveries"),
@@ -142,14 +151,14 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
             };
         }
         while tasks.try_join_next().is_some() {}
-        if gauges_at.elapsed() >= Duration::from_millis(250) && gauges.is_finished() {
+        if gauges_at.elapsed() >= GAUGES_EVERY && gauges.is_finished() {
             gauges_at = std::time::Instant::now();
             // Counting open deliveries reads every one of them: not on a
             // thread that also answers requests.
             let i = inner.clone();
             gauges = tokio::task::spawn_blocking(move || publish_gauges(&i, cursor));
         }
-        let pause = next_pause(&inner);
+        let pause = retries.pause(&inner);
         tokio::select! {
             _ = stop.notified() => break,
             _ = inner.wake.notified() => {}
@@ -180,13 +189,37 @@ fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
     }
 }
 
-fn next_pause(inner: &Inner) -> Duration {
-    let s = inner.store.clone();
-    match s.next_retry_at() {
-        Ok(Some(at)) => {
-            Duration::from_millis((at - now_ms()).clamp(5, IDLE_POLL.as_millis() as i64) as u64)
+/// When the next retry is due. The ledger is asked when the time it gave
+/// last has come (that retry is being picked up; which is next?) and at
+/// least every `IDLE_POLL`; in between, retries recorded by this process
+/// come through `Inner::retry_hint`.
+#[derive(Default)]
+struct RetryClock {
+    /// The ledger's answer (`None`: no retry waiting) and when it was read.
+    known: Option<(Option<i64>, std::time::Instant)>,
+}
+
+impl RetryClock {
+    fn pause(&mut self, inner: &Inner) -> Duration {
+        let now = now_ms();
+        let stale = match self.known {
+            None => true,
+            Some((at, read)) => at.is_some_and(|t| t <= now) || read.elapsed() >= IDLE_POLL,
+        };
+        if stale {
+            // Cleared before the read: a retry recorded meanwhile is either
+            // in the ledger already or sets the hint again afterwards.
+            inner.retry_hint.store(i64::MAX, Ordering::SeqCst);
+            self.known = match inner.store.next_retry_at() {
+                Ok(at) => Some((at, std::time::Instant::now())),
+                Err(_) => None,
+            };
         }
-        _ => IDLE_POLL,
+        let ledger = self.known.and_then(|(at, _)| at).unwrap_or(i64::MAX);
+        match ledger.min(inner.retry_hint.load(Ordering::SeqCst)) {
+            i64::MAX => IDLE_POLL,
+            at => Duration::from_millis((at - now).clamp(5, IDLE_POLL.as_millis() as i64) as u64),
+        }
     }
 }
 
@@ -395,7 +428,12 @@ async fn schedule(
             // store is unavailable (the delivery is requeued at restart anyway).
             for i in 0..50u32 {
                 match inner.store.finish(d.event_seq, d.plugin.clone(), ledger.clone()).await {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        if let DeliveryOutcome::Retry { next_at, .. } = &ledger {
+                            inner.retry_hint.fetch_min(*next_at, Ordering::SeqCst);
+                        }
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, seq = d.event_seq, plugin = %d.plugin, "cannot record delivery outcome");
                         tokio::time::sleep(Duration::from_millis(100 * (i as u64 + 1))).await;
