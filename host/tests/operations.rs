@@ -127,7 +127,7 @@ fn metrics_reflect_a_known_sequence_exactly() {
         Some("3".into())
     );
     assert!(text.contains("# TYPE hookhost_instantiate_seconds histogram"));
-    // Gauges are refreshed by the dispatcher a few times a second.
+    // Gauges are refreshed by the dispatcher every second.
     assert!(wait_until(SETTLE, || {
         let t = metrics_text(&s.url("/metrics"));
         metric(&t, "hookhost_inbox_lag ") == Some("0".into())
