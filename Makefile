@@ -28,8 +28,11 @@ test-plugins: setup
 run: build plugins
 	$(BIN) serve --config hookhost.toml
 
+# The host's tests, then the sample plugins' own unit tests (on the build
+# machine's target).
 test: build plugins test-plugins
 	cargo test --workspace -- --test-threads 2
+	cd plugins && CARGO_TARGET_DIR=$(HOOKHOST_WASM_TARGET_DIR) cargo test --quiet
 
 # Figures side by side in one run; see BENCHMARKS.md. BENCH_SECONDS,
 # BENCH_CONNECTIONS, BENCH_DELIVERIES, BENCH_DUPLICATE_PERCENT tune it.

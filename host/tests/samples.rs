@@ -199,6 +199,31 @@ business_hours = { days = ["mon", "tue", "wed", "thu", "fri"], open = "09:00", c
 }
 
 #[test]
+fn business_hours_follow_the_named_time_zone() {
+    let env = start(
+        r#"
+away_message = "Fuera de horario."
+business_hours = { open = "09:00", close = "18:00", utc_offset = "+03:00", time_zone = "Europe/Madrid" }
+"#,
+    );
+    // Tuesday 2024-08-27, summer time in Madrid (UTC+2): 06:30 UTC is
+    // 08:30 there, closed (09:30 by the fixed offset, which the zone
+    // overrides); 07:30 UTC is 09:30 there, open.
+    let at = |id: &str, chat: &str, ts: i64| {
+        let mut m = msg(id, chat, "hola");
+        m["timestamp"] = serde_json::json!(ts);
+        m
+    };
+    env.send(&at("TZ1", "901@c.us", 1724716800 + 6 * 3600 + 1800));
+    env.send(&at("TZ2", "902@c.us", 1724716800 + 7 * 3600 + 1800));
+    env.settle(6);
+    let sent = env.whapi.sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].body["to"], "901@c.us");
+    assert_eq!(sent[0].body["message"], "Fuera de horario.");
+}
+
+#[test]
 fn persistence_keeps_messages_acks_and_reactions() {
     let env = start(RULES);
     let mut out = msg("OUT1", "666@c.us", "pedido listo");

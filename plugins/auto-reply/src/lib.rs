@@ -53,13 +53,22 @@ struct Hours {
     /// "HH:MM", local time.
     open: String,
     close: String,
-    /// Offset of local time from UTC, "+HH:MM" or "-HH:MM".
+    /// Offset of local time from UTC, "+HH:MM" or "-HH:MM", for places
+    /// without daylight-saving time.
     #[serde(default)]
     utc_offset: String,
+    /// An IANA time zone ("Europe/Madrid", "America/Mexico_City"): local
+    /// time follows its daylight-saving changes. Takes precedence over
+    /// `utc_offset`.
+    #[serde(default)]
+    time_zone: Option<String>,
 }
 
 fn weekdays() -> Vec<String> {
-    ["mon", "tue", "wed", "thu", "fri"].iter().map(|s| s.to_string()).collect()
+    ["mon", "tue", "wed", "thu", "fri"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// Lowercase without accents: "Menú" and "MENU" compare equal.
@@ -89,8 +98,16 @@ fn mentions(text: &str, keyword: &str) -> bool {
     let mut start = 0;
     while let Some(pos) = t[start..].find(&k) {
         let i = start + pos;
-        let before = t[..i].chars().next_back().map(|c| c.is_alphanumeric()).unwrap_or(false);
-        let after = t[i + k.len()..].chars().next().map(|c| c.is_alphanumeric()).unwrap_or(false);
+        let before = t[..i]
+            .chars()
+            .next_back()
+            .map(|c| c.is_alphanumeric())
+            .unwrap_or(false);
+        let after = t[i + k.len()..]
+            .chars()
+            .next()
+            .map(|c| c.is_alphanumeric())
+            .unwrap_or(false);
         if !before && !after {
             return true;
         }
@@ -121,8 +138,27 @@ fn offset_minutes(o: &str) -> i64 {
 }
 
 impl Hours {
+    /// The time zone named in the settings; `Ok(None)` when there is none.
+    fn zone(&self) -> Result<Option<jiff::tz::TimeZone>, String> {
+        match self.time_zone.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(name) => jiff::tz::TimeZone::get(name)
+                .map(Some)
+                .map_err(|e| format!("business_hours.time_zone `{name}`: {e}")),
+        }
+    }
+
+    /// Local time as seconds since 1970-01-01 00:00 of the local calendar.
+    fn local(&self, unix: i64) -> i64 {
+        let zone = self.zone().ok().flatten();
+        match (zone, jiff::Timestamp::from_second(unix)) {
+            (Some(tz), Ok(ts)) => unix + i64::from(tz.to_offset(ts).seconds()),
+            _ => unix + offset_minutes(&self.utc_offset) * 60,
+        }
+    }
+
     fn open_at(&self, unix: i64) -> bool {
-        let local = unix + offset_minutes(&self.utc_offset) * 60;
+        let local = self.local(unix);
         let days = local.div_euclid(86_400);
         // 1970-01-01 was a Thursday.
         let day = ["thu", "fri", "sat", "sun", "mon", "tue", "wed"][days.rem_euclid(7) as usize];
@@ -150,6 +186,9 @@ impl Plugin for AutoReply {
             return Ok(());
         }
         let s: Settings = settings::parse().map_err(Error::reject)?;
+        if let Some(h) = &s.business_hours {
+            h.zone().map_err(Error::reject)?;
+        }
         if m.is_group && !s.reply_to_groups {
             return Ok(());
         }
@@ -188,11 +227,18 @@ impl Plugin for AutoReply {
             .unwrap_or_default();
         let window_start = m.timestamp - s.period_minutes * 60;
         sent.replies.retain(|(_, ts)| *ts > window_start);
-        let mine = sent.replies.iter().filter(|(k, _)| k == &ctx.event_key).count();
+        let mine = sent
+            .replies
+            .iter()
+            .filter(|(k, _)| k == &ctx.event_key)
+            .count();
         let others = sent.replies.len() - mine;
         let allowed = s.max_replies.saturating_sub(others);
         if allowed < replies.len() {
-            log::info("reply limit reached", &[("chat", &m.chat_id), ("allowed", &allowed.to_string())]);
+            log::info(
+                "reply limit reached",
+                &[("chat", &m.chat_id), ("allowed", &allowed.to_string())],
+            );
             replies.truncate(allowed);
         }
         for _ in mine..replies.len() {
@@ -208,7 +254,13 @@ impl Plugin for AutoReply {
             }
         }
         if !replies.is_empty() {
-            log::info("replied", &[("chat", &m.chat_id), ("replies", &replies.len().to_string())]);
+            log::info(
+                "replied",
+                &[
+                    ("chat", &m.chat_id),
+                    ("replies", &replies.len().to_string()),
+                ],
+            );
         }
         Ok(())
     }
@@ -230,12 +282,43 @@ mod tests {
 
     #[test]
     fn business_hours() {
-        let h = Hours { days: weekdays(), open: "09:00".into(), close: "18:00".into(), utc_offset: "-05:00".into() };
+        let h = Hours {
+            days: weekdays(),
+            open: "09:00".into(),
+            close: "18:00".into(),
+            utc_offset: "-05:00".into(),
+            time_zone: None,
+        };
         // 2024-08-27 (Tuesday) 00:00 UTC = Monday 19:00 in UTC-5: closed.
         assert!(!h.open_at(1724716800));
         // Tuesday 15:00 UTC = 10:00 local: open.
         assert!(h.open_at(1724716800 + 15 * 3600));
         // Saturday 2024-08-31 15:00 UTC: closed.
         assert!(!h.open_at(1725116400));
+    }
+
+    #[test]
+    fn business_hours_follow_daylight_saving_time() {
+        let h = Hours {
+            days: weekdays(),
+            open: "09:00".into(),
+            close: "18:00".into(),
+            utc_offset: "+05:00".into(),
+            time_zone: Some("Europe/Madrid".into()),
+        };
+        assert!(h.zone().unwrap().is_some());
+        // Tuesday 2024-01-16: Madrid is UTC+1, opens at 08:00 UTC.
+        let winter = 1705363200; // 00:00 UTC
+        assert!(!h.open_at(winter + 7 * 3600 + 30 * 60));
+        assert!(h.open_at(winter + 8 * 3600 + 30 * 60));
+        // Tuesday 2024-07-16: Madrid is UTC+2, opens at 07:00 UTC.
+        let summer = 1721088000;
+        assert!(h.open_at(summer + 7 * 3600 + 30 * 60));
+        assert!(!h.open_at(summer + 16 * 3600 + 30 * 60));
+        let bad = Hours {
+            time_zone: Some("Mars/Olympus".into()),
+            ..h
+        };
+        assert!(bad.zone().is_err());
     }
 }
