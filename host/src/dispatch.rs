@@ -189,10 +189,10 @@ fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
     }
 }
 
-/// When the next retry is due. The ledger is asked when the time it gave
-/// last has come (that retry is being picked up; which is next?) and at
-/// least every `IDLE_POLL`; in between, retries recorded by this process
-/// come through `Inner::retry_hint`.
+/// When the next retry is due. The ledger is asked when the time it or the
+/// hint gave has come (that retry is being picked up; which is next?) and
+/// at least every `IDLE_POLL`; in between, retries recorded by this
+/// process come through `Inner::retry_hint`.
 #[derive(Default)]
 struct RetryClock {
     /// The ledger's answer (`None`: no retry waiting) and when it was read.
@@ -202,10 +202,12 @@ struct RetryClock {
 impl RetryClock {
     fn pause(&mut self, inner: &Inner) -> Duration {
         let now = now_ms();
-        let stale = match self.known {
-            None => true,
-            Some((at, read)) => at.is_some_and(|t| t <= now) || read.elapsed() >= IDLE_POLL,
-        };
+        let hint = inner.retry_hint.load(Ordering::SeqCst);
+        let stale = hint <= now
+            || match self.known {
+                None => true,
+                Some((at, read)) => at.is_some_and(|t| t <= now) || read.elapsed() >= IDLE_POLL,
+            };
         if stale {
             // Cleared before the read: a retry recorded meanwhile is either
             // in the ledger already or sets the hint again afterwards.
