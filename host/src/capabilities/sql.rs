@@ -42,9 +42,18 @@ impl SqlPool {
 
     fn put(&self, path: PathBuf, max_mb: u64, c: Connection) {
         // Nothing a delivery left behind reaches the next one: an open
-        // transaction is rolled back, or the connection is closed.
+        // transaction is rolled back, or the connection is closed. So is
+        // one holding TEMP tables, views or triggers, which live as long
+        // as the connection and would otherwise carry one delivery's data
+        // (or a trigger's side effects) into the next.
         c.progress_handler(0, None::<fn() -> bool>);
         if !c.is_autocommit() && (c.execute_batch("ROLLBACK").is_err() || !c.is_autocommit()) {
+            return;
+        }
+        let temp: rusqlite::Result<i64> = c
+            .prepare_cached("SELECT count(*) FROM temp.sqlite_master")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)));
+        if temp != Ok(0) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -360,5 +369,31 @@ mod tests {
         assert_eq!(n, 0);
         // The same connection came back from the pool: no new one opened.
         assert!(pool.take(&path, 8).is_none());
+    }
+
+    #[test]
+    fn temp_objects_do_not_outlive_their_delivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.sqlite");
+        let pool = Arc::new(SqlPool::default());
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        {
+            let mut db = SqlDb::pooled(path.clone(), pool.clone());
+            let c = db.open(8, deadline).unwrap();
+            c.execute_batch(
+                "CREATE TABLE t (x);
+                 CREATE TEMP TABLE scratch (secret);
+                 INSERT INTO scratch VALUES ('chat A');
+                 CREATE TEMP TRIGGER copy AFTER INSERT ON t BEGIN INSERT INTO scratch VALUES (new.x); END;",
+            )
+            .unwrap();
+        }
+        let mut db = SqlDb::pooled(path.clone(), pool.clone());
+        let c = db.open(8, deadline).unwrap();
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM temp.sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "the next delivery sees no TEMP table or trigger");
+        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
     }
 }
