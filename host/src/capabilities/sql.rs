@@ -347,53 +347,63 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_pooled_connection_comes_back_without_the_last_deliverys_transaction() {
+    /// One delivery runs `first` on a pooled connection and ends; `then`
+    /// gets the next delivery's connection to the same database.
+    fn after_a_delivery(
+        first: impl FnOnce(&Connection),
+        then: impl FnOnce(&Connection, &SqlPool, &Path),
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.sqlite");
         let pool = Arc::new(SqlPool::default());
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         {
             let mut db = SqlDb::pooled(path.clone(), pool.clone());
-            let c = db.open(8, deadline).unwrap();
-            c.execute_batch("CREATE TABLE t (x); BEGIN; INSERT INTO t VALUES (1);")
-                .unwrap();
-            assert!(!c.is_autocommit());
+            first(db.open(8, deadline).unwrap());
         }
         let mut db = SqlDb::pooled(path.clone(), pool.clone());
-        let c = db.open(8, deadline).unwrap();
-        assert!(c.is_autocommit(), "the open transaction was rolled back");
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 0);
-        // The same connection came back from the pool: no new one opened.
-        assert!(pool.take(&path, 8).is_none());
+        then(db.open(8, deadline).unwrap(), &pool, &path);
+    }
+
+    #[test]
+    fn a_pooled_connection_comes_back_without_the_last_deliverys_transaction() {
+        after_a_delivery(
+            |c| {
+                c.execute_batch("CREATE TABLE t (x); BEGIN; INSERT INTO t VALUES (1);")
+                    .unwrap();
+                assert!(!c.is_autocommit());
+            },
+            |c, pool, path| {
+                assert!(c.is_autocommit(), "the open transaction was rolled back");
+                let n: i64 = c
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(n, 0);
+                // The same connection came back from the pool: no new one opened.
+                assert!(pool.take(path, 8).is_none());
+            },
+        );
     }
 
     #[test]
     fn temp_objects_do_not_outlive_their_delivery() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.sqlite");
-        let pool = Arc::new(SqlPool::default());
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        {
-            let mut db = SqlDb::pooled(path.clone(), pool.clone());
-            let c = db.open(8, deadline).unwrap();
-            c.execute_batch(
-                "CREATE TABLE t (x);
-                 CREATE TEMP TABLE scratch (secret);
-                 INSERT INTO scratch VALUES ('chat A');
-                 CREATE TEMP TRIGGER copy AFTER INSERT ON t BEGIN INSERT INTO scratch VALUES (new.x); END;",
-            )
-            .unwrap();
-        }
-        let mut db = SqlDb::pooled(path.clone(), pool.clone());
-        let c = db.open(8, deadline).unwrap();
-        let n: i64 = c
-            .query_row("SELECT count(*) FROM temp.sqlite_master", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(n, 0, "the next delivery sees no TEMP table or trigger");
-        c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        after_a_delivery(
+            |c| {
+                c.execute_batch(
+                    "CREATE TABLE t (x);
+                     CREATE TEMP TABLE scratch (secret);
+                     INSERT INTO scratch VALUES ('chat A');
+                     CREATE TEMP TRIGGER copy AFTER INSERT ON t BEGIN INSERT INTO scratch VALUES (new.x); END;",
+                )
+                .unwrap();
+            },
+            |c, _, _| {
+                let n: i64 = c
+                    .query_row("SELECT count(*) FROM temp.sqlite_master", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(n, 0, "the next delivery sees no TEMP table or trigger");
+                c.execute("INSERT INTO t VALUES (1)", []).unwrap();
+            },
+        );
     }
 }
