@@ -529,6 +529,8 @@ fn a_compiling_plugin_does_not_fan_out_past_max_pending() {
     let mut cfg = config(
         dir.path(),
         r#"
+[admin]
+token = "t"
 [dispatch]
 max_pending = 20
 [tenants.default]
@@ -562,8 +564,15 @@ plugins = ["stats"]
     // Many passes of the dispatcher (at least one a second when idle).
     std::thread::sleep(Duration::from_secs(3));
     let queued = deliveries(&s.data_dir()).len();
+    // The operator sees the compile and how long it has been going on.
+    let status = plugin_status(&s, "t", "stats");
     // SAFETY: as above.
     unsafe { libc::kill(child, libc::SIGCONT) };
+    assert_eq!(status["status"], "compiling", "{status}");
+    assert!(
+        status["compiling_for_ms"].as_u64().unwrap() >= 3000,
+        "{status}"
+    );
     assert!(
         queued <= 20,
         "{queued} deliveries queued, max_pending is 20"
@@ -744,20 +753,27 @@ fn a_crash_mid_delivery_resumes_after_restart() {
     );
 }
 
+/// `GET /admin/plugins`: the row of `plugin`.
+fn plugin_status(s: &TestServer, token: &str, plugin: &str) -> serde_json::Value {
+    let mut r = agent()
+        .get(&s.url("/admin/plugins"))
+        .header("Authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    let v: serde_json::Value = r.body_mut().read_json().unwrap();
+    v["plugins"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|p| p["name"] == plugin))
+        .cloned()
+        .unwrap_or_default()
+}
+
 #[test]
 fn a_restart_loads_plugins_from_the_compile_cache() {
     let tp = test_plugins();
     let mut s = TestServer::start("[admin]\ntoken = \"t\"\n[tenants.default]");
     deploy(&tp, "probe", &s.plugins_dir(), "cached", None);
-    let status = |s: &TestServer| -> serde_json::Value {
-        let mut r = agent()
-            .get(&s.url("/admin/plugins"))
-            .header("Authorization", "Bearer t")
-            .call()
-            .unwrap();
-        let v: serde_json::Value = r.body_mut().read_json().unwrap();
-        v["plugins"][0].clone()
-    };
+    let status = |s: &TestServer| plugin_status(s, "t", "cached");
     assert!(wait_until(SETTLE, || status(&s)["status"] == "loaded"));
     assert_eq!(status(&s)["from_cache"], false);
     s.restart();

@@ -225,10 +225,14 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
         if json {
             println!("{r}");
         } else {
+            let mut status = r["status"].as_str().unwrap_or("").to_string();
+            if let Some(ms) = r["compiling_for_ms"].as_u64() {
+                status.push_str(&format!(" for {} s", ms / 1000));
+            }
             println!(
                 "{:<16} {:<10} {:>10} bytes  {}  {}",
                 r["name"].as_str().unwrap_or(""),
-                r["status"].as_str().unwrap_or(""),
+                status,
                 r["size"],
                 r["hash"]
                     .as_str()

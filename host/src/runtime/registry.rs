@@ -47,6 +47,9 @@ pub struct PluginStatus {
     pub size: Option<u64>,
     pub loaded_at_ms: Option<i64>,
     pub compile_ms: Option<u64>,
+    /// How long the file being compiled now (a first version, or a newer
+    /// file of a loaded plugin) has been at it.
+    pub compiling_for_ms: Option<u64>,
     pub from_cache: Option<bool>,
     pub subscriptions: Option<Vec<&'static str>>,
     pub last_error: Option<String>,
@@ -60,6 +63,8 @@ struct State {
     /// (size, mtime) of each file last looked at.
     stamps: BTreeMap<String, (u64, SystemTime)>,
     errors: BTreeMap<String, String>,
+    /// Files being compiled (or read from the cache) now: since when.
+    compiling: BTreeMap<String, Instant>,
 }
 
 pub struct Registry {
@@ -288,13 +293,17 @@ impl Registry {
             .map(|name| {
                 let p = st.plugins.get(name);
                 let err = st.errors.get(name).cloned();
+                let compiling = st.compiling.get(name);
                 PluginStatus {
                     name: name.clone(),
-                    status: match (p, &err) {
-                        (Some(_), None) => "loaded",
-                        (Some(_), Some(_)) => "loaded (newer file failed)",
-                        (None, Some(_)) => "failed",
-                        (None, None) => "loading",
+                    status: match (p, compiling, &err) {
+                        (Some(_), Some(_), _) => "loaded (compiling a newer file)",
+                        (Some(_), None, None) => "loaded",
+                        (Some(_), None, Some(_)) => "loaded (newer file failed)",
+                        (None, Some(_), _) => "compiling",
+                        (None, None, Some(_)) => "failed",
+                        // Seen in the folder, waiting behind another compile.
+                        (None, None, None) => "queued",
                     },
                     hash: p.map(|p| p.hash.clone()),
                     size: p.map(|p| p.size),
@@ -305,6 +314,7 @@ impl Registry {
                             .unwrap_or(0)
                     }),
                     compile_ms: p.map(|p| p.compile_time.as_millis() as u64),
+                    compiling_for_ms: compiling.map(|t| t.elapsed().as_millis() as u64),
                     from_cache: p.map(|p| p.from_cache),
                     subscriptions: p.and_then(|p| {
                         p.subscriptions
@@ -475,7 +485,19 @@ impl Registry {
                 return;
             }
         }
-        match self.load_bytes(name, &bytes) {
+        tracing::info!(
+            plugin = name,
+            hash = &hash[..12],
+            size = bytes.len(),
+            "loading plugin"
+        );
+        self.state
+            .write()
+            .unwrap()
+            .compiling
+            .insert(name.to_string(), Instant::now());
+        let loaded = self.load_bytes(name, &bytes);
+        match loaded {
             Ok(p) => {
                 tracing::info!(
                     plugin = name,
@@ -486,6 +508,7 @@ impl Registry {
                     "plugin loaded"
                 );
                 let mut st = self.state.write().unwrap();
+                st.compiling.remove(name);
                 st.plugins.insert(name.to_string(), Arc::new(p));
                 st.stamps.insert(name.to_string(), stamp);
                 st.errors.remove(name);
@@ -494,6 +517,7 @@ impl Registry {
                 let kept = self.get(name).map(|p| p.short_hash().to_string());
                 tracing::error!(plugin = name, error = %e, kept_version = ?kept, "plugin failed to load");
                 let mut st = self.state.write().unwrap();
+                st.compiling.remove(name);
                 st.stamps.insert(name.to_string(), stamp);
                 st.errors.insert(name.to_string(), e);
             }
