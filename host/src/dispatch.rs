@@ -324,18 +324,13 @@ async fn schedule(
     } else {
         // Rows that cannot start now may be many (a large plugin compiles
         // while events arrive for it): ask only the lanes that can run.
+        // The ledger names them, so the rows of a plugin removed from the
+        // folder (which fail: nothing to run them) are not left behind.
         let lanes: Vec<(String, String)> = inner
-            .tenants
-            .keys()
-            .filter(|t| !full.contains(t))
-            .flat_map(|t| {
-                inner
-                    .registry
-                    .plugins_for(t)
-                    .into_iter()
-                    .filter(|p| !held.contains(p))
-                    .map(move |p| (t.clone(), p))
-            })
+            .store
+            .open_lanes()?
+            .into_iter()
+            .filter(|(t, p)| !full.contains(t) && !held.contains(p))
             .collect();
         if lanes.is_empty() {
             // Everything waits on compiles, which end by themselves: not a

@@ -598,6 +598,67 @@ plugins = ["stats"]
     );
 }
 
+/// While one plugin compiles, the dispatcher asks the ledger lane by lane;
+/// the retries of a plugin removed from the folder are among those lanes,
+/// so they end (dead, "not loaded") instead of waiting for the compile.
+#[test]
+fn a_removed_plugins_retries_end_while_another_plugin_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        r#"
+[admin]
+token = "t"
+[dispatch]
+backoff_base_ms = 1000
+backoff_max_ms = 1000
+max_attempts = 5
+[tenants.default]
+plugins = ["stats", "gone"]
+[tenants.default.plugin.gone]
+settings = { fail_until_attempt = "100" }
+"#,
+    );
+    cfg.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
+    let s = TestServer::start_in(dir, cfg);
+    deploy(&test_plugins(), "probe", &s.plugins_dir(), "gone", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["gone"]
+    )));
+    deploy(&sample_plugins(), "stats", &s.plugins_dir(), "stats", None);
+    let mut child = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        child = compile_child(&s.data_dir());
+        child.is_some()
+    }));
+    // SAFETY: signals a process this test's server started; the server's
+    // end kills it (parent-death signal).
+    unsafe { libc::kill(child.unwrap(), libc::SIGSTOP) };
+    let r = post(&s.url("/webhook"), hola(1, "c1@c.us").as_bytes(), None);
+    assert_eq!(r.status, 200);
+    let gone = || {
+        deliveries(&s.data_dir())
+            .into_iter()
+            .find(|d| d.plugin == "gone")
+    };
+    assert!(wait_until(SETTLE, || gone().is_some_and(|d| d.attempts >= 1)));
+    std::fs::remove_file(s.plugins_dir().join("gone.wasm")).unwrap();
+    assert!(wait_until(SETTLE, || plugin_status(&s, "t", "gone").is_null()));
+    assert!(
+        wait_until(Duration::from_secs(20), || gone()
+            .is_some_and(|d| d.state == "dead")),
+        "{:?}",
+        gone()
+    );
+    let d = gone().unwrap();
+    assert!(
+        d.last_error.as_deref().unwrap_or("").contains("not loaded"),
+        "{d:?}"
+    );
+    assert_eq!(plugin_status(&s, "t", "stats")["status"], "compiling");
+}
+
 /// Appends a custom section: a different file (hash) with the same code.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     let mut payload = vec![tag.len() as u8];

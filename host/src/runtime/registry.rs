@@ -21,6 +21,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 const RESCAN: Duration = Duration::from_secs(2);
 
+/// A plugin file's size and modification time, as last looked at.
+type Stamp = (u64, SystemTime);
+
 /// `NAME.toml` beside `NAME.wasm`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -61,7 +64,7 @@ struct State {
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     sidecars: BTreeMap<String, Sidecar>,
     /// (size, mtime) of each file last looked at.
-    stamps: BTreeMap<String, (u64, SystemTime)>,
+    stamps: BTreeMap<String, Stamp>,
     errors: BTreeMap<String, String>,
     /// Files being compiled (or read from the cache) now: since when.
     compiling: BTreeMap<String, Instant>,
@@ -93,26 +96,44 @@ impl Registry {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Registry>> {
         let reg = Self::new(config, tenants, store, metrics)?;
+        let (kick, kicked) = std::sync::mpsc::channel::<()>();
+        let (changed, changes) = std::sync::mpsc::channel::<()>();
+        *reg.kick.lock().unwrap() = Some(kick.clone());
+        let watcher = watch(&reg.dir, changed);
+        // What needs no compiling (a removed file, a sidecar) is applied as
+        // soon as the folder changes, even while a large plugin compiles on
+        // the loader thread; the loader then compiles what is new.
         let r = reg.clone();
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        *reg.kick.lock().unwrap() = Some(tx.clone());
-        let watcher = watch(&reg.dir, tx);
+        std::thread::Builder::new()
+            .name("plugin-watch".into())
+            .spawn(move || {
+                let _watcher = watcher;
+                while !r.stop.load(Ordering::Relaxed) {
+                    match changes.recv_timeout(Duration::from_secs(1)) {
+                        // Let a burst of file events settle (a copy in progress).
+                        Ok(()) => {
+                            std::thread::sleep(Duration::from_millis(100));
+                            while changes.try_recv().is_ok() {}
+                            r.list_folder();
+                            let _ = kick.send(());
+                        }
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            })?;
+        let r = reg.clone();
         std::thread::Builder::new()
             .name("plugin-loader".into())
             .spawn(move || {
-                let _watcher = watcher;
                 // Compiling a large component must not starve the request path.
                 crate::priority::lower_current_thread(r.nice);
                 // The dispatcher may start once the folder has been listed:
                 // it holds back deliveries to plugins still compiling.
                 r.scan_then(|| r.mark_initial_done());
                 while !r.stop.load(Ordering::Relaxed) {
-                    match rx.recv_timeout(RESCAN) {
-                        // Let a burst of file events settle (a copy in progress).
-                        Ok(()) => {
-                            std::thread::sleep(Duration::from_millis(100));
-                            while rx.try_recv().is_ok() {}
-                        }
+                    match kicked.recv_timeout(RESCAN) {
+                        Ok(()) => while kicked.try_recv().is_ok() {},
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                     }
@@ -346,6 +367,25 @@ impl Registry {
     /// Scans; `listed` runs once every present file is known, before the
     /// (possibly slow) compilations.
     fn scan_then(&self, listed: impl FnOnce()) {
+        let wasm = self.list_folder();
+        listed();
+        for (name, (path, stamp)) in wasm {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let unchanged = self.state.read().unwrap().stamps.get(&name) == Some(&stamp);
+            if !unchanged {
+                self.load_file(&name, &path, stamp);
+            }
+        }
+        self.publish_metrics();
+    }
+
+    /// Reads the folder and applies what needs no compiling: sidecars,
+    /// removed files, new names (listed as queued). Returns the plugin
+    /// files, smallest first: a large JS or Python component should not
+    /// hold up the Rust plugins behind it.
+    fn list_folder(&self) -> Vec<(String, (PathBuf, Stamp))> {
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) => {
@@ -353,8 +393,7 @@ impl Registry {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read plugins folder");
                 }
                 self.apply_removals(&BTreeSet::new());
-                listed();
-                return;
+                return Vec::new();
             }
         };
         let mut wasm = BTreeMap::new();
@@ -407,21 +446,9 @@ impl Registry {
                     .or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
             }
         }
-        listed();
-        // Small files first: a large JS or Python component should not hold
-        // up the Rust plugins behind it.
         let mut wasm: Vec<_> = wasm.into_iter().collect();
         wasm.sort_by_key(|(_, (_, (size, _)))| *size);
-        for (name, (path, stamp)) in wasm {
-            if self.stop.load(Ordering::Relaxed) {
-                return;
-            }
-            let unchanged = self.state.read().unwrap().stamps.get(&name) == Some(&stamp);
-            if !unchanged {
-                self.load_file(&name, &path, stamp);
-            }
-        }
-        self.publish_metrics();
+        wasm
     }
 
     fn load_sidecars(&self, files: &BTreeMap<String, PathBuf>) {
@@ -463,7 +490,7 @@ impl Registry {
         }
     }
 
-    fn load_file(&self, name: &str, path: &Path, stamp: (u64, SystemTime)) {
+    fn load_file(&self, name: &str, path: &Path, stamp: Stamp) {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) => {
@@ -509,6 +536,10 @@ impl Registry {
                 );
                 let mut st = self.state.write().unwrap();
                 st.compiling.remove(name);
+                if !st.stamps.contains_key(name) {
+                    tracing::info!(plugin = name, "file removed while it compiled; not loaded");
+                    return;
+                }
                 st.plugins.insert(name.to_string(), Arc::new(p));
                 st.stamps.insert(name.to_string(), stamp);
                 st.errors.remove(name);
@@ -518,8 +549,10 @@ impl Registry {
                 tracing::error!(plugin = name, error = %e, kept_version = ?kept, "plugin failed to load");
                 let mut st = self.state.write().unwrap();
                 st.compiling.remove(name);
-                st.stamps.insert(name.to_string(), stamp);
-                st.errors.insert(name.to_string(), e);
+                if st.stamps.contains_key(name) {
+                    st.stamps.insert(name.to_string(), stamp);
+                    st.errors.insert(name.to_string(), e);
+                }
             }
         }
     }

@@ -2,7 +2,7 @@
 //! pending → running → done | failed (retry at `next_at`) → dead.
 
 use super::{now_ms, Store, StoreError};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ pub(super) fn requeue_running(c: &Connection) -> rusqlite::Result<usize> {
 }
 
 const FANOUT_CURSOR: &str = "fanout_cursor";
+/// At most this many lanes are read by [`Store::open_lanes`].
+const MAX_LANES: usize = 10_000;
 
 /// What the scheduler reads of a delivery that may run (a macro, so the
 /// queries below are literals built once at compile time).
@@ -182,6 +184,35 @@ impl Store {
             all.sort_by_key(|d| d.event_seq);
             all.truncate(limit.max(0) as usize);
             Ok(all)
+        })
+    }
+
+    /// The (tenant, plugin) lanes that have open deliveries, plugins and
+    /// tenants no longer configured included, one index seek per lane.
+    pub fn open_lanes(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT tenant, plugin FROM deliveries INDEXED BY deliveries_lane
+                 WHERE state IN ('pending', 'failed') AND (tenant, plugin) > (?1, ?2)
+                 ORDER BY tenant, plugin LIMIT 1",
+            )?;
+            let mut lanes: Vec<(String, String)> = Vec::new();
+            // Bounded: a lane is a configured (tenant, plugin) pair or one
+            // that used to be.
+            while lanes.len() < MAX_LANES {
+                let (t, p) = lanes
+                    .last()
+                    .map(|(t, p)| (t.as_str(), p.as_str()))
+                    .unwrap_or(("", ""));
+                match st
+                    .query_row(params![t, p], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                {
+                    Some(lane) => lanes.push(lane),
+                    None => break,
+                }
+            }
+            Ok(lanes)
         })
     }
 
