@@ -659,6 +659,40 @@ settings = { fail_until_attempt = "100" }
     assert_eq!(plugin_status(&s, "t", "stats")["status"], "compiling");
 }
 
+/// A sidecar assigns tenants; a broken one is reported and the previous
+/// one stays in force until the file is fixed.
+#[test]
+fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
+    let s = TestServer::start("[admin]\ntoken = \"t\"\n[tenants.default]\n[tenants.acme]");
+    deploy(
+        &test_plugins(),
+        "probe",
+        &s.plugins_dir(),
+        "side",
+        Some("tenants = [\"acme\"]\n"),
+    );
+    let status = || plugin_status(&s, "t", "side");
+    assert!(wait_until(SETTLE, || status()["status"] == "loaded"));
+    assert_eq!(status()["tenants"], serde_json::json!(["acme"]));
+    assert!(status()["sidecar_error"].is_null(), "{}", status());
+    let sidecar = s.plugins_dir().join("side.toml");
+    std::fs::write(&sidecar, "tenants = [\"acme\"\n").unwrap();
+    assert!(
+        wait_until(SETTLE, || status()["sidecar_error"].is_string()),
+        "{}",
+        status()
+    );
+    assert_eq!(status()["tenants"], serde_json::json!(["acme"]));
+    std::fs::write(&sidecar, "tenants = [\"default\"]\n").unwrap();
+    assert!(
+        wait_until(SETTLE, || status()["tenants"]
+            == serde_json::json!(["default"])),
+        "{}",
+        status()
+    );
+    assert!(status()["sidecar_error"].is_null(), "{}", status());
+}
+
 /// Appends a custom section: a different file (hash) with the same code.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     let mut payload = vec![tag.len() as u8];

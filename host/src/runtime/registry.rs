@@ -56,6 +56,8 @@ pub struct PluginStatus {
     pub from_cache: Option<bool>,
     pub subscriptions: Option<Vec<&'static str>>,
     pub last_error: Option<String>,
+    /// Why `NAME.toml` was refused (the previous one stays in force).
+    pub sidecar_error: Option<String>,
     pub tenants: Vec<String>,
 }
 
@@ -68,6 +70,8 @@ struct State {
     errors: BTreeMap<String, String>,
     /// Files being compiled (or read from the cache) now: since when.
     compiling: BTreeMap<String, Instant>,
+    /// Why each invalid sidecar was refused.
+    sidecar_errors: BTreeMap<String, String>,
 }
 
 pub struct Registry {
@@ -343,6 +347,7 @@ impl Registry {
                             .map(|s| s.iter().map(|k| super::convert::kind_name(*k)).collect())
                     }),
                     last_error: err,
+                    sidecar_error: st.sidecar_errors.get(name).cloned(),
                     tenants: self.assigned(&st, name),
                 }
             })
@@ -453,6 +458,7 @@ impl Registry {
 
     fn load_sidecars(&self, files: &BTreeMap<String, PathBuf>) {
         let mut parsed = BTreeMap::new();
+        let mut errors = BTreeMap::new();
         for (name, path) in files {
             match std::fs::read_to_string(path)
                 .map_err(|e| e.to_string())
@@ -462,15 +468,22 @@ impl Registry {
                     parsed.insert(name.clone(), s);
                 }
                 Err(e) => {
+                    let st = self.state.read().unwrap();
+                    // Said once, not at every rescan.
+                    if st.sidecar_errors.get(name) != Some(&e) {
+                        tracing::warn!(plugin = %name, error = %e, "invalid sidecar; keeping the previous one");
+                    }
                     // Keep the previous sidecar rather than run with none.
-                    tracing::warn!(plugin = %name, error = %e, "invalid sidecar; keeping the previous one");
-                    if let Some(old) = self.state.read().unwrap().sidecars.get(name) {
+                    if let Some(old) = st.sidecars.get(name) {
                         parsed.insert(name.clone(), old.clone());
                     }
+                    errors.insert(name.clone(), e);
                 }
             }
         }
-        self.state.write().unwrap().sidecars = parsed;
+        let mut st = self.state.write().unwrap();
+        st.sidecars = parsed;
+        st.sidecar_errors = errors;
     }
 
     fn apply_removals(&self, present: &BTreeSet<String>) {
