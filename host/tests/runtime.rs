@@ -659,6 +659,40 @@ settings = { fail_until_attempt = "100" }
     assert_eq!(plugin_status(&s, "t", "stats")["status"], "compiling");
 }
 
+/// A file replaced while it compiles in a child: the child is killed and
+/// the new file loads at once, instead of after the old compile.
+#[test]
+fn replacing_a_file_that_compiles_cancels_its_compile() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), "[admin]\ntoken = \"t\"\n[tenants.default]");
+    cfg.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
+    let s = TestServer::start_in(dir, cfg);
+    deploy(&sample_plugins(), "stats", &s.plugins_dir(), "swap", None);
+    let mut child = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        child = compile_child(&s.data_dir());
+        child.is_some()
+    }));
+    let child = child.unwrap();
+    // Held: without a cancel the loader would wait on it for ever.
+    // SAFETY: signals a process this test's server started.
+    unsafe { libc::kill(child, libc::SIGSTOP) };
+    assert_eq!(plugin_status(&s, "t", "swap")["status"], "compiling");
+    let probe = test_plugins().join("probe.wasm");
+    let want = hookhost::runtime::plugin::hash(&std::fs::read(&probe).unwrap());
+    deploy(&test_plugins(), "probe", &s.plugins_dir(), "swap", None);
+    assert!(
+        wait_until(SETTLE, || {
+            let p = plugin_status(&s, "t", "swap");
+            p["status"] == "loaded" && p["hash"] == want.as_str()
+        }),
+        "{}",
+        plugin_status(&s, "t", "swap")
+    );
+    // Killed and reaped.
+    assert!(!std::path::Path::new(&format!("/proc/{child}")).exists());
+}
+
 /// A sidecar assigns tenants; a broken one is reported and the previous
 /// one stays in force until the file is fixed.
 #[test]

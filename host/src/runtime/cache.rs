@@ -3,7 +3,12 @@
 
 use super::engine::Runtime;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 use wasmtime::component::Component;
+
+/// How often a compiling child is checked on (ended? cancelled?).
+const CHILD_POLL: Duration = Duration::from_millis(10);
 
 pub struct CompileCache {
     dir: PathBuf,
@@ -54,6 +59,18 @@ impl CompileCache {
         hash: &str,
         bytes: &[u8],
     ) -> anyhow::Result<(Component, Source)> {
+        self.load_cancellable(rt, hash, bytes, &AtomicBool::new(false))
+    }
+
+    /// [`CompileCache::load`] that gives up when `cancel` is set: a compile
+    /// in a child process is killed, an in-process one is not started.
+    pub fn load_cancellable(
+        &self,
+        rt: &Runtime,
+        hash: &str,
+        bytes: &[u8],
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<(Component, Source)> {
         let path = self.path(rt, hash);
         if !path.exists() {
             if let Some(c) = self
@@ -61,13 +78,14 @@ impl CompileCache {
                 .as_ref()
                 .filter(|c| bytes.len() >= c.min_bytes)
             {
-                match compile_in_child(c, rt, &self.dir, bytes) {
+                match compile_in_child(c, rt, &self.dir, bytes, cancel) {
                     Ok(()) if path.exists() => {}
                     Ok(()) => tracing::warn!(
                         path = %path.display(),
                         "the child compiler wrote no entry for this engine; compiling in process"
                     ),
                     Err(ChildError::Refused(msg)) => anyhow::bail!("{msg}"),
+                    Err(ChildError::Cancelled) => anyhow::bail!("compile cancelled"),
                     // Killed (out of memory, say): compiling in the server
                     // would only move the problem here.
                     Err(ChildError::Died(msg)) => anyhow::bail!("{msg}"),
@@ -87,6 +105,9 @@ impl CompileCache {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cache entry")
                 }
             }
+        }
+        if cancel.load(Ordering::Relaxed) {
+            anyhow::bail!("compile cancelled");
         }
         let component = Component::new(&rt.engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         if let Err(e) = self.store(&path, &component) {
@@ -112,6 +133,8 @@ enum ChildError {
     Died(String),
     /// The child could not be started.
     NotStarted(String),
+    /// Killed on request: the file it compiled was replaced or removed.
+    Cancelled,
 }
 
 fn compile_in_child(
@@ -119,8 +142,9 @@ fn compile_in_child(
     rt: &Runtime,
     dir: &Path,
     bytes: &[u8],
+    cancel: &AtomicBool,
 ) -> Result<(), ChildError> {
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     let s = rt.settings;
     let mut child = Command::new(&c.exe)
@@ -136,27 +160,49 @@ fn compile_in_child(
         .spawn()
         .map_err(|e| ChildError::NotStarted(format!("cannot start {}: {e}", c.exe.display())))?;
     let mut stdin = child.stdin.take().expect("piped");
-    let written = stdin.write_all(bytes);
-    drop(stdin);
-    let out = child
-        .wait_with_output()
-        .map_err(|e| ChildError::Died(e.to_string()))?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut stderr = child.stderr.take().expect("piped");
+    // The component goes in and the messages come out on threads of their
+    // own, so that this one can watch for a cancel (and kill the child)
+    // whatever the child is doing.
+    let (written, stderr, status) = std::thread::scope(|scope| {
+        let writer = scope.spawn(move || stdin.write_all(bytes));
+        let reader = scope.spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Ok(status),
+                Ok(None) if cancel.load(Ordering::Relaxed) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(ChildError::Cancelled);
+                }
+                Ok(None) => std::thread::sleep(CHILD_POLL),
+                Err(e) => break Err(ChildError::Died(e.to_string())),
+            }
+        };
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::Other.into()));
+        (written, reader.join().unwrap_or_default(), status)
+    });
+    let status = status?;
     let last = stderr
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .to_string();
-    match out.status.code() {
+    match status.code() {
         Some(0) if written.is_ok() => Ok(()),
         // Exit code 1: the compiler ran and refused the component.
         Some(1) => Err(ChildError::Refused(
             last.trim_start_matches("error: ").to_string(),
         )),
         _ => Err(ChildError::Died(format!(
-            "child compiler ended with {}: {last}",
-            out.status
+            "child compiler ended with {status}: {last}"
         ))),
     }
 }

@@ -7,6 +7,7 @@ use super::sandbox::HostState;
 use crate::bindings::types::EventKind;
 use crate::bindings::PluginPre;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::Component;
@@ -63,10 +64,21 @@ pub fn load(
     name: &str,
     bytes: &[u8],
 ) -> Result<LoadedPlugin, LoadError> {
+    load_cancellable(rt, cache, name, bytes, &AtomicBool::new(false))
+}
+
+/// [`load`] that gives up compiling when `cancel` is set.
+pub fn load_cancellable(
+    rt: &Arc<Runtime>,
+    cache: &CompileCache,
+    name: &str,
+    bytes: &[u8],
+    cancel: &AtomicBool,
+) -> Result<LoadedPlugin, LoadError> {
     let hash = hash(bytes);
     let start = Instant::now();
     let (component, source) = cache
-        .load(rt, &hash, bytes)
+        .load_cancellable(rt, &hash, bytes, cancel)
         .map_err(|e| LoadError::Compile(first_line(&e.to_string())))?;
     let compile_time = start.elapsed();
     let pre = rt

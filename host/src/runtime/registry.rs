@@ -61,6 +61,15 @@ pub struct PluginStatus {
     pub tenants: Vec<String>,
 }
 
+/// A file being compiled.
+struct Compiling {
+    since: Instant,
+    /// The file's stamp when it was read: another one means it was replaced.
+    stamp: Stamp,
+    /// Set when the file is replaced or removed meanwhile.
+    cancel: Arc<AtomicBool>,
+}
+
 #[derive(Default)]
 struct State {
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
@@ -68,8 +77,8 @@ struct State {
     /// (size, mtime) of each file last looked at.
     stamps: BTreeMap<String, Stamp>,
     errors: BTreeMap<String, String>,
-    /// Files being compiled (or read from the cache) now: since when.
-    compiling: BTreeMap<String, Instant>,
+    /// Files being compiled (or read from the cache) now.
+    compiling: BTreeMap<String, Compiling>,
     /// Why each invalid sidecar was refused.
     sidecar_errors: BTreeMap<String, String>,
 }
@@ -339,7 +348,7 @@ impl Registry {
                             .unwrap_or(0)
                     }),
                     compile_ms: p.map(|p| p.compile_time.as_millis() as u64),
-                    compiling_for_ms: compiling.map(|t| t.elapsed().as_millis() as u64),
+                    compiling_for_ms: compiling.map(|c| c.since.elapsed().as_millis() as u64),
                     from_cache: p.map(|p| p.from_cache),
                     subscriptions: p.and_then(|p| {
                         p.subscriptions
@@ -451,6 +460,11 @@ impl Registry {
                     .or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
             }
         }
+        for (name, c) in &self.state.read().unwrap().compiling {
+            if wasm.get(name).map(|(_, stamp)| stamp) != Some(&c.stamp) {
+                c.cancel.store(true, Ordering::Relaxed);
+            }
+        }
         let mut wasm: Vec<_> = wasm.into_iter().collect();
         wasm.sort_by_key(|(_, (_, (size, _)))| *size);
         wasm
@@ -531,12 +545,25 @@ impl Registry {
             size = bytes.len(),
             "loading plugin"
         );
-        self.state
-            .write()
-            .unwrap()
-            .compiling
-            .insert(name.to_string(), Instant::now());
-        let loaded = self.load_bytes(name, &bytes);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.state.write().unwrap().compiling.insert(
+            name.to_string(),
+            Compiling {
+                since: Instant::now(),
+                stamp,
+                cancel: cancel.clone(),
+            },
+        );
+        let loaded = self.load_bytes(name, &bytes, &cancel);
+        if cancel.load(Ordering::Relaxed) {
+            // The next scan loads what the folder holds now.
+            tracing::info!(
+                plugin = name,
+                "file replaced or removed while it compiled; compile dropped"
+            );
+            self.state.write().unwrap().compiling.remove(name);
+            return;
+        }
         match loaded {
             Ok(p) => {
                 tracing::info!(
@@ -570,10 +597,15 @@ impl Registry {
         }
     }
 
-    /// Compiles, links and asks for subscriptions.
-    pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<LoadedPlugin, String> {
-        let mut p =
-            plugin::load(&self.runtime, &self.cache, name, bytes).map_err(|e| e.to_string())?;
+    /// Compiles (until `cancel` is set), links and asks for subscriptions.
+    fn load_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        cancel: &AtomicBool,
+    ) -> Result<LoadedPlugin, String> {
+        let mut p = plugin::load_cancellable(&self.runtime, &self.cache, name, bytes, cancel)
+            .map_err(|e| e.to_string())?;
         let policy = Policy {
             grants: BTreeSet::new(),
             limits: self.defaults,
