@@ -520,14 +520,39 @@ fn compile_child(data_dir: &std::path::Path) -> Option<i32> {
     })
 }
 
+/// A server with `config_text` whose child compiler is held still
+/// (SIGSTOP) while it compiles the 12 MB JavaScript sample, deployed as
+/// `name` after `before` ran: the plugin stays "compiling" until the test
+/// sends SIGCONT. Returns the server and the child's pid.
+fn server_with_held_compile(
+    config_text: &str,
+    before: impl FnOnce(&TestServer),
+    name: &str,
+) -> (TestServer, i32) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), config_text);
+    cfg.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
+    let s = TestServer::start_in(dir, cfg);
+    before(&s);
+    deploy(&sample_plugins(), "stats", &s.plugins_dir(), name, None);
+    let mut child = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        child = compile_child(&s.data_dir());
+        child.is_some()
+    }));
+    let child = child.unwrap();
+    // SAFETY: signals a process this test's server started; the server's
+    // end kills it (parent-death signal).
+    unsafe { libc::kill(child, libc::SIGSTOP) };
+    (s, child)
+}
+
 /// While a plugin compiles, the deliveries waiting for it do not push
 /// fan-out past `max_pending` (every pass would step over them); once it
 /// loads, every event reaches it.
 #[test]
 fn a_compiling_plugin_does_not_fan_out_past_max_pending() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        dir.path(),
+    let (s, child) = server_with_held_compile(
         r#"
 [admin]
 token = "t"
@@ -536,20 +561,9 @@ max_pending = 20
 [tenants.default]
 plugins = ["stats"]
 "#,
+        |_| {},
+        "stats",
     );
-    cfg.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
-    let s = TestServer::start_in(dir, cfg);
-    // The 12 MB JavaScript sample compiles in a child for seconds; the test
-    // holds the child still (SIGSTOP) so "still compiling" lasts.
-    deploy(&sample_plugins(), "stats", &s.plugins_dir(), "stats", None);
-    let mut child = None;
-    assert!(wait_until(Duration::from_secs(20), || {
-        child = compile_child(&s.data_dir());
-        child.is_some()
-    }));
-    let child = child.unwrap();
-    // SAFETY: signals a process this test's server started.
-    unsafe { libc::kill(child, libc::SIGSTOP) };
     for i in 0..200 {
         assert_eq!(
             post(
@@ -603,9 +617,8 @@ plugins = ["stats"]
 /// so they end (dead, "not loaded") instead of waiting for the compile.
 #[test]
 fn a_removed_plugins_retries_end_while_another_plugin_compiles() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(
-        dir.path(),
+    // "gone" loads first: the loader compiles one file at a time.
+    let (s, _child) = server_with_held_compile(
         r#"
 [admin]
 token = "t"
@@ -618,23 +631,15 @@ plugins = ["stats", "gone"]
 [tenants.default.plugin.gone]
 settings = { fail_until_attempt = "100" }
 "#,
+        |s| {
+            deploy(&test_plugins(), "probe", &s.plugins_dir(), "gone", None);
+            assert!(wait_until(SETTLE, || all_loaded(
+                &s.url("/metrics"),
+                &["gone"]
+            )));
+        },
+        "stats",
     );
-    cfg.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
-    let s = TestServer::start_in(dir, cfg);
-    deploy(&test_plugins(), "probe", &s.plugins_dir(), "gone", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["gone"]
-    )));
-    deploy(&sample_plugins(), "stats", &s.plugins_dir(), "stats", None);
-    let mut child = None;
-    assert!(wait_until(Duration::from_secs(20), || {
-        child = compile_child(&s.data_dir());
-        child.is_some()
-    }));
-    // SAFETY: signals a process this test's server started; the server's
-    // end kills it (parent-death signal).
-    unsafe { libc::kill(child.unwrap(), libc::SIGSTOP) };
     let r = post(&s.url("/webhook"), hola(1, "c1@c.us").as_bytes(), None);
     assert_eq!(r.status, 200);
     let gone = || {
@@ -663,20 +668,9 @@ settings = { fail_until_attempt = "100" }
 /// the new file loads at once, instead of after the old compile.
 #[test]
 fn replacing_a_file_that_compiles_cancels_its_compile() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), "[admin]\ntoken = \"t\"\n[tenants.default]");
-    cfg.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
-    let s = TestServer::start_in(dir, cfg);
-    deploy(&sample_plugins(), "stats", &s.plugins_dir(), "swap", None);
-    let mut child = None;
-    assert!(wait_until(Duration::from_secs(20), || {
-        child = compile_child(&s.data_dir());
-        child.is_some()
-    }));
-    let child = child.unwrap();
     // Held: without a cancel the loader would wait on it for ever.
-    // SAFETY: signals a process this test's server started.
-    unsafe { libc::kill(child, libc::SIGSTOP) };
+    let (s, child) =
+        server_with_held_compile("[admin]\ntoken = \"t\"\n[tenants.default]", |_| {}, "swap");
     assert_eq!(plugin_status(&s, "t", "swap")["status"], "compiling");
     let probe = test_plugins().join("probe.wasm");
     let want = hookhost::runtime::plugin::hash(&std::fs::read(&probe).unwrap());
