@@ -80,9 +80,10 @@ fn main() -> anyhow::Result<()> {
         dups * 100.0
     ));
 
-    // BENCH_ONLY=ingest|plugins|startup runs one part.
+    // BENCH_ONLY=ingest|plugins|background|memory|startup runs one part
+    // (or several, separated by commas).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
-    let part = |p: &str| only.is_empty() || only == p;
+    let part = |p: &str| only.is_empty() || only.split(',').any(|o| o.trim() == p);
 
     // 1. Ingest, side by side.
     if part("ingest") {

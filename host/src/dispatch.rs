@@ -32,6 +32,9 @@ const MIN_PASS_GAP: Duration = Duration::from_millis(1);
 /// How often the backlog gauges are counted (a count over every open
 /// delivery: not at every pass).
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
+/// How often the lane-by-lane scheduler asks the ledger which lanes have
+/// open rows (to find those of removed plugins).
+const LEDGER_LANES_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Dispatcher {
     stop: Arc<Notify>,
@@ -53,7 +56,13 @@ struct Inner {
     /// ledger's (ms; `i64::MAX`: none), so that a pass does not ask the
     /// ledger for it every time.
     retry_hint: AtomicI64,
+    /// The ledger's open lanes and when they were read, for the lanes of
+    /// plugins and tenants no longer configured.
+    ledger_lanes: Mutex<Option<(Vec<Lane>, std::time::Instant)>>,
 }
+
+/// A (tenant, plugin) queue of deliveries.
+type Lane = (String, String);
 
 #[derive(Default)]
 struct Running {
@@ -110,6 +119,7 @@ impl Dispatcher {
             running: Mutex::new(Running::default()),
             pending: AtomicUsize::new(0),
             retry_hint: AtomicI64::new(i64::MAX),
+            ledger_lanes: Mutex::new(None),
         });
         let stop = Arc::new(Notify::new());
         let task = tokio::spawn(run(inner, stop.clone()));
@@ -324,14 +334,27 @@ async fn schedule(
     } else {
         // Rows that cannot start now may be many (a large plugin compiles
         // while events arrive for it): ask only the lanes that can run.
-        // The ledger names them, so the rows of a plugin removed from the
-        // folder (which fail: nothing to run them) are not left behind.
-        let lanes: Vec<(String, String)> = inner
-            .store
-            .open_lanes()?
-            .into_iter()
-            .filter(|(t, p)| !full.contains(t) && !held.contains(p))
+        // Those of the configured plugins, and (read from the ledger every
+        // `LEDGER_LANES_EVERY`) those left by a plugin or tenant no longer
+        // configured, whose rows fail (nothing runs them) instead of waiting.
+        let mut lanes: Vec<(String, String)> = inner
+            .tenants
+            .keys()
+            .flat_map(|t| {
+                inner
+                    .registry
+                    .plugins_for(t)
+                    .into_iter()
+                    .map(move |p| (t.clone(), p))
+            })
             .collect();
+        let known: HashSet<(String, String)> = lanes.iter().cloned().collect();
+        lanes.extend(
+            ledger_lanes(inner)?
+                .into_iter()
+                .filter(|lane| !known.contains(lane)),
+        );
+        lanes.retain(|(t, p)| !full.contains(t) && !held.contains(p));
         if lanes.is_empty() {
             // Everything waits on compiles, which end by themselves: not a
             // reason to fan out past `max_pending`.
@@ -442,6 +465,20 @@ async fn schedule(
         });
     }
     Ok(false)
+}
+
+/// The ledger's open lanes, read again when the last read is older than
+/// `LEDGER_LANES_EVERY`.
+fn ledger_lanes(inner: &Inner) -> Result<Vec<Lane>, crate::store::StoreError> {
+    let mut cached = inner.ledger_lanes.lock().unwrap();
+    match &*cached {
+        Some((lanes, at)) if at.elapsed() < LEDGER_LANES_EVERY => Ok(lanes.clone()),
+        _ => {
+            let lanes = inner.store.open_lanes()?;
+            *cached = Some((lanes.clone(), std::time::Instant::now()));
+            Ok(lanes)
+        }
+    }
 }
 
 fn release(inner: &Inner, d: &DueDelivery) {

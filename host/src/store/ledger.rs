@@ -192,9 +192,12 @@ impl Store {
     pub fn open_lanes(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare_cached(
+                // Past every row of the previous lane in one seek: with
+                // `(tenant, plugin) > (?1, ?2)` SQLite would step over them.
                 "SELECT tenant, plugin FROM deliveries INDEXED BY deliveries_lane
-                 WHERE state IN ('pending', 'failed') AND (tenant, plugin) > (?1, ?2)
-                 ORDER BY tenant, plugin LIMIT 1",
+                 WHERE state IN ('pending', 'failed')
+                   AND (tenant, plugin, event_seq) > (?1, ?2, 9223372036854775807)
+                 ORDER BY tenant, plugin, event_seq LIMIT 1",
             )?;
             let mut lanes: Vec<(String, String)> = Vec::new();
             // Bounded: a lane is a configured (tenant, plugin) pair or one
@@ -430,5 +433,51 @@ impl Store {
 
     pub async fn retry_dead(&self, seq: i64, plugin: String) -> Result<(), StoreError> {
         self.write(move |c| retry_dead(c, seq, &plugin)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    #[test]
+    fn open_lanes_lists_each_lane_with_open_rows_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        // Lanes interleaved in event order; many rows in one lane; a lane
+        // whose rows are all done or dead is not open.
+        let rows: Vec<(&str, &str, &str)> = (0..300)
+            .map(|i| match i % 6 {
+                0..=2 => ("acme", "logger", "pending"),
+                3 => ("acme", "stats", "failed"),
+                4 => ("beta", "logger", "done"),
+                _ => ("beta", "stats", if i == 299 { "pending" } else { "dead" }),
+            })
+            .collect();
+        store
+            .write_blocking(move |c| {
+                for (i, (tenant, plugin, state)) in rows.iter().enumerate() {
+                    c.execute(
+                        "INSERT INTO events (seq, tenant, key, event_type, ordering_key, body, received_at)
+                         VALUES (?1, ?2, ?1, 'message', 'chat', x'7b7d', 0)",
+                        params![i as i64 + 1, tenant],
+                    )?;
+                    c.execute(
+                        "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
+                         VALUES (?1, ?2, ?3, 'chat', ?4, 0, 0)",
+                        params![i as i64 + 1, plugin, tenant, state],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let lanes = store.open_lanes().unwrap();
+        let want = [("acme", "logger"), ("acme", "stats"), ("beta", "stats")];
+        assert_eq!(
+            lanes,
+            want.map(|(t, p)| (t.to_string(), p.to_string())).to_vec()
+        );
+        store.close();
     }
 }
