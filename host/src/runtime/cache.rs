@@ -180,7 +180,12 @@ fn compile_in_child(
                     break Err(ChildError::Cancelled);
                 }
                 Ok(None) => std::thread::sleep(CHILD_POLL),
-                Err(e) => break Err(ChildError::Died(e.to_string())),
+                Err(e) => {
+                    // Not left running: the reader waits for its end.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Err(ChildError::Died(e.to_string()));
+                }
             }
         };
         let written = writer
