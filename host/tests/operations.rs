@@ -532,3 +532,50 @@ fn cli_reads_the_data_directory_and_the_running_server() {
     let shown = run(&["events", "show", "1", "--data-dir", data.to_str().unwrap()]);
     assert!(shown.contains("\"sender_name\": \"Juan Pérez\""), "{shown}");
 }
+
+#[test]
+fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    let tp = test_plugins();
+    deploy(
+        &tp,
+        "probe",
+        &s.plugins_dir(),
+        "good",
+        Some("[settings]\nx = \"1\"\n"),
+    );
+    deploy(&tp, "probe", &s.plugins_dir(), "bad", Some("[settings\n"));
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["good", "bad"]
+    )));
+    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+            .arg("plugins")
+            .arg("--json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let dir = s.plugins_dir();
+    let offline = rows(&["--plugins-dir", dir.to_str().unwrap()]);
+    let remote = rows(&["--url", &s.url(""), "--token", TOKEN]);
+    for rows in [&offline, &remote] {
+        let names: Vec<_> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["bad", "good"], "{rows:?}");
+        assert!(rows[0]["sidecar_error"].is_string(), "{rows:?}");
+        assert!(rows[1]["sidecar_error"].is_null(), "{rows:?}");
+        assert_eq!(rows[0]["hash"], rows[1]["hash"]);
+    }
+    assert_eq!(remote[0]["status"], "loaded");
+}

@@ -211,12 +211,18 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 continue;
             }
             let bytes = std::fs::read(&p)?;
+            let sidecar = p.with_extension("toml");
+            let sidecar_error = sidecar
+                .exists()
+                .then(|| crate::runtime::registry::Sidecar::read(&sidecar).err())
+                .flatten();
             rows.push(serde_json::json!({
                 "name": p.file_stem().and_then(|s| s.to_str()).unwrap_or(""),
                 "status": "file (not loaded: use --url for a running server)",
                 "hash": crate::runtime::plugin::hash(&bytes),
                 "size": bytes.len(),
-                "sidecar": p.with_extension("toml").exists(),
+                "sidecar": sidecar.exists(),
+                "sidecar_error": sidecar_error,
             }));
         }
         rows
@@ -229,6 +235,11 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
             if let Some(ms) = r["compiling_for_ms"].as_u64() {
                 status.push_str(&format!(" for {} s", ms / 1000));
             }
+            let mut problems = r["last_error"].as_str().unwrap_or("").to_string();
+            if let Some(e) = r["sidecar_error"].as_str() {
+                let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
+                problems.push_str(&format!(" sidecar refused: {e}"));
+            }
             println!(
                 "{:<16} {:<10} {:>10} bytes  {}  {}",
                 r["name"].as_str().unwrap_or(""),
@@ -238,7 +249,7 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                     .as_str()
                     .map(|h| &h[..h.len().min(12)])
                     .unwrap_or(""),
-                r["last_error"].as_str().unwrap_or("")
+                problems.trim()
             );
         }
     }

@@ -34,6 +34,15 @@ pub struct Sidecar {
     pub settings: toml::Table,
 }
 
+impl Sidecar {
+    /// Reads and checks `NAME.toml`; the error says what is wrong.
+    pub fn read(path: &Path) -> Result<Sidecar, String> {
+        std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str::<Sidecar>(&t).map_err(|e| e.to_string()))
+    }
+}
+
 /// What one plugin may do for one tenant.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -474,10 +483,7 @@ impl Registry {
         let mut parsed = BTreeMap::new();
         let mut errors = BTreeMap::new();
         for (name, path) in files {
-            match std::fs::read_to_string(path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| toml::from_str::<Sidecar>(&t).map_err(|e| e.to_string()))
-            {
+            match Sidecar::read(path) {
                 Ok(s) => {
                     parsed.insert(name.clone(), s);
                 }
