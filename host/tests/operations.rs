@@ -479,6 +479,27 @@ fn plugin_test_reports_what_the_sample_plugins_do() {
     );
 }
 
+/// Runs `hookhost ARGS`, which must succeed; its standard output.
+fn cli(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One JSON value per line (the CLI's `--json` output).
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn cli_reads_the_data_directory_and_the_running_server() {
     let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
@@ -488,27 +509,15 @@ fn cli_reads_the_data_directory_and_the_running_server() {
         None,
     );
     post(&s.url("/webhook"), samples::ACK_UPDATE.as_bytes(), None);
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
     let data = s.data_dir();
-    let local = run(&[
+    let local = cli(&[
         "events",
         "list",
         "--json",
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    let remote = run(&[
+    let remote = cli(&[
         "events",
         "list",
         "--json",
@@ -517,19 +526,14 @@ fn cli_reads_the_data_directory_and_the_running_server() {
         "--token",
         TOKEN,
     ]);
-    let parse = |t: &str| {
-        t.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .collect::<Vec<_>>()
-    };
-    let (l, r) = (parse(&local), parse(&remote));
+    let (l, r) = (json_lines(&local), json_lines(&remote));
     assert_eq!(l.len(), 2);
     assert_eq!(l, r);
     assert_eq!(l[0]["tenant"], "default");
     assert_eq!(l[0]["key"], r#"message_received:["ABCD1234"]"#);
     assert_eq!(l[1]["event_type"], "ack_update");
     assert!(l[0]["received_at"].as_i64().unwrap() > 0);
-    let shown = run(&["events", "show", "1", "--data-dir", data.to_str().unwrap()]);
+    let shown = cli(&["events", "show", "1", "--data-dir", data.to_str().unwrap()]);
     assert!(shown.contains("\"sender_name\": \"Juan Pérez\""), "{shown}");
 }
 
@@ -549,24 +553,7 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
         &s.url("/metrics"),
         &["good", "bad"]
     )));
-    let rows = |args: &[&str]| -> Vec<serde_json::Value> {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-            .arg("plugins")
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let rows = |args: &[&str]| json_lines(&cli(&[&["plugins", "--json"], args].concat()));
     let dir = s.plugins_dir();
     let offline = rows(&["--plugins-dir", dir.to_str().unwrap()]);
     let remote = rows(&["--url", &s.url(""), "--token", TOKEN]);
