@@ -36,9 +36,13 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// open rows (to find those of removed plugins).
 const LEDGER_LANES_EVERY: Duration = Duration::from_secs(1);
 
+/// The dispatcher runs on a thread of its own, with a single-threaded
+/// runtime whose blocking pool (threads `hookhost-deliver`) runs the
+/// deliveries: its ledger reads and passes never hold up a thread that
+/// answers requests, and its CPU time shows apart from theirs.
 pub struct Dispatcher {
     stop: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
+    done: tokio::sync::oneshot::Receiver<()>,
 }
 
 struct Inner {
@@ -122,14 +126,30 @@ impl Dispatcher {
             ledger_lanes: Mutex::new(None),
         });
         let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(run(inner, stop.clone()));
-        Dispatcher { stop, task }
+        let (finished, done) = tokio::sync::oneshot::channel();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .thread_name("hookhost-deliver")
+            .build()
+            .expect("dispatcher runtime");
+        let s = stop.clone();
+        std::thread::Builder::new()
+            .name("dispatcher".into())
+            .spawn(move || {
+                rt.block_on(run(inner, s));
+                // Deliveries still running after the grace period were
+                // given up: they resume at the next start.
+                rt.shutdown_background();
+                let _ = finished.send(());
+            })
+            .expect("spawn dispatcher thread");
+        Dispatcher { stop, done }
     }
 
     /// Stops taking new work and waits for running deliveries, up to `grace`.
     pub async fn stop(self, grace: Duration) {
         self.stop.notify_one();
-        if tokio::time::timeout(grace, self.task).await.is_err() {
+        if tokio::time::timeout(grace, self.done).await.is_err() {
             tracing::warn!("deliveries still running at shutdown; they resume at the next start");
         }
     }
@@ -148,10 +168,16 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     }
     loop {
         let pass_started = std::time::Instant::now();
+        let mut hurry = false;
         if inner.registry.initial_load_done() {
-            if let Err(e) = fan_out(&inner, &mut cursor, stuck).await {
-                tracing::warn!(error = %e, "fan-out failed; will retry");
-            }
+            let advanced = match fan_out(&inner, &mut cursor, stuck).await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fan-out failed; will retry");
+                    0
+                }
+            };
+            let was_stuck = stuck;
             stuck = match schedule(&inner, &mut tasks).await {
                 Ok(stuck) => stuck,
                 Err(e) => {
@@ -159,6 +185,9 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
                     false
                 }
             };
+            // Nothing queued can run: fan out past `max_pending` now rather
+            // than at the next wake, for as long as that brings new events.
+            hurry = stuck && (!was_stuck || advanced > 0);
         }
         while tasks.try_join_next().is_some() {}
         if gauges_at.elapsed() >= GAUGES_EVERY && gauges.is_finished() {
@@ -169,11 +198,13 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
             gauges = tokio::task::spawn_blocking(move || publish_gauges(&i, cursor));
         }
         let pause = retries.pause(&inner);
-        tokio::select! {
-            _ = stop.notified() => break,
-            _ = inner.wake.notified() => {}
-            _ = tokio::time::sleep(pause) => {}
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        if !hurry {
+            tokio::select! {
+                _ = stop.notified() => break,
+                _ = inner.wake.notified() => {}
+                _ = tokio::time::sleep(pause) => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
         }
         if let Some(rest) = MIN_PASS_GAP.checked_sub(pass_started.elapsed()) {
             tokio::select! {
@@ -238,11 +269,13 @@ impl RetryClock {
 /// Fans out events after the cursor while fewer than `max_pending`
 /// deliveries are queued; `stuck` (nothing queued can run) lets one batch
 /// through anyway, so a chat waiting on a retry never holds up the rest.
+/// Returns how many events it fanned out.
 async fn fan_out(
     inner: &Arc<Inner>,
     cursor: &mut Option<i64>,
     stuck: bool,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<usize, crate::store::StoreError> {
+    let mut advanced = 0;
     let mut pos = match *cursor {
         Some(c) => c,
         None => inner.store.fanout_cursor()?,
@@ -290,13 +323,14 @@ async fn fan_out(
         let added = rows.len();
         inner.store.fan_out(rows, last).await?;
         inner.pending.fetch_add(added, Ordering::Relaxed);
+        advanced += events.len();
         pos = last;
         *cursor = Some(pos);
         if stuck || (events.len() as i64) < batch {
             break;
         }
     }
-    Ok(())
+    Ok(advanced)
 }
 
 /// Starts what may run now. Returns true when nothing is running and
@@ -327,41 +361,37 @@ async fn schedule(
     if startable == 0 {
         return Ok(false);
     }
+    // The lanes that can run: those of the configured plugins, and (read
+    // from the ledger every `LEDGER_LANES_EVERY`) those left by a plugin or
+    // tenant no longer configured, whose rows fail (nothing runs them)
+    // instead of waiting. Lanes of a plugin still compiling or a tenant at
+    // its cap are not read at all, however many rows wait in them.
     let held = inner.registry.loading();
     let limit = (startable * 2).max(4) as i64;
-    let due = if held.is_empty() && full.is_empty() {
-        inner.store.due(now_ms(), limit, &held, &full)?
-    } else {
-        // Rows that cannot start now may be many (a large plugin compiles
-        // while events arrive for it): ask only the lanes that can run.
-        // Those of the configured plugins, and (read from the ledger every
-        // `LEDGER_LANES_EVERY`) those left by a plugin or tenant no longer
-        // configured, whose rows fail (nothing runs them) instead of waiting.
-        let mut lanes: Vec<(String, String)> = inner
-            .tenants
-            .keys()
-            .flat_map(|t| {
-                inner
-                    .registry
-                    .plugins_for(t)
-                    .into_iter()
-                    .map(move |p| (t.clone(), p))
-            })
-            .collect();
-        let known: HashSet<(String, String)> = lanes.iter().cloned().collect();
-        lanes.extend(
-            ledger_lanes(inner)?
+    let mut lanes: Vec<Lane> = inner
+        .tenants
+        .keys()
+        .flat_map(|t| {
+            inner
+                .registry
+                .plugins_for(t)
                 .into_iter()
-                .filter(|lane| !known.contains(lane)),
-        );
-        lanes.retain(|(t, p)| !full.contains(t) && !held.contains(p));
-        if lanes.is_empty() {
-            // Everything waits on compiles, which end by themselves: not a
-            // reason to fan out past `max_pending`.
-            return Ok(false);
-        }
-        inner.store.due_in_lanes(now_ms(), limit, &lanes)?
-    };
+                .map(move |p| (t.clone(), p))
+        })
+        .collect();
+    let known: HashSet<Lane> = lanes.iter().cloned().collect();
+    lanes.extend(
+        ledger_lanes(inner)?
+            .into_iter()
+            .filter(|lane| !known.contains(lane)),
+    );
+    lanes.retain(|(t, p)| !full.contains(t) && !held.contains(p));
+    if lanes.is_empty() {
+        // Everything waits on compiles or caps, which end by themselves:
+        // not a reason to fan out past `max_pending`.
+        return Ok(false);
+    }
+    let due = inner.store.due(now_ms(), limit, &lanes)?;
     let mut picked: Vec<DueDelivery> = Vec::new();
     {
         let mut r = inner.running.lock().unwrap();

@@ -30,8 +30,14 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let wake = Arc::new(Notify::new());
 
-    let registry = Registry::start(&config, tenants.clone(), store.clone(), metrics.clone())
-        .context("starting the plugin runtime")?;
+    let registry = Registry::start(
+        &config,
+        tenants.clone(),
+        store.clone(),
+        metrics.clone(),
+        wake.clone(),
+    )
+    .context("starting the plugin runtime")?;
     let dispatcher = Dispatcher::start(
         config.dispatch.clone(),
         tenants.clone(),

@@ -108,6 +108,10 @@ pub struct Registry {
     stop: AtomicBool,
     kick: Mutex<Option<std::sync::mpsc::Sender<()>>>,
     sql_pool: Arc<SqlPool>,
+    /// Told when the set of runnable plugins may have changed (a load
+    /// ended, a file went away), so held deliveries start without waiting
+    /// for the dispatcher's next poll.
+    on_change: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl Registry {
@@ -116,8 +120,10 @@ impl Registry {
         tenants: Arc<BTreeMap<String, Tenant>>,
         store: Store,
         metrics: Arc<Metrics>,
+        on_change: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Arc<Registry>> {
         let reg = Self::new(config, tenants, store, metrics)?;
+        let _ = reg.on_change.set(on_change);
         let (kick, kicked) = std::sync::mpsc::channel::<()>();
         let (changed, changes) = std::sync::mpsc::channel::<()>();
         *reg.kick.lock().unwrap() = Some(kick.clone());
@@ -204,12 +210,20 @@ impl Registry {
             stop: AtomicBool::new(false),
             kick: Mutex::new(None),
             sql_pool: Arc::default(),
+            on_change: std::sync::OnceLock::new(),
         }))
     }
 
     fn mark_initial_done(&self) {
         *self.initial.0.lock().unwrap() = true;
         self.initial.1.notify_all();
+        self.changed();
+    }
+
+    fn changed(&self) {
+        if let Some(n) = self.on_change.get() {
+            n.notify_one();
+        }
     }
 
     /// True once the plugins present at start have been loaded (or failed).
@@ -399,6 +413,7 @@ impl Registry {
             let unchanged = self.state.read().unwrap().stamps.get(&name) == Some(&stamp);
             if !unchanged {
                 self.load_file(&name, &path, stamp);
+                self.changed();
             }
         }
         self.publish_metrics();
@@ -460,6 +475,7 @@ impl Registry {
         self.load_sidecars(&sidecars);
         let names: BTreeSet<String> = wasm.keys().cloned().collect();
         self.apply_removals(&names);
+        self.changed();
         {
             let mut st = self.state.write().unwrap();
             for n in &names {

@@ -44,9 +44,22 @@ pub struct DeliveryRow {
     pub updated_at: i64,
 }
 
+/// The partial index `deliveries_open_lane` holds the open rows; queries
+/// that read them name its condition word for word so SQLite uses it.
+macro_rules! open_rows {
+    () => {
+        "state IN ('pending', 'running', 'failed')"
+    };
+}
+
 pub(super) fn requeue_running(c: &Connection) -> rusqlite::Result<usize> {
     c.execute(
-        "UPDATE deliveries SET state = 'pending' WHERE state = 'running'",
+        concat!(
+            "UPDATE deliveries INDEXED BY deliveries_open_lane SET state = 'pending'
+             WHERE ",
+            open_rows!(),
+            " AND state = 'running'"
+        ),
         [],
     )
 }
@@ -54,36 +67,6 @@ pub(super) fn requeue_running(c: &Connection) -> rusqlite::Result<usize> {
 const FANOUT_CURSOR: &str = "fanout_cursor";
 /// At most this many lanes are read by [`Store::open_lanes`].
 const MAX_LANES: usize = 10_000;
-
-/// What the scheduler reads of a delivery that may run (a macro, so the
-/// queries below are literals built once at compile time).
-macro_rules! due_columns {
-    () => {
-        "d.event_seq, d.plugin, d.tenant, d.ordering_key, d.attempts, d.resend"
-    };
-}
-
-/// `d` is the oldest open delivery of its (tenant, plugin, chat).
-macro_rules! first_of_its_chat {
-    () => {
-        "NOT EXISTS (
-            SELECT 1 FROM deliveries o
-            WHERE o.tenant = d.tenant AND o.plugin = d.plugin
-              AND o.ordering_key = d.ordering_key AND o.event_seq < d.event_seq
-              AND o.state IN ('pending', 'running', 'failed'))"
-    };
-}
-
-fn due_row(r: &rusqlite::Row) -> rusqlite::Result<DueDelivery> {
-    Ok(DueDelivery {
-        event_seq: r.get(0)?,
-        plugin: r.get(1)?,
-        tenant: r.get(2)?,
-        ordering_key: r.get(3)?,
-        attempts: r.get(4)?,
-        resend: r.get(5)?,
-    })
-}
 
 impl Store {
     /// Where fan-out stopped: every event with a smaller or equal seq has its
@@ -122,67 +105,58 @@ impl Store {
         .await
     }
 
-    /// Deliveries that may run now: due, and the oldest open one of their
-    /// (tenant, plugin, ordering key), so one chat reaches a plugin in order.
-    /// `held`: plugins whose deliveries wait (still compiling); `full`:
-    /// tenants running as many deliveries as they may.
+    /// Deliveries of the given (tenant, plugin) lanes that may run now, at
+    /// most `limit`, oldest first: due, and the oldest open row of their
+    /// chat (tenant, plugin, ordering key), so one chat reaches a plugin in
+    /// order. Each lane's open rows are walked in event order; a row that
+    /// runs or waits for its retry keeps its chat's later rows back.
+    /// Rows of lanes not asked for (a plugin still compiling, a tenant at
+    /// its cap) are not even stepped over, however many wait.
     pub fn due(
-        &self,
-        now: i64,
-        limit: i64,
-        held: &[String],
-        full: &[String],
-    ) -> Result<Vec<DueDelivery>, StoreError> {
-        let held = serde_json::to_string(held).unwrap_or_else(|_| "[]".into());
-        let full = serde_json::to_string(full).unwrap_or_else(|_| "[]".into());
-        self.read(|c| {
-            let mut st = c.prepare_cached(concat!(
-                "SELECT ",
-                due_columns!(),
-                " FROM deliveries d INDEXED BY deliveries_queue
-                 WHERE d.state IN ('pending', 'failed') AND d.next_at <= ?1
-                   AND d.plugin NOT IN (SELECT value FROM json_each(?3))
-                   AND d.tenant NOT IN (SELECT value FROM json_each(?4))
-                   AND ",
-                first_of_its_chat!(),
-                " ORDER BY d.event_seq LIMIT ?2"
-            ))?;
-            let rows = st
-                .query_map(params![now, limit, held, full], due_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
-    }
-
-    /// [`Store::due`] for the given (tenant, plugin) lanes only, read one
-    /// lane at a time: rows of other lanes (a plugin still compiling, a
-    /// tenant at its cap) are not even stepped over, however many wait.
-    pub fn due_in_lanes(
         &self,
         now: i64,
         limit: i64,
         lanes: &[(String, String)],
     ) -> Result<Vec<DueDelivery>, StoreError> {
+        let limit = limit.max(0) as usize;
         self.read(|c| {
             let mut st = c.prepare_cached(concat!(
-                "SELECT ",
-                due_columns!(),
-                " FROM deliveries d INDEXED BY deliveries_lane
-                 WHERE d.tenant = ?1 AND d.plugin = ?2
-                   AND d.state IN ('pending', 'failed') AND d.next_at <= ?3
-                   AND ",
-                first_of_its_chat!(),
-                " ORDER BY d.event_seq LIMIT ?4"
+                "SELECT event_seq, ordering_key, attempts, resend, state, next_at
+                 FROM deliveries INDEXED BY deliveries_open_lane
+                 WHERE tenant = ?1 AND plugin = ?2 AND ",
+                open_rows!(),
+                " ORDER BY event_seq"
             ))?;
             let mut all = Vec::new();
             for (tenant, plugin) in lanes {
-                for row in st.query_map(params![tenant, plugin, now, limit], due_row)? {
-                    all.push(row?);
+                let mut rows = st.query(params![tenant, plugin])?;
+                let mut held_chats: std::collections::HashSet<String> = Default::default();
+                let mut found = 0;
+                while found < limit {
+                    let Some(r) = rows.next()? else { break };
+                    let chat: String = r.get(1)?;
+                    if held_chats.contains(&chat) {
+                        continue;
+                    }
+                    let state: String = r.get(4)?;
+                    let next_at: i64 = r.get(5)?;
+                    if state != "running" && next_at <= now {
+                        all.push(DueDelivery {
+                            event_seq: r.get(0)?,
+                            plugin: plugin.clone(),
+                            tenant: tenant.clone(),
+                            ordering_key: chat.clone(),
+                            attempts: r.get(2)?,
+                            resend: r.get(3)?,
+                        });
+                        found += 1;
+                    }
+                    held_chats.insert(chat);
                 }
             }
-            // Oldest first across lanes, as the single query gives them.
+            // Oldest first across lanes.
             all.sort_by_key(|d| d.event_seq);
-            all.truncate(limit.max(0) as usize);
+            all.truncate(limit);
             Ok(all)
         })
     }
@@ -191,14 +165,15 @@ impl Store {
     /// tenants no longer configured included, one index seek per lane.
     pub fn open_lanes(&self) -> Result<Vec<(String, String)>, StoreError> {
         self.read(|c| {
-            let mut st = c.prepare_cached(
+            let mut st = c.prepare_cached(concat!(
                 // Past every row of the previous lane in one seek: with
                 // `(tenant, plugin) > (?1, ?2)` SQLite would step over them.
-                "SELECT tenant, plugin FROM deliveries INDEXED BY deliveries_lane
-                 WHERE state IN ('pending', 'failed')
-                   AND (tenant, plugin, event_seq) > (?1, ?2, 9223372036854775807)
-                 ORDER BY tenant, plugin, event_seq LIMIT 1",
-            )?;
+                "SELECT tenant, plugin FROM deliveries INDEXED BY deliveries_open_lane
+                 WHERE ",
+                open_rows!(),
+                " AND (tenant, plugin, event_seq) > (?1, ?2, 9223372036854775807)
+                 ORDER BY tenant, plugin, event_seq LIMIT 1"
+            ))?;
             let mut lanes: Vec<(String, String)> = Vec::new();
             // Bounded: a lane is a configured (tenant, plugin) pair or one
             // that used to be.
@@ -223,7 +198,11 @@ impl Store {
     pub fn pending_count(&self) -> Result<usize, StoreError> {
         self.read(|c| {
             let n: i64 = c
-                .prepare_cached("SELECT count(*) FROM deliveries WHERE state = 'pending'")?
+                .prepare_cached(concat!(
+                    "SELECT count(*) FROM deliveries INDEXED BY deliveries_open_lane WHERE ",
+                    open_rows!(),
+                    " AND state = 'pending'"
+                ))?
                 .query_row([], |r| r.get(0))?;
             Ok(n as usize)
         })
@@ -236,9 +215,10 @@ impl Store {
                 .prepare_cached("SELECT coalesce(max(seq), 0) FROM events")?
                 .query_row([], |r| r.get(0))?;
             let open: i64 = c
-                .prepare_cached(
-                    "SELECT count(*) FROM deliveries WHERE state IN ('pending', 'running', 'failed')",
-                )?
+                .prepare_cached(concat!(
+                    "SELECT count(*) FROM deliveries INDEXED BY deliveries_open_lane WHERE ",
+                    open_rows!()
+                ))?
                 .query_row([], |r| r.get(0))?;
             Ok((max, open))
         })
@@ -248,7 +228,7 @@ impl Store {
     pub fn next_retry_at(&self) -> Result<Option<i64>, StoreError> {
         self.read(|c| {
             Ok(c.prepare_cached(
-                "SELECT min(next_at) FROM deliveries WHERE state IN ('pending', 'failed')",
+                "SELECT min(next_at) FROM deliveries INDEXED BY deliveries_retry WHERE state = 'failed'",
             )?
             .query_row([], |r| r.get(0))?)
         })
@@ -440,6 +420,84 @@ impl Store {
 mod tests {
     use super::*;
     use crate::config::StoreConfig;
+
+    /// Inserts one event and its delivery row per `(plugin, chat, state,
+    /// next_at)`, in seq order from 1.
+    fn ledger_with(store: &Store, rows: Vec<(&'static str, &'static str, &'static str, i64)>) {
+        store
+            .write_blocking(move |c| {
+                for (i, (plugin, chat, state, next_at)) in rows.iter().enumerate() {
+                    c.execute(
+                        "INSERT INTO events (seq, tenant, key, event_type, ordering_key, body, received_at)
+                         VALUES (?1, 'acme', ?1, 'message', ?2, x'7b7d', 0)",
+                        params![i as i64 + 1, chat],
+                    )?;
+                    c.execute(
+                        "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
+                         VALUES (?1, ?2, 'acme', ?3, ?4, ?5, 0)",
+                        params![i as i64 + 1, plugin, chat, state, next_at],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn due_gives_the_oldest_open_row_of_each_chat_when_it_may_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        let later = now_ms() + 60_000;
+        ledger_with(
+            &store,
+            vec![
+                ("logger", "a", "done", 0),       // 1: closed, no effect
+                ("logger", "a", "running", 0),    // 2: holds a's later rows
+                ("logger", "b", "failed", later), // 3: waits, holds b
+                ("logger", "a", "pending", 0),    // 4
+                ("logger", "c", "failed", 0),     // 5: retry due now
+                ("logger", "b", "pending", 0),    // 6
+                ("logger", "c", "pending", 0),    // 7: behind 5
+                ("logger", "d", "pending", 0),    // 8
+                ("stats", "a", "pending", 0),     // 9: another lane, own chats
+                ("logger", "e", "dead", 0),       // 10: closed
+                ("logger", "e", "pending", 0),    // 11
+            ],
+        );
+        let lanes = |ps: &[&str]| -> Vec<(String, String)> {
+            ps.iter()
+                .map(|p| ("acme".to_string(), p.to_string()))
+                .collect()
+        };
+        let seqs =
+            |due: Vec<DueDelivery>| -> Vec<i64> { due.iter().map(|d| d.event_seq).collect() };
+        let now = now_ms();
+        assert_eq!(
+            seqs(store.due(now, 10, &lanes(&["logger", "stats"])).unwrap()),
+            [5, 8, 9, 11]
+        );
+        // Only the lanes asked for; at most `limit`, oldest first.
+        assert_eq!(seqs(store.due(now, 10, &lanes(&["stats"])).unwrap()), [9]);
+        assert_eq!(
+            seqs(store.due(now, 2, &lanes(&["logger", "stats"])).unwrap()),
+            [5, 8]
+        );
+        // When b's retry comes, b's first row runs, not the one behind it.
+        assert_eq!(
+            seqs(store.due(later, 10, &lanes(&["logger"])).unwrap()),
+            [3, 5, 8, 11]
+        );
+        let d = store.due(now, 1, &lanes(&["logger"])).unwrap().remove(0);
+        assert_eq!(
+            (
+                d.plugin.as_str(),
+                d.tenant.as_str(),
+                d.ordering_key.as_str()
+            ),
+            ("logger", "acme", "c")
+        );
+        store.close();
+    }
 
     #[test]
     fn open_lanes_lists_each_lane_with_open_rows_once() {
