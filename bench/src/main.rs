@@ -76,7 +76,7 @@ fn main() -> anyhow::Result<()> {
     let mut report = String::new();
     let machine = procs::machine();
     report.push_str(&format!(
-        "Machine: {machine}\nLoad: {connections} keep-alive connections, {seconds} s per server, {:.0} % duplicates, signed bodies in the gateway's event mix.\n\n",
+        "Machine: {machine}\nLoad: {connections} keep-alive connections, {seconds} s per server and round, {:.0} % duplicates, signed bodies in the gateway's event mix.\n\n",
         dups * 100.0
     ));
 
@@ -94,6 +94,7 @@ fn main() -> anyhow::Result<()> {
             connections,
             duration,
             dups,
+            env_num("BENCH_ROUNDS", 3) as usize,
         )?);
         eprintln!("ingest: the store alone…");
         report.push_str(&format!(
