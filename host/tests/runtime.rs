@@ -687,6 +687,34 @@ fn replacing_a_file_that_compiles_cancels_its_compile() {
     assert!(!std::path::Path::new(&format!("/proc/{child}")).exists());
 }
 
+/// The same file copied in again while it compiles (new mtime, same
+/// bytes) is not compiled again: the compile under way goes on and loads.
+#[test]
+fn copying_the_same_file_again_while_it_compiles_keeps_its_compile() {
+    let (s, child) =
+        server_with_held_compile("[admin]\ntoken = \"t\"\n[tenants.default]", |_| {}, "again");
+    let file = s.plugins_dir().join("again.wasm");
+    let bytes = std::fs::read(&file).unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(&file, &bytes).unwrap();
+    // Long enough for the watcher to list the folder (it settles 100 ms)
+    // and for a cancelled child to be killed and reaped.
+    std::thread::sleep(Duration::from_secs(2));
+    let alive = std::path::Path::new(&format!("/proc/{child}")).exists();
+    // SAFETY: resumes the process this test's server started and stopped.
+    unsafe { libc::kill(child, libc::SIGCONT) };
+    assert!(alive, "the compile was dropped for an unchanged file");
+    let want = hookhost::runtime::plugin::hash(&bytes);
+    assert!(
+        wait_until(SETTLE, || {
+            let p = plugin_status(&s, "t", "again");
+            p["status"] == "loaded" && p["hash"] == want.as_str()
+        }),
+        "{}",
+        plugin_status(&s, "t", "again")
+    );
+}
+
 /// A sidecar assigns tenants; a broken one is reported and the previous
 /// one stays in force until the file is fixed.
 #[test]

@@ -73,8 +73,11 @@ pub struct PluginStatus {
 /// A file being compiled.
 struct Compiling {
     since: Instant,
-    /// The file's stamp when it was read: another one means it was replaced.
+    /// The file's stamp when it was read: another one means it may have
+    /// been replaced.
     stamp: Stamp,
+    /// The content's hash, to tell a replaced file from a touched one.
+    hash: String,
     /// Set when the file is replaced or removed meanwhile.
     cancel: Arc<AtomicBool>,
 }
@@ -485,9 +488,27 @@ impl Registry {
                     .or_insert((u64::MAX, SystemTime::UNIX_EPOCH));
             }
         }
-        for (name, c) in &self.state.read().unwrap().compiling {
-            if wasm.get(name).map(|(_, stamp)| stamp) != Some(&c.stamp) {
-                c.cancel.store(true, Ordering::Relaxed);
+        // A file compiling now that was removed, or replaced by other
+        // content, has its compile dropped; a file only touched (the same
+        // bytes, a new mtime) goes on compiling.
+        let changed: Vec<(Option<PathBuf>, String, Arc<AtomicBool>)> = self
+            .state
+            .read()
+            .unwrap()
+            .compiling
+            .iter()
+            .filter_map(|(name, c)| match wasm.get(name) {
+                Some((_, stamp)) if *stamp == c.stamp => None,
+                Some((path, _)) => Some((Some(path.clone()), c.hash.clone(), c.cancel.clone())),
+                None => Some((None, c.hash.clone(), c.cancel.clone())),
+            })
+            .collect();
+        for (path, hash, cancel) in changed {
+            let same = path
+                .and_then(|p| std::fs::read(p).ok())
+                .is_some_and(|bytes| plugin::hash(&bytes) == hash);
+            if !same {
+                cancel.store(true, Ordering::Relaxed);
             }
         }
         let mut wasm: Vec<_> = wasm.into_iter().collect();
@@ -573,6 +594,7 @@ impl Registry {
             Compiling {
                 since: Instant::now(),
                 stamp,
+                hash: hash.clone(),
                 cancel: cancel.clone(),
             },
         );
