@@ -11,7 +11,6 @@
 
 use crate::bindings::types as wit;
 use crate::config::{DispatchConfig, Tenant};
-use crate::event;
 use crate::metrics::Metrics;
 use crate::runtime::{self, convert, Registry};
 use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
@@ -22,6 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+
+mod prepared;
 
 const FANOUT_BATCH: i64 = 1000;
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -63,6 +64,8 @@ struct Inner {
     /// The ledger's open lanes and when they were read, for the lanes of
     /// plugins and tenants no longer configured.
     ledger_lanes: Mutex<Option<(Vec<Lane>, std::time::Instant)>>,
+    /// Events read and parsed for the deliveries running now and soon.
+    recent: prepared::Recent,
 }
 
 /// A (tenant, plugin) queue of deliveries.
@@ -124,6 +127,7 @@ impl Dispatcher {
             pending: AtomicUsize::new(0),
             retry_hint: AtomicI64::new(i64::MAX),
             ledger_lanes: Mutex::new(None),
+            recent: prepared::Recent::default(),
         });
         let stop = Arc::new(Notify::new());
         let (finished, done) = tokio::sync::oneshot::channel();
@@ -537,33 +541,21 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
     let Some(plugin) = inner.registry.get(&d.plugin) else {
         return Some(runtime::Failure::Instantiate("plugin is not loaded".into()));
     };
-    let ev = match inner.store.event(d.event_seq) {
-        Ok(Some(e)) => e,
-        Ok(None) => return Some(runtime::Failure::Reject("event not found".into())),
-        Err(e) => return Some(runtime::Failure::Retry(format!("store: {e}"))),
+    let ev = match inner.recent.get(&inner.store, d.event_seq) {
+        Ok(ev) => ev,
+        Err(f) => return Some(f),
     };
     span.record("key", ev.key.as_str());
-    let parsed = match event::parse(&ev.body) {
-        Ok(p) => p,
-        Err(e) => {
-            return Some(runtime::Failure::Reject(format!(
-                "stored event does not parse: {e}"
-            )))
-        }
-    };
-    let kind = convert::kind(&parsed.event);
-    if !plugin.wants(kind) {
+    if !plugin.wants(ev.kind) {
         return None;
     }
-    let raw = String::from_utf8_lossy(&ev.body);
-    let wit_event = convert::event(&parsed.event, &raw);
     let ctx = wit::DeliveryContext {
         tenant: d.tenant.clone(),
         plugin: d.plugin.clone(),
         event_key: ev.key.clone(),
         attempt,
         received_at: ev.received_at,
-        raw_json: raw.into_owned(),
+        raw_json: ev.raw.clone(),
     };
     let policy = inner.registry.policy(&d.tenant, &d.plugin);
     let mut caps = inner
@@ -571,7 +563,7 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
         .capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
     caps.resend = d.resend;
     caps.last_attempt = attempt >= inner.cfg.max_attempts;
-    let report = runtime::deliver(&plugin, caps, &policy.limits, &wit_event, &ctx);
+    let report = runtime::deliver(&plugin, caps, &policy.limits, &ev.event, &ctx);
     let labels = vec![("plugin", d.plugin.clone())];
     inner.metrics.observe(
         "hookhost_delivery_seconds",
