@@ -555,8 +555,51 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     )));
     let rows = |args: &[&str]| json_lines(&cli(&[&["plugins", "--json"], args].concat()));
     let dir = s.plugins_dir();
-    let offline = rows(&["--plugins-dir", dir.to_str().unwrap()]);
     let remote = rows(&["--url", &s.url(""), "--token", TOKEN]);
+    // Offline, files that cannot be plugins are told apart without a
+    // compile. (Written after the server's listing: it refuses them.)
+    let folder = tempfile::tempdir().unwrap();
+    for name in ["bad", "good"] {
+        for ext in ["wasm", "toml"] {
+            let f = format!("{name}.{ext}");
+            std::fs::copy(dir.join(&f), folder.path().join(&f)).unwrap();
+        }
+    }
+    let core = wat::parse_str("(module)").unwrap();
+    std::fs::write(folder.path().join("core.wasm"), core).unwrap();
+    std::fs::write(folder.path().join("text.wasm"), "not wasm").unwrap();
+    let mut cut = std::fs::read(dir.join("good.wasm")).unwrap();
+    cut.truncate(cut.len() / 2);
+    std::fs::write(folder.path().join("cut.wasm"), cut).unwrap();
+    let all = rows(&["--plugins-dir", folder.path().to_str().unwrap()]);
+    let problem = |name: &str| {
+        all.iter().find(|r| r["name"] == name).unwrap()["component_error"]
+            .as_str()
+            .map(str::to_string)
+    };
+    assert_eq!(problem("good"), None, "{all:?}");
+    assert_eq!(problem("bad"), None, "{all:?}");
+    assert!(
+        problem("core").unwrap().contains("not a component"),
+        "{all:?}"
+    );
+    assert!(
+        problem("text").unwrap().contains("not a WebAssembly file"),
+        "{all:?}"
+    );
+    assert!(
+        problem("cut").unwrap().contains("not a valid component"),
+        "{all:?}"
+    );
+    let text = cli(&["plugins", "--plugins-dir", folder.path().to_str().unwrap()]);
+    assert!(
+        text.contains("a core WebAssembly module, not a component"),
+        "{text}"
+    );
+    let offline: Vec<_> = all
+        .into_iter()
+        .filter(|r| r["name"] == "bad" || r["name"] == "good")
+        .collect();
     for rows in [&offline, &remote] {
         let names: Vec<_> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["bad", "good"], "{rows:?}");

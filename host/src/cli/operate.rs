@@ -192,6 +192,25 @@ pub fn replay(t: &Target, seq: i64, plugin: Option<String>, resend: bool) -> any
     Ok(0)
 }
 
+/// Why `bytes` cannot be a plugin, as far as can be told without compiling
+/// it: not WebAssembly, a core module rather than a component, or a
+/// component that does not validate. (`hookhost plugin check` also
+/// compiles it and checks it against the WIT world.)
+fn component_problem(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{Parser, Validator, WasmFeatures};
+    if !Parser::is_component(bytes) {
+        return Some(if Parser::is_core_wasm(bytes) {
+            "a core WebAssembly module, not a component".into()
+        } else {
+            "not a WebAssembly file".into()
+        });
+    }
+    Validator::new_with_features(WasmFeatures::all())
+        .validate_all(bytes)
+        .err()
+        .map(|e| format!("not a valid component: {e}"))
+}
+
 pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
     let rows: Vec<Value> = if t.url.is_some() {
         remote(t, "GET", "/admin/plugins", None)?["plugins"]
@@ -221,6 +240,7 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 "status": "file (not loaded: use --url for a running server)",
                 "hash": crate::runtime::plugin::hash(&bytes),
                 "size": bytes.len(),
+                "component_error": component_problem(&bytes),
                 "sidecar": sidecar.exists(),
                 "sidecar_error": sidecar_error,
             }));
@@ -236,6 +256,9 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 status.push_str(&format!(" for {} s", ms / 1000));
             }
             let mut problems = r["last_error"].as_str().unwrap_or("").to_string();
+            if let Some(e) = r["component_error"].as_str() {
+                problems.push_str(e);
+            }
             if let Some(e) = r["sidecar_error"].as_str() {
                 let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
                 problems.push_str(&format!(" sidecar refused: {e}"));
