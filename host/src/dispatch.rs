@@ -140,9 +140,12 @@ impl Dispatcher {
         std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || {
+                // Returns once the deliveries under way have ended; `stop`
+                // waits for that up to its grace period, and the process
+                // may exit before (they run again at the next start).
                 rt.block_on(run(inner, s));
-                // Deliveries still running after the grace period were
-                // given up: they resume at the next start.
+                // A gauge count still running on the blocking pool is not
+                // waited for.
                 rt.shutdown_background();
                 let _ = finished.send(());
             })

@@ -491,7 +491,7 @@ impl Registry {
         // A file compiling now that was removed, or replaced by other
         // content, has its compile dropped; a file only touched (the same
         // bytes, a new mtime) goes on compiling.
-        let changed: Vec<(Option<PathBuf>, String, Arc<AtomicBool>)> = self
+        let changed: Vec<_> = self
             .state
             .read()
             .unwrap()
@@ -499,16 +499,21 @@ impl Registry {
             .iter()
             .filter_map(|(name, c)| match wasm.get(name) {
                 Some((_, stamp)) if *stamp == c.stamp => None,
-                Some((path, _)) => Some((Some(path.clone()), c.hash.clone(), c.cancel.clone())),
-                None => Some((None, c.hash.clone(), c.cancel.clone())),
+                file => Some((name.clone(), file.cloned(), c.hash.clone())),
             })
             .collect();
-        for (path, hash, cancel) in changed {
-            let same = path
-                .and_then(|p| std::fs::read(p).ok())
-                .is_some_and(|bytes| plugin::hash(&bytes) == hash);
-            if !same {
-                cancel.store(true, Ordering::Relaxed);
+        for (name, file, hash) in changed {
+            let same = file.as_ref().is_some_and(|(path, _)| {
+                std::fs::read(path).is_ok_and(|bytes| plugin::hash(&bytes) == hash)
+            });
+            let mut st = self.state.write().unwrap();
+            let Some(c) = st.compiling.get_mut(&name).filter(|c| c.hash == hash) else {
+                continue;
+            };
+            match file {
+                // Seen: not read again at the next listing.
+                Some((_, stamp)) if same => c.stamp = stamp,
+                _ => c.cancel.store(true, Ordering::Relaxed),
             }
         }
         let mut wasm: Vec<_> = wasm.into_iter().collect();
