@@ -10,8 +10,11 @@ use crate::store::Store;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-/// How many prepared events are kept (about 2 KiB each).
+/// How many prepared events are kept at most…
 const KEEP: usize = 512;
+/// …and how many bytes of bodies (a prepared event holds its body about
+/// twice: as sent and parsed), so that large events cannot make it big.
+const KEEP_BYTES: usize = 4 << 20;
 
 pub struct Prepared {
     pub key: String,
@@ -22,7 +25,8 @@ pub struct Prepared {
     pub event: wit::Event,
 }
 
-/// The last [`KEEP`] events prepared, oldest dropped first.
+/// The last events prepared (up to [`KEEP`] and [`KEEP_BYTES`]), oldest
+/// dropped first.
 #[derive(Default)]
 pub struct Recent {
     kept: Mutex<Kept>,
@@ -32,6 +36,7 @@ pub struct Recent {
 struct Kept {
     by_seq: HashMap<i64, Arc<Prepared>>,
     order: VecDeque<i64>,
+    bytes: usize,
 }
 
 impl Recent {
@@ -58,9 +63,13 @@ impl Recent {
         let mut kept = self.kept.lock().unwrap();
         if kept.by_seq.insert(seq, prepared.clone()).is_none() {
             kept.order.push_back(seq);
-            while kept.order.len() > KEEP {
-                if let Some(old) = kept.order.pop_front() {
-                    kept.by_seq.remove(&old);
+            kept.bytes += prepared.raw.len();
+            while kept.order.len() > KEEP || kept.bytes > KEEP_BYTES {
+                let Some(old) = kept.order.pop_front() else {
+                    break;
+                };
+                if let Some(p) = kept.by_seq.remove(&old) {
+                    kept.bytes -= p.raw.len();
                 }
             }
         }
@@ -72,35 +81,37 @@ impl Recent {
 mod tests {
     use super::*;
     use crate::config::StoreConfig;
-    use crate::store::NewEvent;
+    use crate::store::{IngestOutcome, NewEvent};
+
+    /// Stores a message with `text` in its body; returns its seq.
+    fn store_message(store: &Store, id: &str, text: &str) -> i64 {
+        let body = format!(
+            r#"{{"event_type":"message_received","id":"{id}","chat_id":"c@c.us","body":"{text}"}}"#
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let stored = rt.block_on(store.ingest(NewEvent {
+            tenant: "default".into(),
+            key: id.into(),
+            event_type: "message_received".into(),
+            ordering_key: "c@c.us".into(),
+            body: body.into_bytes(),
+            received_at: 7,
+        }));
+        match stored.unwrap() {
+            IngestOutcome::Stored { seq } => seq,
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn an_event_is_read_once_for_its_deliveries_and_the_oldest_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), (&StoreConfig::default()).into());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let mut seqs = Vec::new();
-        for i in 0..KEEP + 2 {
-            let body = format!(
-                r#"{{"event_type":"message_received","id":"m{i}","chat_id":"c@c.us","body":"hola {i}"}}"#
-            );
-            let stored = rt
-                .block_on(store.ingest(NewEvent {
-                    tenant: "default".into(),
-                    key: format!("m{i}"),
-                    event_type: "message_received".into(),
-                    ordering_key: "c@c.us".into(),
-                    body: body.into_bytes(),
-                    received_at: 7,
-                }))
-                .unwrap();
-            match stored {
-                crate::store::IngestOutcome::Stored { seq } => seqs.push(seq),
-                other => panic!("{other:?}"),
-            }
-        }
+        let seqs: Vec<i64> = (0..KEEP + 2)
+            .map(|i| store_message(&store, &format!("m{i}"), &format!("hola {i}")))
+            .collect();
         let recent = Recent::default();
         let first = recent.get(&store, seqs[0]).unwrap();
         assert_eq!((first.key.as_str(), first.received_at), ("m0", 7));
@@ -119,6 +130,26 @@ mod tests {
             recent.get(&store, 1_000_000),
             Err(Failure::Reject(_))
         ));
+        store.close();
+    }
+
+    #[test]
+    fn large_events_are_not_kept_past_the_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        let big = "x".repeat(KEEP_BYTES / 2 + 1);
+        let a = store_message(&store, "big-a", &big);
+        let b = store_message(&store, "big-b", &big);
+        let recent = Recent::default();
+        let first = recent.get(&store, a).unwrap();
+        recent.get(&store, b).unwrap();
+        {
+            let kept = recent.kept.lock().unwrap();
+            assert!(kept.bytes <= KEEP_BYTES, "{}", kept.bytes);
+            assert!(!kept.by_seq.contains_key(&a));
+            assert!(kept.by_seq.contains_key(&b));
+        }
+        assert!(!Arc::ptr_eq(&first, &recent.get(&store, a).unwrap()));
         store.close();
     }
 }
