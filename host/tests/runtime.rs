@@ -675,16 +675,21 @@ fn replacing_a_file_that_compiles_cancels_its_compile() {
     let probe = test_plugins().join("probe.wasm");
     let want = hookhost::runtime::plugin::hash(&std::fs::read(&probe).unwrap());
     deploy(&test_plugins(), "probe", &s.plugins_dir(), "swap", None);
-    assert!(
-        wait_until(SETTLE, || {
-            let p = plugin_status(&s, "t", "swap");
-            p["status"] == "loaded" && p["hash"] == want.as_str()
-        }),
-        "{}",
-        plugin_status(&s, "t", "swap")
-    );
+    assert_loaded_with(&s, "swap", &want);
     // Killed and reaped.
     assert!(!std::path::Path::new(&format!("/proc/{child}")).exists());
+}
+
+/// Waits until `name` runs the file whose content hash is `hash`.
+fn assert_loaded_with(s: &TestServer, name: &str, hash: &str) {
+    assert!(
+        wait_until(SETTLE, || {
+            let p = plugin_status(s, "t", name);
+            p["status"] == "loaded" && p["hash"] == hash
+        }),
+        "{}",
+        plugin_status(s, "t", name)
+    );
 }
 
 /// The same file copied in again while it compiles (new mtime, same
@@ -705,14 +710,7 @@ fn copying_the_same_file_again_while_it_compiles_keeps_its_compile() {
     unsafe { libc::kill(child, libc::SIGCONT) };
     assert!(alive, "the compile was dropped for an unchanged file");
     let want = hookhost::runtime::plugin::hash(&bytes);
-    assert!(
-        wait_until(SETTLE, || {
-            let p = plugin_status(&s, "t", "again");
-            p["status"] == "loaded" && p["hash"] == want.as_str()
-        }),
-        "{}",
-        plugin_status(&s, "t", "again")
-    );
+    assert_loaded_with(&s, "again", &want);
 }
 
 /// A sidecar assigns tenants; a broken one is reported and the previous
