@@ -22,8 +22,31 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+const USAGE: &str = "\
+usage: hookhost-bench                  every suite, then the report (what `make bench` runs)
+       hookhost-bench --store [EVENTS]  the store alone, without HTTP
+       hookhost-bench --load ADDR [SECONDS]
+                                       drive load at a running server and print its figures
+       hookhost-bench --bare-server     the bare axum ceiling; prints its address
+
+environment: BENCH_ONLY=ingest,plugins,background,memory,startup (suites to run),
+  BENCH_ROUNDS (ingest rounds, 3), BENCH_SECONDS (per server and round, 8),
+  BENCH_CONNECTIONS (64), BENCH_DUPLICATE_PERCENT (10), BENCH_DELIVERIES (1000),
+  BENCH_PLUGIN (one plugin), BENCH_PLUGINS_DIR (the compiled plugins)";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        None | Some("--bare-server" | "--store" | "--load") => {}
+        Some("-h" | "--help") => {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        Some(other) => {
+            eprintln!("unknown argument {other:?}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    }
     if args.get(1).map(String::as_str) == Some("--bare-server") {
         return procs::bare_server();
     }
@@ -83,6 +106,15 @@ fn main() -> anyhow::Result<()> {
     // BENCH_ONLY=ingest|plugins|background|memory|startup runs one part
     // (or several, separated by commas).
     let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    const SUITES: [&str; 5] = ["ingest", "plugins", "background", "memory", "startup"];
+    if let Some(bad) = only
+        .split(',')
+        .map(str::trim)
+        .find(|o| !o.is_empty() && !SUITES.contains(o))
+    {
+        eprintln!("BENCH_ONLY: no suite {bad:?}\n\n{USAGE}");
+        std::process::exit(2);
+    }
     let part = |p: &str| only.is_empty() || only.split(',').any(|o| o.trim() == p);
 
     // 1. Ingest, side by side.
