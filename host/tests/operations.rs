@@ -568,6 +568,23 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     let core = wat::parse_str("(module)").unwrap();
     std::fs::write(folder.path().join("core.wasm"), core).unwrap();
     std::fs::write(folder.path().join("text.wasm"), "not wasm").unwrap();
+    let wat = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/plugins/wat");
+    let wrong = wat::parse_file(wat.join("wrong-world.wat")).unwrap();
+    std::fs::write(folder.path().join("wrong-world.wasm"), wrong).unwrap();
+    // Valid components whose names do not fit: an import no host provides,
+    // and the handler of an interface version this host does not speak.
+    let handler = |version: &str, import: &str| {
+        wat::parse_str(format!(
+            r#"(component {import}
+                 (instance $h)
+                 (export "hookhost:plugin/handler@{version}" (instance $h)))"#
+        ))
+        .unwrap()
+    };
+    let foreign = handler("0.1.0", r#"(import "acme:thing/clock@1.0.0" (instance))"#);
+    std::fs::write(folder.path().join("foreign.wasm"), foreign).unwrap();
+    let newer = handler("0.2.0", "");
+    std::fs::write(folder.path().join("newer.wasm"), newer).unwrap();
     let mut cut = std::fs::read(dir.join("good.wasm")).unwrap();
     cut.truncate(cut.len() / 2);
     std::fs::write(folder.path().join("cut.wasm"), cut).unwrap();
@@ -589,6 +606,24 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     );
     assert!(
         problem("cut").unwrap().contains("not a valid component"),
+        "{all:?}"
+    );
+    assert!(
+        problem("wrong-world")
+            .unwrap()
+            .contains("does not export hookhost:plugin/handler (it exports: run)"),
+        "{all:?}"
+    );
+    assert!(
+        problem("foreign")
+            .unwrap()
+            .contains("imports acme:thing/clock@1.0.0, which hookhost does not provide"),
+        "{all:?}"
+    );
+    assert!(
+        problem("newer")
+            .unwrap()
+            .contains("exports hookhost:plugin/handler@0.2.0; this hookhost speaks 0.1.x"),
         "{all:?}"
     );
     let text = cli(&["plugins", "--plugins-dir", folder.path().to_str().unwrap()]);

@@ -194,8 +194,9 @@ pub fn replay(t: &Target, seq: i64, plugin: Option<String>, resend: bool) -> any
 
 /// Why `bytes` cannot be a plugin, as far as can be told without compiling
 /// it: not WebAssembly, a core module rather than a component, or a
-/// component that does not validate. (`hookhost plugin check` also
-/// compiles it and checks it against the WIT world.)
+/// component that does not validate, or one whose exports and imports do
+/// not fit the plugin world. (`hookhost plugin check` also compiles it and
+/// checks the types.)
 fn component_problem(bytes: &[u8]) -> Option<String> {
     use wasmparser::{Parser, Validator, WasmFeatures};
     if !Parser::is_component(bytes) {
@@ -205,10 +206,80 @@ fn component_problem(bytes: &[u8]) -> Option<String> {
             "not a WebAssembly file".into()
         });
     }
-    Validator::new_with_features(WasmFeatures::all())
-        .validate_all(bytes)
-        .err()
-        .map(|e| format!("not a valid component: {e}"))
+    if let Err(e) = Validator::new_with_features(WasmFeatures::all()).validate_all(bytes) {
+        return Some(format!("not a valid component: {e}"));
+    }
+    world_problem(bytes)
+}
+
+/// The interfaces of the `hookhost:plugin` package this host provides
+/// (`wit/since_v0.1.0`), and the versions it accepts: those compatible
+/// with 0.1.0.
+const PLUGIN_INTERFACES: [&str; 6] = ["types", "log", "kv", "sql", "messaging", "config"];
+const PLUGIN_VERSION: &str = "0.1.";
+
+/// Whether a valid component's top-level names fit the plugin world: it
+/// exports the handler and imports nothing but the plugin interfaces and
+/// WASI. Names only, without a compile, so it errs towards silence: the
+/// types (and WASI interfaces this host does not link) are checked when the
+/// plugin loads, or by `hookhost plugin check`.
+/// `hookhost:plugin/NAME@VERSION` -> (NAME, VERSION)
+fn plugin_interface(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix("hookhost:plugin/")
+        .map(|rest| rest.split_once('@').unwrap_or((rest, "")))
+}
+
+fn world_problem(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{Parser, Payload};
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) if depth == 0 => break,
+            Payload::End(_) => depth -= 1,
+            Payload::ComponentImportSection(r) if depth == 0 => {
+                for i in r {
+                    imports.push(i.ok()?.name.name.to_string());
+                }
+            }
+            Payload::ComponentExportSection(r) if depth == 0 => {
+                for e in r {
+                    exports.push(e.ok()?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let handler = exports
+        .iter()
+        .filter_map(|e| plugin_interface(e))
+        .find(|(i, _)| *i == "handler");
+    match handler {
+        None => {
+            return Some(format!(
+                "does not export hookhost:plugin/handler (it exports: {})",
+                if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                }
+            ))
+        }
+        Some((_, v)) if !v.starts_with(PLUGIN_VERSION) => {
+            return Some(format!(
+                "exports hookhost:plugin/handler@{v}; this hookhost speaks {PLUGIN_VERSION}x"
+            ))
+        }
+        Some(_) => {}
+    }
+    imports
+        .into_iter()
+        .find_map(|name| match plugin_interface(&name) {
+            _ if name.starts_with("wasi:") => None,
+            Some((i, v)) if PLUGIN_INTERFACES.contains(&i) && v.starts_with(PLUGIN_VERSION) => None,
+            _ => Some(format!("imports {name}, which hookhost does not provide")),
+        })
 }
 
 pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
