@@ -141,6 +141,46 @@ pub struct StoreConfig {
     pub max_batch: usize,
     /// Database size cap in MiB (0 = none). A full store answers 503.
     pub max_size_mb: u64,
+    /// How long events are kept once every plugin has handled them, e.g.
+    /// `"30d"`, `"12h"` (`"0"` or none: for ever). See `store::retention`.
+    pub retention: Age,
+}
+
+/// A length of time written `N` plus a unit: `s`, `m`, `h` or `d`
+/// (`"90m"`, `"30d"`); `"0"` means none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Age(pub Option<std::time::Duration>);
+
+impl Age {
+    pub fn parse(text: &str) -> Result<Age, String> {
+        let t = text.trim();
+        if t == "0" || t.is_empty() {
+            return Ok(Age(None));
+        }
+        let (n, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+        let secs = match unit.trim() {
+            "s" => Some(1),
+            "m" => Some(60),
+            "h" => Some(3600),
+            "d" => Some(86_400),
+            _ => None,
+        };
+        let n = n.parse::<u64>().ok();
+        match n.zip(secs).and_then(|(n, unit)| n.checked_mul(unit)) {
+            Some(0) => Ok(Age(None)),
+            Some(s) => Ok(Age(Some(std::time::Duration::from_secs(s)))),
+            None => Err(format!(
+                "invalid length of time `{text}`: write a number and s, m, h or d (\"30d\")"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Age {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Age::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 impl Default for StoreConfig {
@@ -149,6 +189,7 @@ impl Default for StoreConfig {
             synchronous: Synchronous::Full,
             max_batch: 512,
             max_size_mb: 0,
+            retention: Age(None),
         }
     }
 }
@@ -534,6 +575,23 @@ mod tests {
         assert_eq!(t["default"].secrets.len(), 2);
         assert_eq!(t["default"].config.plugin["logger"].limits.fuel, Some(5));
         assert!(t["acme"].secrets.is_empty());
+    }
+
+    #[test]
+    fn retention_ages() {
+        use std::time::Duration;
+        let age = |t: &str| {
+            Config::parse(&format!("[store]\nretention = \"{t}\"")).map(|c| c.store.retention.0)
+        };
+        assert_eq!(age("30d"), Ok(Some(Duration::from_secs(30 * 86_400))));
+        assert_eq!(age("90m"), Ok(Some(Duration::from_secs(5400))));
+        assert_eq!(age(" 2 s "), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(age("0"), Ok(None));
+        assert_eq!(Config::default().store.retention.0, None);
+        for bad in ["30", "d", "1.5h", "-1d", "30 days", "99999999999999999999d"] {
+            let e = age(bad).unwrap_err();
+            assert!(e.contains("invalid length of time"), "{bad}: {e}");
+        }
     }
 
     #[test]

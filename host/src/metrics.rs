@@ -52,6 +52,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Deliveries that became dead letters.",
     ),
     (
+        "hookhost_events_pruned_total",
+        "counter",
+        "Events deleted by retention once every plugin was done with them.",
+    ),
+    (
         "hookhost_delivery_seconds",
         "histogram",
         "Time of one delivery, instantiation included.",

@@ -47,6 +47,12 @@ pub async fn serve(
         wake.clone(),
     );
 
+    let pruner = config
+        .store
+        .retention
+        .0
+        .map(|age| tokio::spawn(prune_loop(store.clone(), age, metrics.clone())));
+
     let state = AppState::from(AppContext {
         tenants,
         store: store.clone(),
@@ -68,6 +74,9 @@ pub async fn serve(
         header_timeout: Duration::from_millis(config.server.header_timeout_ms.max(1)),
     };
     serve_http(listener, router(state), shutdown, limits).await;
+    if let Some(p) = pruner {
+        p.abort();
+    }
     tracing::info!("HTTP stopped; finishing deliveries");
     dispatcher.stop(Duration::from_secs(10)).await;
     registry.stop();
@@ -75,6 +84,23 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || s.close()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Retention: events older than `age` go once nothing needs them, looked
+/// for every quarter of `age` (at least every second, at most every hour).
+async fn prune_loop(store: Store, age: Duration, metrics: Arc<Metrics>) {
+    let every = (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    loop {
+        tokio::time::sleep(every).await;
+        match store.prune(age).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(events = n, older_than = ?age, "pruned events");
+                metrics.add("hookhost_events_pruned_total", vec![], n as u64);
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+        }
+    }
 }
 
 struct ConnLimits {

@@ -644,3 +644,100 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     }
     assert_eq!(remote[0]["status"], "loaded");
 }
+
+fn chat_event(i: usize) -> Vec<u8> {
+    serde_json::json!({"event_type": "message_received", "id": format!("r{i}"), "chat_id": "c", "body": "hola"})
+        .to_string()
+        .into_bytes()
+}
+
+/// `[store] retention`: events older than the age go once every plugin is
+/// done with them; a dead letter keeps its event. The offline command does
+/// the same on the data directory.
+#[test]
+fn retention_prunes_handled_events_and_keeps_dead_letters() {
+    let tp = test_plugins();
+    let s = TestServer::start(
+        r#"
+[store]
+retention = "2s"
+[dispatch]
+max_attempts = 1
+[tenants.a]
+plugins = ["good"]
+[tenants.b]
+plugins = ["bad"]
+"#,
+    );
+    deploy(&tp, "probe", &s.plugins_dir(), "good", None);
+    deploy(
+        &tp,
+        "probe",
+        &s.plugins_dir(),
+        "bad",
+        Some("[settings]\nattack = \"panic\"\n"),
+    );
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["good", "bad"]
+    )));
+    for i in 0..3 {
+        assert_eq!(post(&s.url("/webhook/a"), &chat_event(i), None).status, 200);
+    }
+    assert_eq!(post(&s.url("/webhook/b"), &chat_event(9), None).status, 200);
+    let rows = wait_settled(&s.data_dir(), 4, SETTLE);
+    assert_eq!(rows.iter().filter(|d| d.state == "dead").count(), 1);
+    let pruned = || {
+        metric(
+            &metrics_text(&s.url("/metrics")),
+            "hookhost_events_pruned_total",
+        )
+        .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || pruned() == Some(3.0)),
+        "{:?}",
+        s.stored()
+    );
+    let left = s.stored();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "b", "the dead letter's event stays");
+    let ledger = deliveries(&s.data_dir());
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0].state, "dead");
+    // The idempotency memory goes with the event: the same event again is
+    // stored again.
+    let again = post(&s.url("/webhook/a"), &chat_event(0), None);
+    assert_eq!(again.body["duplicate"], false, "{:?}", again.body);
+
+    // Offline, on a store without retention configured.
+    let s2 = TestServer::start("[tenants.a]\nplugins = [\"good\"]");
+    deploy(&tp, "probe", &s2.plugins_dir(), "good", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s2.url("/metrics"),
+        &["good"]
+    )));
+    for i in 0..2 {
+        assert_eq!(
+            post(&s2.url("/webhook/a"), &chat_event(i), None).status,
+            200
+        );
+    }
+    wait_settled(&s2.data_dir(), 2, SETTLE);
+    let data = s2.data_dir();
+    let data = data.to_str().unwrap();
+    let out = cli(&["events", "prune", "--older-than", "1h", "--data-dir", data]);
+    assert_eq!(out.trim(), "pruned 0 events");
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = cli(&["events", "prune", "--older-than", "1s", "--data-dir", data]);
+    assert_eq!(out.trim(), "pruned 1 event");
+    let left = s2.stored();
+    assert_eq!(left.len(), 1, "the newest event stays: {left:?}");
+    assert!(left[0].2.contains("r1"), "{left:?}");
+    let zero = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["events", "prune", "--older-than", "0", "--data-dir", data])
+        .output()
+        .unwrap();
+    assert_eq!(zero.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&zero.stderr).contains("above zero"));
+}

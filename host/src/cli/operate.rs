@@ -158,6 +158,13 @@ pub fn retry(t: &Target, seq: i64, plugin: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+pub fn events_prune(data_dir: &Path, age: std::time::Duration) -> anyhow::Result<i32> {
+    let mut c = store::open_for_update(data_dir)?;
+    let n = store::retention::prune_offline(&mut c, age)?;
+    println!("pruned {n} event{}", if n == 1 { "" } else { "s" });
+    Ok(0)
+}
+
 pub fn replay(t: &Target, seq: i64, plugin: Option<String>, resend: bool) -> anyhow::Result<i32> {
     let plugins: Vec<String> = if t.url.is_some() {
         let v = remote(

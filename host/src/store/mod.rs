@@ -6,6 +6,7 @@
 mod inbox;
 mod kv;
 mod ledger;
+pub mod retention;
 mod schema;
 mod sends;
 mod writer;
