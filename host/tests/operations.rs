@@ -710,30 +710,57 @@ plugins = ["bad"]
     let again = post(&s.url("/webhook/a"), &chat_event(0), None);
     assert_eq!(again.body["duplicate"], false, "{:?}", again.body);
 
-    // Offline, on a store without retention configured.
-    let s2 = TestServer::start("[tenants.a]\nplugins = [\"good\"]");
+    // On demand, on a server without retention configured: offline on its
+    // data directory, then through its admin API.
+    let s2 = TestServer::start(&format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nplugins = [\"good\"]"
+    ));
     deploy(&tp, "probe", &s2.plugins_dir(), "good", None);
     assert!(wait_until(SETTLE, || all_loaded(
         &s2.url("/metrics"),
         &["good"]
     )));
-    for i in 0..2 {
-        assert_eq!(
-            post(&s2.url("/webhook/a"), &chat_event(i), None).status,
-            200
-        );
-    }
-    wait_settled(&s2.data_dir(), 2, SETTLE);
     let data = s2.data_dir();
     let data = data.to_str().unwrap();
-    let out = cli(&["events", "prune", "--older-than", "1h", "--data-dir", data]);
-    assert_eq!(out.trim(), "pruned 0 events");
-    std::thread::sleep(Duration::from_millis(1100));
-    let out = cli(&["events", "prune", "--older-than", "1s", "--data-dir", data]);
-    assert_eq!(out.trim(), "pruned 1 event");
+    let url = s2.url("");
+    let mut posted = 0;
+    for (offline, expected) in [(true, "pruned 1 event"), (false, "pruned 2 events")] {
+        let ledger = deliveries(&s2.data_dir()).len();
+        for _ in 0..2 {
+            let r = post(&s2.url("/webhook/a"), &chat_event(posted), None);
+            assert_eq!(r.status, 200);
+            posted += 1;
+        }
+        let settled = wait_settled(&s2.data_dir(), ledger + 2, SETTLE);
+        assert_eq!(settled.len(), ledger + 2, "{settled:?}");
+        let place: &[&str] = if offline {
+            &["--data-dir", data]
+        } else {
+            &["--url", &url, "--token", TOKEN]
+        };
+        let prune = |age: &str| cli(&[&["events", "prune", "--older-than", age], place].concat());
+        assert_eq!(prune("1h").trim(), "pruned 0 events");
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(prune("1s").trim(), expected, "offline: {offline}");
+    }
     let left = s2.stored();
     assert_eq!(left.len(), 1, "the newest event stays: {left:?}");
-    assert!(left[0].2.contains("r1"), "{left:?}");
+    assert!(left[0].2.contains("r3"), "{left:?}");
+    let bad = admin(
+        "POST",
+        &s2.url("/admin/events/prune"),
+        Some(TOKEN),
+        Some(serde_json::json!({ "older_than": "30 days" })),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(
+        bad.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid length of time"),
+        "{:?}",
+        bad.body
+    );
     let zero = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
         .args(["events", "prune", "--older-than", "0", "--data-dir", data])
         .output()

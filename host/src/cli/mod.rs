@@ -206,14 +206,13 @@ pub enum EventsCommand {
         target: Target,
     },
     /// Delete the events older than AGE that every plugin is done with (as
-    /// `[store] retention` does while the server runs). Works on the data
-    /// directory, also while the server runs.
+    /// `[store] retention` does while the server runs).
     Prune {
         /// e.g. 30d, 12h, 90m.
         #[arg(long, value_name = "AGE", value_parser = parse_age)]
         older_than: std::time::Duration,
-        #[arg(long, env = "HOOKHOST_DATA_DIR", default_value = "hookhost-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
@@ -317,10 +316,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 limit,
             } => operate::events_list(&target, tenant.as_deref(), json, limit),
             EventsCommand::Show { seq, target } => operate::event_show(&target, seq),
-            EventsCommand::Prune {
-                older_than,
-                data_dir,
-            } => operate::events_prune(&data_dir, older_than),
+            EventsCommand::Prune { older_than, target } => {
+                operate::events_prune(&target, older_than)
+            }
         },
         Command::Deliveries(a) => {
             operate::deliveries(&a.target, a.state.as_deref(), a.event, a.json, a.limit)

@@ -158,9 +158,16 @@ pub fn retry(t: &Target, seq: i64, plugin: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub fn events_prune(data_dir: &Path, age: std::time::Duration) -> anyhow::Result<i32> {
-    let mut c = store::open_for_update(data_dir)?;
-    let n = store::retention::prune_offline(&mut c, age)?;
+pub fn events_prune(t: &Target, age: std::time::Duration) -> anyhow::Result<i32> {
+    let n = if t.url.is_some() {
+        let body = serde_json::json!({ "older_than": format!("{}s", age.as_secs()) });
+        remote(t, "POST", "/admin/events/prune", Some(body))?["pruned"]
+            .as_u64()
+            .unwrap_or(0) as usize
+    } else {
+        let mut c = store::open_for_update(&t.data_dir)?;
+        store::retention::prune_offline(&mut c, age)?
+    };
     println!("pruned {n} event{}", if n == 1 { "" } else { "s" });
     Ok(0)
 }

@@ -1,5 +1,6 @@
-//! `/admin/*`: events with their deliveries, dead letters, retry, replay and
-//! plugins, behind a bearer token (off when no token is configured).
+//! `/admin/*`: events with their deliveries, pruning, dead letters, retry,
+//! replay and plugins, behind a bearer token (off when no token is
+//! configured).
 
 use super::{AppError, AppState};
 use crate::store::{self, Store};
@@ -17,6 +18,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/events", get(events))
         .route("/admin/events/{seq}", get(event))
+        .route("/admin/events/prune", post(prune))
         .route("/admin/events/{seq}/replay", post(replay))
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/dead-letters", get(dead_letters))
@@ -112,6 +114,27 @@ async fn deliveries(
     })
     .await?;
     Ok(Json(json!({ "deliveries": rows })))
+}
+
+#[derive(Deserialize)]
+struct PruneBody {
+    /// `"30d"`, `"12h"`…
+    older_than: String,
+}
+
+async fn prune(
+    State(state): State<AppState>,
+    Json(body): Json<PruneBody>,
+) -> Result<Json<Value>, AppError> {
+    let age = crate::config::Age::parse(&body.older_than)
+        .map_err(AppError::BadRequest)?
+        .0
+        .ok_or_else(|| AppError::BadRequest("give an age above zero, e.g. 30d".into()))?;
+    let pruned = state.store.prune(age).await.map_err(store_error)?;
+    state
+        .metrics
+        .add("hookhost_events_pruned_total", vec![], pruned as u64);
+    Ok(Json(json!({ "ok": true, "pruned": pruned })))
 }
 
 async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
