@@ -709,6 +709,34 @@ plugins = ["bad"]
     // stored again.
     let again = post(&s.url("/webhook/a"), &chat_event(0), None);
     assert_eq!(again.body["duplicate"], false, "{:?}", again.body);
+    // A dead letter the operator gives up no longer keeps its event (the
+    // newest event, `again`, stays whatever its state).
+    let data = s.data_dir();
+    let data = data.to_str().unwrap();
+    let seq = ledger[0].event_seq.to_string();
+    let discard = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+            .args([&["dead-letters", "--data-dir", data, "discard"], args].concat())
+            .output()
+            .unwrap()
+    };
+    let out = discard(&[&seq, "bad"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("discarded: event {seq} → bad")
+    );
+    let twice = discard(&[&seq, "bad"]);
+    assert!(!twice.status.success());
+    assert!(String::from_utf8_lossy(&twice.stderr).contains("no dead letter"));
+    assert!(
+        wait_until(Duration::from_secs(30), || pruned() == Some(4.0)),
+        "{:?}",
+        s.stored()
+    );
+    let left = s.stored();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].0, "a");
 
     // On demand, on a server without retention configured: offline on its
     // data directory, then through its admin API.

@@ -245,6 +245,9 @@ pub enum DeadLettersCommand {
     List,
     /// Put a dead letter back in the queue, attempts reset.
     Retry { seq: i64, plugin: String },
+    /// Give a dead letter up: kept in the ledger as `discarded`, it no
+    /// longer keeps its event from retention.
+    Discard { seq: i64, plugin: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -331,7 +334,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             DeadLettersCommand::List => {
                 operate::deliveries(&target, Some("dead"), None, json, 10_000)
             }
-            DeadLettersCommand::Retry { seq, plugin } => operate::retry(&target, seq, &plugin),
+            DeadLettersCommand::Retry { seq, plugin } => {
+                operate::settle_dead(&target, seq, &plugin, store::DeadLetter::Retry)
+            }
+            DeadLettersCommand::Discard { seq, plugin } => {
+                operate::settle_dead(&target, seq, &plugin, store::DeadLetter::Discard)
+            }
         },
         Command::Replay {
             seq,

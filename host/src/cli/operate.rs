@@ -142,19 +142,28 @@ pub fn deliveries(
     Ok(0)
 }
 
-pub fn retry(t: &Target, seq: i64, plugin: &str) -> anyhow::Result<i32> {
+pub fn settle_dead(
+    t: &Target,
+    seq: i64,
+    plugin: &str,
+    action: store::DeadLetter,
+) -> anyhow::Result<i32> {
+    let (verb, done) = match action {
+        store::DeadLetter::Retry => ("retry", "queued"),
+        store::DeadLetter::Discard => ("discard", "discarded"),
+    };
     if t.url.is_some() {
         remote(
             t,
             "POST",
-            &format!("/admin/dead-letters/{seq}/{plugin}/retry"),
+            &format!("/admin/dead-letters/{seq}/{plugin}/{verb}"),
             None,
         )?;
     } else {
         let c = store::open_for_update(&t.data_dir)?;
-        store::retry_dead(&c, seq, plugin)?;
+        store::settle_dead(&c, seq, plugin, action)?;
     }
-    println!("queued: event {seq} → {plugin}");
+    println!("{done}: event {seq} → {plugin}");
     Ok(0)
 }
 

@@ -23,6 +23,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/dead-letters", get(dead_letters))
         .route("/admin/dead-letters/{seq}/{plugin}/retry", post(retry))
+        .route("/admin/dead-letters/{seq}/{plugin}/discard", post(discard))
         .route("/admin/plugins", get(plugins))
         .layer(axum::middleware::from_fn_with_state(state, auth))
 }
@@ -142,13 +143,25 @@ async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, AppE
     Ok(Json(json!({ "dead_letters": rows })))
 }
 
-async fn retry(
+async fn retry(state: State<AppState>, path: Path<(i64, String)>) -> Result<Json<Value>, AppError> {
+    settle(state, path, store::DeadLetter::Retry).await
+}
+
+async fn discard(
+    state: State<AppState>,
+    path: Path<(i64, String)>,
+) -> Result<Json<Value>, AppError> {
+    settle(state, path, store::DeadLetter::Discard).await
+}
+
+async fn settle(
     State(state): State<AppState>,
     Path((seq, plugin)): Path<(i64, String)>,
+    action: store::DeadLetter,
 ) -> Result<Json<Value>, AppError> {
     state
         .store
-        .retry_dead(seq, plugin.clone())
+        .settle_dead(seq, plugin.clone(), action)
         .await
         .map_err(store_error)?;
     state.wake.notify_one();

@@ -378,11 +378,31 @@ pub fn replay(
     Ok(plugins.to_vec())
 }
 
-/// A dead letter back to pending, attempts reset.
-pub fn retry_dead(c: &Connection, seq: i64, plugin: &str) -> Result<(), StoreError> {
+/// What the operator does with a dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetter {
+    /// Back to pending, attempts reset.
+    Retry,
+    /// Given up: `discarded`, kept in the ledger as a record, and no longer
+    /// holding its event back from retention.
+    Discard,
+}
+
+pub fn settle_dead(
+    c: &Connection,
+    seq: i64,
+    plugin: &str,
+    action: DeadLetter,
+) -> Result<(), StoreError> {
+    let set = match action {
+        DeadLetter::Retry => "state = 'pending', attempts = 0, next_at = 0",
+        DeadLetter::Discard => "state = 'discarded'",
+    };
     let n = c.execute(
-        "UPDATE deliveries SET state = 'pending', attempts = 0, next_at = 0, updated_at = ?3
-         WHERE event_seq = ?1 AND plugin = ?2 AND state = 'dead'",
+        &format!(
+            "UPDATE deliveries SET {set}, updated_at = ?3
+             WHERE event_seq = ?1 AND plugin = ?2 AND state = 'dead'"
+        ),
         params![seq, plugin, now_ms()],
     )?;
     if n == 0 {
@@ -411,8 +431,14 @@ impl Store {
         self.write(move |c| replay(c, seq, &plugins, resend)).await
     }
 
-    pub async fn retry_dead(&self, seq: i64, plugin: String) -> Result<(), StoreError> {
-        self.write(move |c| retry_dead(c, seq, &plugin)).await
+    pub async fn settle_dead(
+        &self,
+        seq: i64,
+        plugin: String,
+        action: DeadLetter,
+    ) -> Result<(), StoreError> {
+        self.write(move |c| settle_dead(c, seq, &plugin, action))
+            .await
     }
 }
 

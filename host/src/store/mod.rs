@@ -21,8 +21,8 @@ pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
     KvScope { tenant, plugin }
 }
 pub use ledger::{
-    delivered_plugins, list_deliveries, replay, retry_dead, DeliveryOutcome, DeliveryRow,
-    DueDelivery, NewDelivery, ReplayError,
+    delivered_plugins, list_deliveries, replay, settle_dead, DeadLetter, DeliveryOutcome,
+    DeliveryRow, DueDelivery, NewDelivery, ReplayError,
 };
 
 use crate::config::{StoreConfig, Synchronous};

@@ -4,7 +4,7 @@
 //!
 //! An event is kept while any of its deliveries is pending, running,
 //! waiting for a retry or dead (a dead letter keeps its event until it is
-//! retried), and while fan-out has not reached it. With the event go its
+//! retried or discarded), and while fan-out has not reached it. With the event go its
 //! finished deliveries and the record of the messages it sent; unconfirmed
 //! sends stay. Freed pages are reused by SQLite: the file stops growing
 //! rather than shrinking.
@@ -48,7 +48,7 @@ pub fn prune_chunk(c: &Connection, from: i64, cutoff_ms: i64) -> Result<Chunk, S
         .query_map(params![from, cursor, CHUNK], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<Result<_, _>>()?;
     let mut open = c.prepare_cached(
-        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1 AND state <> 'done')",
+        "SELECT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1 AND state NOT IN ('done', 'discarded'))",
     )?;
     let mut drop_deliveries = c.prepare_cached("DELETE FROM deliveries WHERE event_seq = ?1")?;
     let mut drop_sends =
@@ -122,7 +122,7 @@ pub fn prune_offline(c: &mut Connection, age: Duration) -> Result<usize, StoreEr
 mod tests {
     use super::*;
     use crate::config::StoreConfig;
-    use crate::store::{DeliveryOutcome, NewDelivery, NewEvent};
+    use crate::store::{DeadLetter, DeliveryOutcome, NewDelivery, NewEvent};
 
     fn event(i: i64, received_at: i64) -> NewEvent {
         NewEvent {
@@ -210,6 +210,13 @@ mod tests {
         assert_eq!(store.prune(Duration::from_secs(86_400)).await.unwrap(), 0);
         assert_eq!(store.prune(Duration::from_secs(60)).await.unwrap(), 1);
         assert_eq!(seqs(&store), [3, 4, 5, 7]);
+        // A discarded dead letter no longer holds its event.
+        store
+            .settle_dead(4, "p".into(), DeadLetter::Discard)
+            .await
+            .unwrap();
+        assert_eq!(store.prune(Duration::from_secs(60)).await.unwrap(), 1);
+        assert_eq!(seqs(&store), [3, 5, 7]);
         store.close();
     }
 
