@@ -227,7 +227,7 @@ fn parse_age(text: &str) -> Result<std::time::Duration, String> {
 pub struct DeliveriesArgs {
     #[command(flatten)]
     pub target: Target,
-    /// Only this state (pending, running, done, failed, dead).
+    /// Only this state (pending, running, done, failed, dead, discarded).
     #[arg(long)]
     pub state: Option<String>,
     /// Only this event (its sequence number).
