@@ -293,3 +293,36 @@ fn full_store_answers_503_and_keeps_what_it_acknowledged() {
         "every acknowledged event is stored"
     );
 }
+
+/// A store capped by `max_size_mb` that fills up answers 503; with
+/// retention, the space of handled events comes back and ingest resumes
+/// without a restart.
+#[test]
+fn retention_frees_a_full_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), CONFIG);
+    config.store.max_size_mb = 1;
+    config.store.retention = hookhost::config::Age::parse("1s").unwrap();
+    let s = TestServer::start_in(dir, config);
+    let url = s.url("/webhook");
+    let body = |i: usize| {
+        serde_json::json!({"event_type":"message_received","id":format!("f{i}"),"body":"x".repeat(8000)})
+            .to_string()
+    };
+    let mut i = 0;
+    while post_signed(&url, body(i).as_bytes(), "s3cret").status == 200 {
+        i += 1;
+        assert!(i < 1000, "the store never filled up");
+    }
+    let full_at = s.stored().len();
+    assert!(full_at > 10, "{full_at}");
+    // Within a few retention passes the old events go and the same
+    // number of new ones fit again.
+    assert!(wait_until(std::time::Duration::from_secs(30), || {
+        post_signed(&url, body(i).as_bytes(), "s3cret").status == 200
+    }));
+    for j in 1..full_at / 2 {
+        let status = post_signed(&url, body(i + j).as_bytes(), "s3cret").status;
+        assert_eq!(status, 200, "event {j} after the store was freed");
+    }
+}
