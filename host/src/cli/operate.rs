@@ -241,17 +241,17 @@ fn component_problem(bytes: &[u8]) -> Option<String> {
 const PLUGIN_INTERFACES: [&str; 6] = ["types", "log", "kv", "sql", "messaging", "config"];
 const PLUGIN_VERSION: &str = "0.1.";
 
-/// Whether a valid component's top-level names fit the plugin world: it
-/// exports the handler and imports nothing but the plugin interfaces and
-/// WASI. Names only, without a compile, so it errs towards silence: the
-/// types (and WASI interfaces this host does not link) are checked when the
-/// plugin loads, or by `hookhost plugin check`.
 /// `hookhost:plugin/NAME@VERSION` -> (NAME, VERSION)
 fn plugin_interface(name: &str) -> Option<(&str, &str)> {
     name.strip_prefix("hookhost:plugin/")
         .map(|rest| rest.split_once('@').unwrap_or((rest, "")))
 }
 
+/// Whether a valid component's top-level names fit the plugin world: it
+/// exports the handler and imports nothing but the plugin interfaces and
+/// WASI. Names only, without a compile, so it errs towards silence: the
+/// types (and WASI interfaces this host does not link) are checked when the
+/// plugin loads, or by `hookhost plugin check`.
 fn world_problem(bytes: &[u8]) -> Option<String> {
     use wasmparser::{Parser, Payload};
     let (mut imports, mut exports) = (Vec::new(), Vec::new());
