@@ -796,3 +796,52 @@ plugins = ["bad"]
     assert_eq!(zero.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&zero.stderr).contains("above zero"));
 }
+
+/// `hookhost backup` copies a running server's store and its plugins'
+/// databases; the copy is a data directory a server starts from, with the
+/// events, the ledger, the plugins' rows and the idempotency memory.
+#[test]
+fn a_backup_taken_while_running_is_a_data_directory() {
+    let tp = test_plugins();
+    let s = TestServer::start("[tenants.a]\nplugins = [\"rec\"]");
+    deploy(&tp, "probe", &s.plugins_dir(), "rec", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["rec"]
+    )));
+    for i in 0..3 {
+        assert_eq!(post(&s.url("/webhook/a"), &chat_event(i), None).status, 200);
+    }
+    wait_settled(&s.data_dir(), 3, SETTLE);
+    let dest = tempfile::tempdir().unwrap();
+    let copy = dest.path().join("copy");
+    let (data, to) = (s.data_dir(), copy.to_str().unwrap().to_string());
+    let data = data.to_str().unwrap();
+    let out = cli(&["backup", "--to", &to, "--data-dir", data]);
+    assert!(out.contains("backed up 2 database(s)"), "{out}");
+    // Ingest goes on meanwhile and does not reach the copy.
+    assert_eq!(post(&s.url("/webhook/a"), &chat_event(7), None).status, 200);
+    let again = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["backup", "--to", &to, "--data-dir", data])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let c = hookhost::store::open_read_only(&copy).unwrap();
+    assert_eq!(
+        hookhost::store::list_events(&c, None, 0, 100)
+            .unwrap()
+            .len(),
+        3
+    );
+    let rows = plugin_sql(&copy, "a", "rec", "SELECT key FROM seen");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    drop(c);
+    let mut config = common::config(dest.path(), "[tenants.a]\nplugins = [\"rec\"]");
+    config.server.data_dir = copy.clone();
+    let restored = TestServer::start_in(tempfile::tempdir().unwrap(), config);
+    let dup = post(&restored.url("/webhook/a"), &chat_event(1), None);
+    assert_eq!(dup.body["duplicate"], true, "{:?}", dup.body);
+    assert_eq!(deliveries(&copy).len(), 3);
+}

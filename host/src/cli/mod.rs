@@ -94,6 +94,16 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Copy the store and the plugins' SQL databases into a new folder,
+    /// each a consistent snapshot, also while the server runs. The folder
+    /// is a data directory: `serve --data-dir` it to restore.
+    Backup {
+        /// A folder that does not exist yet (or is empty).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, env = "HOOKHOST_DATA_DIR", default_value = "hookhost-data")]
+        data_dir: PathBuf,
+    },
     /// Plugins: status from a running server, or the files of a folder.
     Plugins {
         #[command(flatten)]
@@ -347,6 +357,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             resend,
             target,
         } => operate::replay(&target, seq, plugin, resend),
+        Command::Backup { to, data_dir } => operate::backup(&data_dir, &to),
         Command::Plugins {
             target,
             plugins_dir,

@@ -167,6 +167,19 @@ pub fn settle_dead(
     Ok(0)
 }
 
+pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<i32> {
+    let copied = store::backup(data_dir, to)?;
+    for (file, bytes) in &copied {
+        println!("{} ({bytes} bytes)", file.display());
+    }
+    println!(
+        "backed up {} database(s) into {}",
+        copied.len(),
+        to.display()
+    );
+    Ok(0)
+}
+
 pub fn events_prune(t: &Target, age: std::time::Duration) -> anyhow::Result<i32> {
     let n = if t.url.is_some() {
         let body = serde_json::json!({ "older_than": format!("{}s", age.as_secs()) });
