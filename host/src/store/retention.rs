@@ -4,10 +4,10 @@
 //!
 //! An event is kept while any of its deliveries is pending, running,
 //! waiting for a retry or dead (a dead letter keeps its event until it is
-//! retried or discarded), and while fan-out has not reached it. With the event go its
-//! finished deliveries and the record of the messages it sent; unconfirmed
-//! sends stay. Freed pages are reused by SQLite: the file stops growing
-//! rather than shrinking.
+//! retried or discarded), while fan-out has not reached it, and while it
+//! is the newest. With the event go its finished deliveries and the record
+//! of the messages it sent; unconfirmed sends stay. Freed pages are reused
+//! by SQLite: the file stops growing rather than shrinking.
 
 use super::{now_ms, Store, StoreError};
 use rusqlite::{params, Connection};
