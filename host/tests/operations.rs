@@ -646,9 +646,7 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
 }
 
 fn chat_event(i: usize) -> Vec<u8> {
-    serde_json::json!({"event_type": "message_received", "id": format!("r{i}"), "chat_id": "c", "body": "hola"})
-        .to_string()
-        .into_bytes()
+    hola_event(&format!("r{i}"), "c").into_bytes()
 }
 
 /// `[store] retention`: events older than the age go once every plugin is

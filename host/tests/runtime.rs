@@ -1017,8 +1017,7 @@ fn the_child_compiler_fills_the_cache_or_says_why_not() {
 
 /// A `message_received` event `m{i}` saying "hola" in `chat`.
 fn hola(i: usize, chat: &str) -> String {
-    serde_json::json!({"event_type":"message_received","id":format!("m{i}"),"chat_id":chat,"body":"hola"})
-        .to_string()
+    hola_event(&format!("m{i}"), chat)
 }
 
 /// At most `max_pending` deliveries are queued ahead of the plugins, but a

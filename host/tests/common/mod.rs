@@ -285,3 +285,9 @@ pub fn loaded_count(url: &str) -> usize {
         .filter(|l| l.starts_with("hookhost_plugins_loaded{"))
         .count()
 }
+
+/// A minimal incoming text message `id` in `chat`, saying "hola".
+pub fn hola_event(id: &str, chat: &str) -> String {
+    serde_json::json!({"event_type": "message_received", "id": id, "chat_id": chat, "body": "hola"})
+        .to_string()
+}
