@@ -235,6 +235,14 @@ fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
             .metrics
             .set("hookhost_deliveries_open", vec![], open as f64);
     }
+    if let Ok((bytes, free)) = inner.store.size() {
+        inner
+            .metrics
+            .set("hookhost_store_bytes", vec![], bytes as f64);
+        inner
+            .metrics
+            .set("hookhost_store_free_bytes", vec![], free as f64);
+    }
 }
 
 /// When the next retry is due. The ledger is asked when the time it or the

@@ -82,6 +82,16 @@ const HELP: &[(&str, &str, &str)] = &[
         "Events stored but not yet fanned out to plugins.",
     ),
     (
+        "hookhost_store_bytes",
+        "gauge",
+        "Size of the store's database file (its WAL not counted).",
+    ),
+    (
+        "hookhost_store_free_bytes",
+        "gauge",
+        "Part of the store's database free for reuse.",
+    ),
+    (
         "hookhost_deliveries_open",
         "gauge",
         "Deliveries pending, running or waiting for a retry.",

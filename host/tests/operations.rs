@@ -133,6 +133,19 @@ fn metrics_reflect_a_known_sequence_exactly() {
         metric(&t, "hookhost_inbox_lag ") == Some("0".into())
             && metric(&t, "hookhost_deliveries_open ") == Some("0".into())
     }));
+    // So is the store's size, as SQLite counts it.
+    let c = hookhost::store::open_read_only(&s.data_dir()).unwrap();
+    let pragma = |p: &str| {
+        c.query_row(&format!("PRAGMA {p}"), [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let size = (pragma("page_count") * pragma("page_size")).to_string();
+    assert!(size.parse::<i64>().unwrap() > 0);
+    assert!(wait_until(SETTLE, || {
+        let t = metrics_text(&s.url("/metrics"));
+        metric(&t, "hookhost_store_bytes ") == Some(size.clone())
+            && metric(&t, "hookhost_store_free_bytes ").is_some()
+    }));
 }
 
 #[test]

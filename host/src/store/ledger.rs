@@ -208,6 +208,17 @@ impl Store {
         })
     }
 
+    /// The database's size and the part of it free for reuse (pages
+    /// retention freed), in bytes; the WAL is not counted.
+    pub fn size(&self) -> Result<(i64, i64), StoreError> {
+        self.read(|c| {
+            let page: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            let free: i64 = c.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            Ok((pages * page, free * page))
+        })
+    }
+
     /// The newest event's seq and the number of open deliveries.
     pub fn backlog(&self) -> Result<(i64, i64), StoreError> {
         self.read(|c| {
