@@ -72,7 +72,7 @@ pub enum Command {
     },
     /// The delivery ledger.
     Deliveries(DeliveriesArgs),
-    /// Dead letters: list them, or retry one.
+    /// Dead letters: list them, retry or discard one.
     DeadLetters {
         #[command(subcommand)]
         command: Option<DeadLettersCommand>,
@@ -94,9 +94,11 @@ pub enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Copy the store and the plugins' SQL databases into a new folder,
-    /// each a consistent snapshot, also while the server runs. The folder
-    /// is a data directory: `serve --data-dir` it to restore.
+    /// Copy the store and the plugins' databases into a new folder.
+    ///
+    /// Each file is a consistent snapshot, taken also while the server
+    /// runs. The folder is a data directory: `serve --data-dir` it to
+    /// restore.
     Backup {
         /// A folder that does not exist yet (or is empty).
         #[arg(long)]
