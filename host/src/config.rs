@@ -176,6 +176,15 @@ impl Age {
     }
 }
 
+impl Age {
+    /// [`Age::parse`] for a length that must be above zero (what to prune).
+    pub fn parse_positive(text: &str) -> Result<std::time::Duration, String> {
+        Age::parse(text)?
+            .0
+            .ok_or_else(|| "give an age above zero, e.g. 30d".into())
+    }
+}
+
 impl<'de> Deserialize<'de> for Age {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;

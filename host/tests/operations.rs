@@ -492,12 +492,17 @@ fn plugin_test_reports_what_the_sample_plugins_do() {
     );
 }
 
-/// Runs `hookhost ARGS`, which must succeed; its standard output.
-fn cli(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+/// Runs `hookhost ARGS`, whatever its outcome.
+fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs `hookhost ARGS`, which must succeed; its standard output.
+fn cli(args: &[&str]) -> String {
+    let out = run(args);
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -725,12 +730,8 @@ plugins = ["bad"]
     let data = s.data_dir();
     let data = data.to_str().unwrap();
     let seq = ledger[0].event_seq.to_string();
-    let discard = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-            .args([&["dead-letters", "--data-dir", data, "discard"], args].concat())
-            .output()
-            .unwrap()
-    };
+    let discard =
+        |args: &[&str]| run(&[&["dead-letters", "--data-dir", data, "discard"], args].concat());
     let out = discard(&[&seq, "bad"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
@@ -800,10 +801,7 @@ plugins = ["bad"]
         "{:?}",
         bad.body
     );
-    let zero = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-        .args(["events", "prune", "--older-than", "0", "--data-dir", data])
-        .output()
-        .unwrap();
+    let zero = run(&["events", "prune", "--older-than", "0", "--data-dir", data]);
     assert_eq!(zero.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&zero.stderr).contains("above zero"));
 }
@@ -832,10 +830,7 @@ fn a_backup_taken_while_running_is_a_data_directory() {
     assert!(out.contains("backed up 2 database(s)"), "{out}");
     // Ingest goes on meanwhile and does not reach the copy.
     assert_eq!(post(&s.url("/webhook/a"), &chat_event(7), None).status, 200);
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-        .args(["backup", "--to", &to, "--data-dir", data])
-        .output()
-        .unwrap();
+    let again = run(&["backup", "--to", &to, "--data-dir", data]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 

@@ -221,18 +221,11 @@ pub enum EventsCommand {
     /// `[store] retention` does while the server runs).
     Prune {
         /// e.g. 30d, 12h, 90m.
-        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        #[arg(long, value_name = "AGE", value_parser = crate::config::Age::parse_positive)]
         older_than: std::time::Duration,
         #[command(flatten)]
         target: Target,
     },
-}
-
-fn parse_age(text: &str) -> Result<std::time::Duration, String> {
-    match crate::config::Age::parse(text)?.0 {
-        Some(d) => Ok(d),
-        None => Err("give an age above zero, e.g. 30d".into()),
-    }
 }
 
 #[derive(clap::Args, Debug)]

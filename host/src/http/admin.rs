@@ -127,10 +127,7 @@ async fn prune(
     State(state): State<AppState>,
     Json(body): Json<PruneBody>,
 ) -> Result<Json<Value>, AppError> {
-    let age = crate::config::Age::parse(&body.older_than)
-        .map_err(AppError::BadRequest)?
-        .0
-        .ok_or_else(|| AppError::BadRequest("give an age above zero, e.g. 30d".into()))?;
+    let age = crate::config::Age::parse_positive(&body.older_than).map_err(AppError::BadRequest)?;
     let pruned = state.store.prune(age).await.map_err(store_error)?;
     state
         .metrics
