@@ -341,7 +341,7 @@ impl Registry {
 
     pub fn sql_path(&self, tenant: &str, plugin: &str) -> PathBuf {
         self.data_dir
-            .join("plugin-data")
+            .join(crate::store::PLUGIN_DATA_DIR)
             .join(tenant)
             .join(format!("{plugin}.sqlite"))
     }

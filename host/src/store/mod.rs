@@ -32,6 +32,12 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 use writer::{Op, WriteOp, Writer};
 
+/// The store's file in the data directory.
+pub const STORE_FILE: &str = "hookhost.sqlite";
+/// The folder of the data directory that holds each plugin's SQL database,
+/// as `TENANT/PLUGIN.sqlite`.
+pub const PLUGIN_DATA_DIR: &str = "plugin-data";
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store unavailable: {0}")]
@@ -139,7 +145,7 @@ impl Store {
     /// When the database cannot be opened the store still starts and answers
     /// every write with `Unavailable`, so the server stays up and says 503.
     pub fn open(data_dir: &Path, opts: StoreOptions) -> Store {
-        let path = data_dir.join("hookhost.sqlite");
+        let path = data_dir.join(STORE_FILE);
         let conn = init(&path, &opts);
         let conn = match conn {
             Ok(c) => Some(c),
@@ -278,7 +284,7 @@ impl Store {
 }
 
 fn open_existing(data_dir: &Path, write: bool) -> Result<Connection, StoreError> {
-    let path = data_dir.join("hookhost.sqlite");
+    let path = data_dir.join(STORE_FILE);
     if !path.exists() {
         return Err(StoreError::Unavailable(format!(
             "no store at {}",
@@ -318,8 +324,12 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, Store
             dest.display()
         )));
     }
-    let mut sources = vec![PathBuf::from("hookhost.sqlite")];
-    let plugins = data_dir.join("plugin-data");
+    let store = data_dir.join(STORE_FILE);
+    if !store.exists() {
+        return Err(unavailable(format!("no store at {}", store.display())));
+    }
+    let mut sources = vec![PathBuf::from(STORE_FILE)];
+    let plugins = data_dir.join(PLUGIN_DATA_DIR);
     if let Ok(tenants) = std::fs::read_dir(&plugins) {
         for tenant in tenants.flatten() {
             for file in std::fs::read_dir(tenant.path())
@@ -337,9 +347,6 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, Store
     let mut written = Vec::new();
     for rel in sources {
         let (from, to) = (data_dir.join(&rel), dest.join(&rel));
-        if rel.as_os_str() == "hookhost.sqlite" && !from.exists() {
-            return Err(unavailable(format!("no store at {}", from.display())));
-        }
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
