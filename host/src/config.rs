@@ -56,12 +56,35 @@ impl AdminConfig {
     }
 }
 
-/// Token bucket: `per_second` sustained, `burst` at once.
+/// Token bucket: `per_second` sustained, `burst` at once (twice
+/// `per_second` when not given).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RateLimitFields")]
 pub struct RateLimit {
     pub per_second: f64,
     pub burst: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFields {
+    per_second: f64,
+    burst: Option<f64>,
+}
+
+impl TryFrom<RateLimitFields> for RateLimit {
+    type Error = String;
+    fn try_from(f: RateLimitFields) -> Result<Self, String> {
+        let limit = RateLimit {
+            per_second: f.per_second,
+            burst: f.burst.unwrap_or(f.per_second * 2.0),
+        };
+        let ok = |v: f64| v.is_finite() && v >= 0.0;
+        if !ok(limit.per_second) || !ok(limit.burst) {
+            return Err("rate_limit: per_second and burst must be numbers ≥ 0".into());
+        }
+        Ok(limit)
+    }
 }
 
 impl Default for RateLimit {
@@ -601,6 +624,31 @@ mod tests {
             let e = age(bad).unwrap_err();
             assert!(e.contains("invalid length of time"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn rate_limits() {
+        let limit = |t: &str| {
+            Config::parse(&format!("[tenants.a]\nrate_limit = {t}")).map(|c| {
+                (
+                    c.tenants["a"].rate_limit.per_second,
+                    c.tenants["a"].rate_limit.burst,
+                )
+            })
+        };
+        assert_eq!(limit("{ per_second = 50, burst = 10 }"), Ok((50.0, 10.0)));
+        assert_eq!(limit("{ per_second = 50 }"), Ok((50.0, 100.0)));
+        assert_eq!(limit("{ per_second = 0 }"), Ok((0.0, 0.0)));
+        for bad in [
+            "{ per_second = -1 }",
+            "{ per_second = nan }",
+            "{ per_second = 5, burst = inf }",
+        ] {
+            let e = limit(bad).unwrap_err();
+            assert!(e.contains("must be numbers ≥ 0"), "{bad}: {e}");
+        }
+        assert!(limit("{ burst = 5 }").is_err());
+        assert!(limit("{ per_second = 5, brust = 5 }").is_err());
     }
 
     #[test]

@@ -806,6 +806,66 @@ plugins = ["bad"]
     assert!(String::from_utf8_lossy(&zero.stderr).contains("above zero"));
 }
 
+/// A backlog longer than one admin request may take is pruned in parts:
+/// each answer comes within the request timeout with where it stopped, and
+/// `hookhost events prune --url` goes on until nothing is left.
+#[test]
+fn an_admin_prune_of_a_long_backlog_answers_in_parts() {
+    // A 100 ms request timeout gives each prune request 50 ms, far less
+    // than 12,000 events take (24 writer transactions, each followed by a
+    // pause four times its length).
+    let s = TestServer::start(&format!(
+        "[server]\nrequest_timeout_ms = 100\n[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nrate_limit = {{ per_second = 0 }}\n"
+    ));
+    const EVENTS: usize = 12_000;
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let s = &s;
+            scope.spawn(move || {
+                for i in (t..EVENTS).step_by(4) {
+                    // The short timeout may also catch a post behind a slow
+                    // commit: post it again until it is stored.
+                    let stored = (0..20)
+                        .any(|_| post(&s.url("/webhook/a"), &chat_event(i), None).status == 200);
+                    assert!(stored, "event {i}");
+                }
+            });
+        }
+    });
+    assert_eq!(s.stored().len(), EVENTS);
+    std::thread::sleep(Duration::from_millis(1100));
+    let first = admin(
+        "POST",
+        &s.url("/admin/events/prune"),
+        Some(TOKEN),
+        Some(serde_json::json!({ "older_than": "1s" })),
+    );
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(first.body["more"], true, "{:?}", first.body);
+    let part = first.body["pruned"].as_u64().unwrap() as usize;
+    let resume = first.body["resume_after"].as_i64().unwrap();
+    assert!(part > 0 && part < EVENTS - 1, "{:?}", first.body);
+    assert!(resume as usize >= part, "{:?}", first.body);
+    assert_eq!(s.stored().len(), EVENTS - part);
+    let rest = cli(&[
+        "events",
+        "prune",
+        "--older-than",
+        "1s",
+        "--url",
+        &s.url(""),
+        "--token",
+        TOKEN,
+    ]);
+    assert_eq!(rest.trim(), format!("pruned {} events", EVENTS - 1 - part));
+    assert_eq!(s.stored().len(), 1, "the newest event stays");
+    let counted = metric(
+        &metrics_text(&s.url("/metrics")),
+        "hookhost_events_pruned_total",
+    );
+    assert_eq!(counted.as_deref(), Some(&*(EVENTS - 1).to_string()));
+}
+
 /// `hookhost backup` copies a running server's store and its plugins'
 /// databases; the copy is a data directory a server starts from, with the
 /// events, the ledger, the plugins' rows and the idempotency memory.

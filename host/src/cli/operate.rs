@@ -182,10 +182,21 @@ pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<i32> {
 
 pub fn events_prune(t: &Target, age: std::time::Duration) -> anyhow::Result<i32> {
     let n = if t.url.is_some() {
-        let body = serde_json::json!({ "older_than": format!("{}s", age.as_secs()) });
-        remote(t, "POST", "/admin/events/prune", Some(body))?["pruned"]
-            .as_u64()
-            .unwrap_or(0) as usize
+        // The server answers a long pass in parts; ask again from where
+        // each stopped.
+        let (mut n, mut after) = (0, 0);
+        loop {
+            let body = serde_json::json!({
+                "older_than": format!("{}s", age.as_secs()),
+                "after": after,
+            });
+            let v = remote(t, "POST", "/admin/events/prune", Some(body))?;
+            n += v["pruned"].as_u64().unwrap_or(0) as usize;
+            match v["resume_after"].as_i64() {
+                Some(seq) if v["more"] == true && seq > after => after = seq,
+                _ => break n,
+            }
+        }
     } else {
         let mut c = store::open_for_update(&t.data_dir)?;
         store::retention::prune_offline(&mut c, age)?

@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -121,18 +122,34 @@ async fn deliveries(
 struct PruneBody {
     /// `"30d"`, `"12h"`…
     older_than: String,
+    /// Go on from where an earlier answer stopped (its `resume_after`).
+    #[serde(default)]
+    after: i64,
 }
 
+/// Retention once. A long backlog is pruned in several requests: each
+/// answers within half the request timeout (at most 5 s) with
+/// `"more": true` and the `resume_after` to send back as `after`.
 async fn prune(
     State(state): State<AppState>,
     Json(body): Json<PruneBody>,
 ) -> Result<Json<Value>, AppError> {
     let age = crate::config::Age::parse_positive(&body.older_than).map_err(AppError::BadRequest)?;
-    let pruned = state.store.prune(age).await.map_err(store_error)?;
+    let budget = (state.request_timeout / 2).min(Duration::from_secs(5));
+    let pass = state
+        .store
+        .prune_for(age, body.after.max(0), Some(budget))
+        .await
+        .map_err(store_error)?;
     state
         .metrics
-        .add("hookhost_events_pruned_total", vec![], pruned as u64);
-    Ok(Json(json!({ "ok": true, "pruned": pruned })))
+        .add("hookhost_events_pruned_total", vec![], pass.pruned as u64);
+    Ok(Json(json!({
+        "ok": true,
+        "pruned": pass.pruned,
+        "more": pass.resume_after.is_some(),
+        "resume_after": pass.resume_after,
+    })))
 }
 
 async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, AppError> {

@@ -80,20 +80,51 @@ fn cutoff(age: Duration) -> i64 {
     now_ms().saturating_sub(age.as_millis().min(i64::MAX as u128) as i64)
 }
 
+/// What a time-bounded pass did ([`Store::prune_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub pruned: usize,
+    /// Set when the time ran out with older events left: the next pass
+    /// starts after this event.
+    pub resume_after: Option<i64>,
+}
+
 impl Store {
     /// Prunes every event older than `age` that nothing needs, one chunk per
     /// writer transaction. Returns how many went.
     pub async fn prune(&self, age: Duration) -> Result<usize, StoreError> {
+        Ok(self.prune_for(age, 0, None).await?.pruned)
+    }
+
+    /// [`Store::prune`] from after event `after`, stopping between two
+    /// chunks once `budget` has passed (an admin request answers in time and
+    /// the caller asks again from where it stopped).
+    pub async fn prune_for(
+        &self,
+        age: Duration,
+        after: i64,
+        budget: Option<Duration>,
+    ) -> Result<Pass, StoreError> {
+        let began = std::time::Instant::now();
         let cutoff_ms = cutoff(age);
-        let (mut total, mut from) = (0, 0);
+        let (mut pruned, mut from) = (0, after);
         loop {
             let started = std::time::Instant::now();
             let chunk = self.write(move |c| prune_chunk(c, from, cutoff_ms)).await?;
-            total += chunk.pruned;
-            if !chunk.more {
-                return Ok(total);
-            }
+            pruned += chunk.pruned;
             from = chunk.last_seq;
+            if !chunk.more {
+                return Ok(Pass {
+                    pruned,
+                    resume_after: None,
+                });
+            }
+            if budget.is_some_and(|b| began.elapsed() >= b) {
+                return Ok(Pass {
+                    pruned,
+                    resume_after: Some(from),
+                });
+            }
             // Room for the ingest between two chunks: pruning a long
             // backlog takes at most about a fifth of the writer's time.
             let pause = (started.elapsed() * 4).max(Duration::from_millis(2));
