@@ -174,10 +174,33 @@ fn admin_refuses_missing_or_wrong_token_and_is_off_without_one() {
         401
     );
     let off = TestServer::start("[tenants.default]");
-    assert_eq!(
-        admin("GET", &off.url("/admin/events"), Some(TOKEN), None).status,
-        404
+    let r = admin("GET", &off.url("/admin/events"), Some(TOKEN), None);
+    assert_eq!(r.status, 404);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("admin API is off"),
+        "{:?}",
+        r.body
     );
+    // The CLI says so too.
+    let out = run(&["events", "list", "--url", &off.url(""), "--token", TOKEN]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("404: the admin API is off"), "{err}");
+    // A path nothing serves names where webhooks go; `hookhost send` given
+    // only the server's address posts to its /webhook.
+    let r = post(&off.url("/"), samples::MESSAGE_RECEIVED.as_bytes(), None);
+    assert_eq!(r.status, 404);
+    assert!(
+        r.body["error"].as_str().unwrap().contains("POST /webhook"),
+        "{:?}",
+        r.body
+    );
+    let sent = cli(&["send", "--url", &off.url("")]);
+    assert!(sent.starts_with("message_received: 200"), "{sent}");
+    assert_eq!(off.stored().len(), 1);
 }
 
 #[test]
@@ -553,6 +576,45 @@ fn cli_reads_the_data_directory_and_the_running_server() {
     assert!(l[0]["received_at"].as_i64().unwrap() > 0);
     let shown = cli(&["events", "show", "1", "--data-dir", data.to_str().unwrap()]);
     assert!(shown.contains("\"sender_name\": \"Juan Pérez\""), "{shown}");
+    // Paging and the newest N, the same both ways.
+    let url = s.url("");
+    for place in [
+        vec!["--data-dir", data.to_str().unwrap()],
+        vec!["--url", &url, "--token", TOKEN],
+    ] {
+        let list = |args: &[&str]| {
+            json_lines(&cli(&[&["events", "list", "--json"], args, &place].concat()))
+        };
+        assert_eq!(list(&["--last", "1"]), vec![l[1].clone()]);
+        assert_eq!(list(&["--last", "5"]), l);
+        assert_eq!(list(&["--after", "1"]), vec![l[1].clone()]);
+        assert_eq!(list(&["--limit", "1"]), vec![l[0].clone()]);
+        assert!(list(&["--after", "2"]).is_empty());
+    }
+    // The table for people: a header, times in UTC.
+    let table = cli(&["events", "list", "--data-dir", data.to_str().unwrap()]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0]
+            .split_whitespace()
+            .eq(["SEQ", "RECEIVED", "TENANT", "TYPE", "KEY"]),
+        "{table}"
+    );
+    let received = lines[1].split_whitespace().nth(1).unwrap();
+    assert!(
+        received.starts_with("20") && received.ends_with('Z') && received.len() == 24,
+        "{table}"
+    );
+    let empty = TestServer::start("[tenants.default]");
+    assert!(wait_until(SETTLE, || get(&empty.url("/readyz")).status == 200));
+    let none = cli(&[
+        "events",
+        "list",
+        "--data-dir",
+        empty.data_dir().to_str().unwrap(),
+    ]);
+    assert_eq!(none.trim(), "no events");
 }
 
 #[test]

@@ -164,6 +164,7 @@ pub struct SendArgs {
     /// Send this JSON file instead of a sample.
     #[arg(long)]
     pub file: Option<PathBuf>,
+    /// Where to POST: a webhook URL, or a server address (its `/webhook`).
     #[arg(long, default_value = "http://127.0.0.1:3000/webhook")]
     pub url: String,
     /// Signing secret; no signature header when empty.
@@ -199,7 +200,7 @@ pub struct Target {
 
 #[derive(Subcommand, Debug)]
 pub enum EventsCommand {
-    /// List stored events, oldest first.
+    /// List stored events, oldest first (times in UTC).
     List {
         #[command(flatten)]
         target: Target,
@@ -208,8 +209,14 @@ pub enum EventsCommand {
         /// One JSON object a line.
         #[arg(long)]
         json: bool,
+        /// Events after this sequence number (to page on).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: i64,
         #[arg(long, default_value_t = 1000)]
         limit: i64,
+        /// Only the newest N events.
+        #[arg(long, value_name = "N", conflicts_with_all = ["after", "limit"])]
+        last: Option<i64>,
     },
     /// One event with its body and deliveries.
     Show {
@@ -321,8 +328,16 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 target,
                 tenant,
                 json,
+                after,
                 limit,
-            } => operate::events_list(&target, tenant.as_deref(), json, limit),
+                last,
+            } => {
+                let page = match last {
+                    Some(n) => operate::Page::Last(n),
+                    None => operate::Page::After(after, limit),
+                };
+                operate::events_list(&target, tenant.as_deref(), json, page)
+            }
             EventsCommand::Show { seq, target } => operate::event_show(&target, seq),
             EventsCommand::Prune { older_than, target } => {
                 operate::events_prune(&target, older_than)
@@ -367,8 +382,42 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
+/// A server's address without a path (`http://host:port`) means its
+/// default tenant's `/webhook`.
+fn webhook_url(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) if url[after_scheme + i..] != *"/" => url.to_string(),
+        _ => format!("{}/webhook", url.trim_end_matches('/')),
+    }
+}
+
+/// Milliseconds since the epoch as RFC 3339 in UTC, to the millisecond.
 pub(crate) fn fmt_ms(ms: i64) -> String {
-    format!("{}.{:03}", ms / 1000, ms % 1000)
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    let s = ms_of_day / 1000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60,
+        ms_of_day % 1000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 fn read_input(file: Option<&PathBuf>) -> anyhow::Result<Vec<u8>> {
@@ -424,11 +473,10 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
         .timeout_global(Some(std::time::Duration::from_secs(30)))
         .build()
         .new_agent();
+    let url = webhook_url(&a.url);
     let mut failed = false;
     for (name, body) in bodies {
-        let mut req = agent
-            .post(&a.url)
-            .header("Content-Type", "application/json");
+        let mut req = agent.post(&url).header("Content-Type", "application/json");
         if !a.secret.is_empty() {
             req = req.header(
                 "X-Whapi-Signature",
@@ -466,4 +514,31 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fmt_ms, webhook_url};
+
+    #[test]
+    fn a_bare_server_address_means_its_webhook() {
+        for (given, posted) in [
+            ("http://127.0.0.1:3000", "http://127.0.0.1:3000/webhook"),
+            ("http://127.0.0.1:3000/", "http://127.0.0.1:3000/webhook"),
+            ("http://h/webhook/acme", "http://h/webhook/acme"),
+            ("https://h/hooks/in?x=1", "https://h/hooks/in?x=1"),
+        ] {
+            assert_eq!(webhook_url(given), posted);
+        }
+    }
+
+    #[test]
+    fn times_print_as_utc() {
+        assert_eq!(fmt_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(fmt_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(fmt_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(fmt_ms(1_795_970_761_149), "2026-11-29T16:46:01.149Z");
+        assert_eq!(fmt_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
+        assert_eq!(fmt_ms(4_107_542_400_000), "2100-03-01T00:00:00.000Z");
+    }
 }

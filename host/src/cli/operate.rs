@@ -39,37 +39,61 @@ fn remote(t: &Target, method: &str, path: &str, body: Option<Value>) -> anyhow::
 }
 
 fn print_events(rows: &[Value], json: bool) {
+    if json {
+        rows.iter().for_each(|r| println!("{r}"));
+        return;
+    }
+    if rows.is_empty() {
+        println!("no events");
+        return;
+    }
+    println!(
+        "{:>6}  {:<24}  {:<10}  {:<18}  KEY",
+        "SEQ", "RECEIVED", "TENANT", "TYPE"
+    );
     for r in rows {
-        if json {
-            println!("{r}");
-        } else {
-            println!(
-                "{:>6}  {}  {:<10}  {:<18}  {}",
-                r["seq"],
-                fmt_ms(r["received_at"].as_i64().unwrap_or(0)),
-                r["tenant"].as_str().unwrap_or(""),
-                r["event_type"].as_str().unwrap_or(""),
-                r["key"].as_str().unwrap_or("")
-            );
-        }
+        println!(
+            "{:>6}  {:<24}  {:<10}  {:<18}  {}",
+            r["seq"].to_string(),
+            fmt_ms(r["received_at"].as_i64().unwrap_or(0)),
+            r["tenant"].as_str().unwrap_or(""),
+            r["event_type"].as_str().unwrap_or(""),
+            r["key"].as_str().unwrap_or("")
+        );
     }
 }
 
-fn print_deliveries(rows: &[Value], json: bool) {
+fn print_deliveries(rows: &[Value], json: bool, dead: bool) {
+    if json {
+        rows.iter().for_each(|r| println!("{r}"));
+        return;
+    }
+    if rows.is_empty() {
+        println!(
+            "{}",
+            if dead {
+                "no dead letters"
+            } else {
+                "no deliveries"
+            }
+        );
+        return;
+    }
+    println!(
+        "{:>6}  {:<14}  {:<10}  {:<9}  {:>8}  {:<24}  LAST ERROR",
+        "SEQ", "PLUGIN", "TENANT", "STATE", "ATTEMPTS", "UPDATED"
+    );
     for r in rows {
-        if json {
-            println!("{r}");
-        } else {
-            println!(
-                "{:>6}  {:<14}  {:<10}  {:<8} attempts={}  {}",
-                r["event_seq"],
-                r["plugin"].as_str().unwrap_or(""),
-                r["tenant"].as_str().unwrap_or(""),
-                r["state"].as_str().unwrap_or(""),
-                r["attempts"],
-                r["last_error"].as_str().unwrap_or("")
-            );
-        }
+        println!(
+            "{:>6}  {:<14}  {:<10}  {:<9}  {:>8}  {:<24}  {}",
+            r["event_seq"].to_string(),
+            r["plugin"].as_str().unwrap_or(""),
+            r["tenant"].as_str().unwrap_or(""),
+            r["state"].as_str().unwrap_or(""),
+            r["attempts"].to_string(),
+            fmt_ms(r["updated_at"].as_i64().unwrap_or(0)),
+            r["last_error"].as_str().unwrap_or("")
+        );
     }
 }
 
@@ -79,21 +103,39 @@ fn to_values<T: serde::Serialize>(rows: &[T]) -> Vec<Value> {
         .collect()
 }
 
+/// Which events `events list` shows.
+#[derive(Debug, Clone, Copy)]
+pub enum Page {
+    /// Up to `limit` after a sequence number.
+    After(i64, i64),
+    /// The newest N.
+    Last(i64),
+}
+
 pub fn events_list(
     t: &Target,
     tenant: Option<&str>,
     json: bool,
-    limit: i64,
+    page: Page,
 ) -> anyhow::Result<i32> {
     let rows = if t.url.is_some() {
-        let q = tenant.map(|t| format!("&tenant={t}")).unwrap_or_default();
-        remote(t, "GET", &format!("/admin/events?limit={limit}{q}"), None)?["events"]
+        let mut q = match page {
+            Page::After(after, limit) => format!("after={after}&limit={limit}"),
+            Page::Last(n) => format!("last={n}"),
+        };
+        if let Some(t) = tenant {
+            q.push_str(&format!("&tenant={t}"));
+        }
+        remote(t, "GET", &format!("/admin/events?{q}"), None)?["events"]
             .as_array()
             .cloned()
             .unwrap_or_default()
     } else {
         let c = store::open_read_only(&t.data_dir)?;
-        let rows: Vec<EventRow> = store::list_events(&c, tenant, 0, limit)?;
+        let rows: Vec<EventRow> = match page {
+            Page::After(after, limit) => store::list_events(&c, tenant, after, limit)?,
+            Page::Last(n) => store::list_last_events(&c, tenant, n)?,
+        };
         to_values(&rows)
     };
     print_events(&rows, json);
@@ -138,7 +180,7 @@ pub fn deliveries(
         let rows: Vec<DeliveryRow> = store::list_deliveries(&c, event, state, limit)?;
         to_values(&rows)
     };
-    print_deliveries(&rows, json);
+    print_deliveries(&rows, json, state == Some("dead"));
     Ok(0)
 }
 

@@ -31,7 +31,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let Some(token) = &state.admin_token else {
-        return AppError::NotFound.into_response();
+        return AppError::AdminOff.into_response();
     };
     let given = req
         .headers()
@@ -70,6 +70,8 @@ struct EventsQuery {
     #[serde(default)]
     after: i64,
     limit: Option<i64>,
+    /// The newest N instead (oldest first), ignoring `after` and `limit`.
+    last: Option<i64>,
 }
 
 async fn events(
@@ -77,8 +79,9 @@ async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Value>, AppError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let rows = blocking(&state.store, move |s| {
-        s.events_after(q.tenant.as_deref(), q.after, limit)
+    let rows = blocking(&state.store, move |s| match q.last {
+        Some(n) => s.last_events(q.tenant.as_deref(), n.clamp(1, 10_000)),
+        None => s.events_after(q.tenant.as_deref(), q.after, limit),
     })
     .await?;
     Ok(Json(json!({ "events": rows })))

@@ -15,6 +15,11 @@ pub enum AppError {
     UnknownTenant,
     #[error("not found")]
     NotFound,
+    #[error("the admin API is off: set [admin] token to turn it on")]
+    AdminOff,
+    /// A path no route serves.
+    #[error("no such path (webhooks are received at POST /webhook and /webhook/{{tenant}})")]
+    NoRoute,
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("request timed out")]
@@ -36,7 +41,10 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::UnknownTenant | AppError::NotFound => StatusCode::NOT_FOUND,
+            AppError::UnknownTenant
+            | AppError::NotFound
+            | AppError::AdminOff
+            | AppError::NoRoute => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Timeout => StatusCode::REQUEST_TIMEOUT,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,

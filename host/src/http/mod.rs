@@ -66,7 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(admin::routes(state.clone()))
-        .fallback(|| async { AppError::NotFound })
+        .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
         .layer(middleware::from_fn_with_state(state.clone(), timeout))
         .with_state(state)

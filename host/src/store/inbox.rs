@@ -87,6 +87,22 @@ pub fn list(
     Ok(rows)
 }
 
+/// The newest `limit` events, oldest first.
+pub fn list_last(
+    c: &Connection,
+    tenant: Option<&str>,
+    limit: i64,
+) -> Result<Vec<EventRow>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM events WHERE ?1 IS NULL OR tenant = ?1 ORDER BY seq DESC LIMIT ?2"
+    ))?;
+    let mut rows = st
+        .query_map(params![tenant, limit], row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.reverse();
+    Ok(rows)
+}
+
 /// What fan-out needs of an event (no body).
 #[derive(Debug, Clone)]
 pub struct EventHead {
@@ -132,6 +148,14 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
         self.read(|c| list(c, tenant, after_seq, limit))
+    }
+
+    pub fn last_events(
+        &self,
+        tenant: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        self.read(|c| list_last(c, tenant, limit))
     }
 
     pub fn event_heads(&self, after_seq: i64, limit: i64) -> Result<Vec<EventHead>, StoreError> {

@@ -12,7 +12,8 @@ mod sends;
 mod writer;
 
 pub use inbox::{
-    get as get_event, list as list_events, EventHead, EventRow, IngestOutcome, NewEvent,
+    get as get_event, list as list_events, list_last as list_last_events, EventHead, EventRow,
+    IngestOutcome, NewEvent,
 };
 pub use kv::{KvError, Scope as KvScope};
 pub use sends::{NewSend, SendState};
@@ -296,7 +297,15 @@ fn open_existing(data_dir: &Path, write: bool) -> Result<Connection, StoreError>
         max_batch: 1,
         max_size_mb: 0,
     };
-    Ok(open_connection(&path, &opts, write)?)
+    let c = open_connection(&path, &opts, write)?;
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 {
+        return Err(StoreError::Unavailable(format!(
+            "{} is not a hookhost store, or its server has not created it yet",
+            path.display()
+        )));
+    }
+    Ok(c)
 }
 
 /// Opens an existing store for the offline CLI commands that change the
