@@ -2,7 +2,7 @@
 //! and `HOOKHOST_*` environment variables. Everything is validated once at
 //! start so a running server never meets a half-valid config.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -361,7 +361,7 @@ impl Default for RuntimeConfig {
 }
 
 /// A capability a plugin may be granted.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "lowercase")]
 pub enum Grant {
     Log,
@@ -372,6 +372,16 @@ pub enum Grant {
 }
 
 impl Grant {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Grant::Log => "log",
+            Grant::Kv => "kv",
+            Grant::Sql => "sql",
+            Grant::Messaging => "messaging",
+            Grant::Config => "config",
+        }
+    }
+
     /// What a plugin gets when the operator says nothing: everything that
     /// stays inside its own sandbox. Sending messages must be granted.
     pub const DEFAULT: [Grant; 4] = [Grant::Log, Grant::Kv, Grant::Sql, Grant::Config];

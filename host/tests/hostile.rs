@@ -217,7 +217,7 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
     );
     assert_eq!(
         err("nogrant"),
-        "reject: log=ok kv=ok sql=ok send=access-denied config=ok"
+        "reject: log=ok kv=ok sql=ok send=access-denied config=ok (`messaging` is not granted)"
     );
     assert!(!std::path::Path::new("/tmp/hookhost-escape.sqlite").exists());
     assert!(!std::path::Path::new("/tmp/hookhost-escape-copy.sqlite").exists());

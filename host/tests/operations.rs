@@ -504,6 +504,89 @@ fn plugin_test_reports_what_the_sample_plugins_do() {
             ("573001112233@c.us", "Menú")
         ]
     );
+    // As the server would run it for a tenant: the configuration's limits,
+    // the tenant's grants and settings over the sidecar's.
+    let config = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &config,
+        r#"
+[limits]
+fuel = 5_000_000
+[tenants.acme.plugin.auto-reply]
+grants = ["log", "kv", "config"]
+limits = { timeout_ms = 700 }
+settings = { greeting = "Hi from acme" }
+[tenants.default.plugin.auto-reply]
+grants = ["log", "kv", "config", "messaging"]
+"#,
+    )
+    .unwrap();
+    let copy = dir.path().join("auto-reply.wasm");
+    std::fs::copy(sp.join("auto-reply.wasm"), &copy).unwrap();
+    std::fs::write(
+        dir.path().join("auto-reply.toml"),
+        "[settings]\ngreeting = \"From the sidecar\"\nquote = false\n",
+    )
+    .unwrap();
+    let as_tenant = |tenant: &str| {
+        plugin_test(
+            &copy,
+            &["--config", config.to_str().unwrap(), "--tenant", tenant],
+        )
+    };
+    let acme = as_tenant("acme");
+    assert_eq!(acme["grants"], serde_json::json!(["log", "kv", "config"]));
+    assert_eq!(
+        acme["limits"],
+        serde_json::json!({ "fuel": 5_000_000, "memory_mb": 64, "timeout_ms": 700 })
+    );
+    // The reply is refused: messaging is not granted to acme.
+    assert_eq!(acme["ok"], false, "{acme}");
+    assert!(
+        acme["result"].as_str().unwrap().contains("access denied"),
+        "{acme}"
+    );
+    let kinds: Vec<&str> = acme["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"denied") && !kinds.contains(&"send"),
+        "{acme}"
+    );
+    let denied = acme["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "denied");
+    assert_eq!(denied.unwrap()["capability"], "messaging");
+    let default = as_tenant("default");
+    assert_eq!(default["ok"], true, "{default}");
+    let send = default["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "send");
+    let send = send.unwrap_or_else(|| panic!("{default}"));
+    assert_eq!(send["text"], "From the sidecar");
+    assert!(
+        send["quoted_message_id"].is_null(),
+        "the sidecar's quote = false: {default}"
+    );
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["plugin", "test"])
+        .arg(&copy)
+        .args(["--config", config.to_str().unwrap(), "--tenant", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("no tenant `nobody` (it has: acme, default)"),
+        "{missing:?}"
+    );
     // An event the plugin does not subscribe to is skipped, not failed.
     let skipped = plugin_test(&sp.join("auto-reply.wasm"), &["--event", "ack_update"]);
     assert_eq!(

@@ -157,7 +157,13 @@ settings = {{ probe = "1" }}
     };
     // Without `config` the locked plugin cannot read its settings, so it
     // takes its default path (recording) and is refused SQL.
-    assert!(err("locked").contains("access denied"), "{}", err("locked"));
+    // The ledger names the missing grant.
+    assert!(
+        err("locked").contains("access denied")
+            && err("locked").ends_with("(`sql` is not granted)"),
+        "{}",
+        err("locked")
+    );
     assert_eq!(err("open"), "reject: log=ok kv=ok sql=ok send=ok config=ok");
     assert_eq!(whapi.sent().len(), 1);
 }

@@ -44,6 +44,10 @@ pub struct Capabilities {
     pub sends: u32,
     pub log_lines: u32,
     pub log_dropped: u32,
+    /// The first capability refused for want of a grant (`log` and
+    /// `config` aside, which quietly do nothing); logged, and named in the
+    /// delivery's error if it fails.
+    pub denied: Option<Grant>,
     /// What the plugin did, when the caller wants a report (`plugin test`).
     pub journal: Option<Vec<Action>>,
 }
@@ -71,6 +75,10 @@ pub enum Action {
         to: String,
         text: String,
         quoted_message_id: Option<String>,
+    },
+    /// A call refused because the capability is not granted.
+    Denied {
+        capability: Grant,
     },
 }
 
@@ -102,16 +110,29 @@ impl Capabilities {
             sends: 0,
             log_lines: 0,
             log_dropped: 0,
+            denied: None,
             journal: None,
         }
     }
 
-    fn check(&self, g: Grant) -> Result<(), HostError> {
+    fn check(&mut self, g: Grant) -> Result<(), HostError> {
         if self.grants.contains(&g) {
-            Ok(())
-        } else {
-            Err(HostError::AccessDenied)
+            return Ok(());
         }
+        // Without `log` or `config` those calls quietly do nothing; the
+        // others fail, so the first of them is worth a line.
+        if self.denied.is_none() && !matches!(g, Grant::Log | Grant::Config) {
+            self.denied = Some(g);
+            tracing::warn!(
+                tenant = %self.tenant,
+                plugin = %self.plugin,
+                event_seq = self.event_seq,
+                capability = g.as_str(),
+                "plugin used a capability it is not granted (see `grants`)"
+            );
+        }
+        self.note(|| Action::Denied { capability: g });
+        Err(HostError::AccessDenied)
     }
 
     fn note(&mut self, a: impl FnOnce() -> Action) {

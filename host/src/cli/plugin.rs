@@ -3,7 +3,8 @@
 //! cache folder, so a large component compiles once.
 
 use crate::capabilities::{Action, Capabilities};
-use crate::config::{Grant, Limits, StoreConfig};
+use crate::config::{Config, Grant, Limits, StoreConfig, DEFAULT_TENANT};
+use crate::runtime::registry::{policy_for, Policy, Sidecar};
 use crate::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
 use crate::store::{Store, StoreOptions};
 use anyhow::Context;
@@ -139,7 +140,14 @@ pub struct TestArgs {
     /// An event body from a JSON file instead.
     #[arg(long = "file", id = "file_event")]
     pub event_file: Option<PathBuf>,
-    /// Plugin settings: a TOML file.
+    /// Run it as the server would for a tenant: that configuration's
+    /// limits, and the tenant's grants and settings for this plugin.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The tenant of `--config` (the default tenant when not given).
+    #[arg(long, requires = "config")]
+    pub tenant: Option<String>,
+    /// Plugin settings: a TOML file, over the sidecar's and the tenant's.
     #[arg(long)]
     pub settings: Option<PathBuf>,
     /// Fuel, memory and deadline (defaults as in the server).
@@ -152,6 +160,46 @@ pub struct TestArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The grants, limits and settings `plugin test` runs with: every grant and
+/// the sidecar beside the file, or, with `--config`, what the server would
+/// give the plugin for the tenant.
+fn policy(a: &TestArgs) -> anyhow::Result<Policy> {
+    let sidecar_path = a.file.with_extension("toml");
+    let sidecar = if sidecar_path.is_file() {
+        Some(
+            Sidecar::read(&sidecar_path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", sidecar_path.display()))?,
+        )
+    } else {
+        None
+    };
+    let name = a
+        .file
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let Some(path) = &a.config else {
+        let mut p = policy_for(Limits::default(), None, sidecar.as_ref(), &name);
+        p.grants = Grant::ALL.iter().copied().collect();
+        return Ok(p);
+    };
+    let config = Config::load(path)?;
+    let tenant = a.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
+    let Some(t) = config.tenants.get(tenant) else {
+        anyhow::bail!(
+            "{} has no tenant `{tenant}` (it has: {})",
+            path.display(),
+            config
+                .tenants
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    };
+    Ok(policy_for(config.limits, Some(t), sidecar.as_ref(), &name))
 }
 
 pub fn test(a: TestArgs) -> anyhow::Result<i32> {
@@ -170,15 +218,18 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
     };
     let parsed =
         crate::event::parse(&body).map_err(|e| anyhow::anyhow!("the event does not parse: {e}"))?;
-    let settings: serde_json::Value = match &a.settings {
-        Some(p) => {
-            let t: toml::Table = toml::from_str(&std::fs::read_to_string(p)?)
-                .with_context(|| format!("parsing {}", p.display()))?;
-            serde_json::to_value(t)?
+    let policy = policy(&a)?;
+    let mut settings = (*policy.settings).clone();
+    if let Some(p) = &a.settings {
+        let t: toml::Table = toml::from_str(&std::fs::read_to_string(p)?)
+            .with_context(|| format!("parsing {}", p.display()))?;
+        if let (Some(to), serde_json::Value::Object(from)) =
+            (settings.as_object_mut(), serde_json::to_value(t)?)
+        {
+            to.extend(from);
         }
-        None => serde_json::json!({}),
-    };
-    let mut limits = Limits::default();
+    }
+    let mut limits = policy.limits;
     if let Some(f) = a.fuel {
         limits.fuel = f;
     }
@@ -188,6 +239,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
     if let Some(t) = a.timeout_ms {
         limits.timeout_ms = t;
     }
+    let grants: Vec<Grant> = policy.grants.iter().copied().collect();
 
     let compile_start = Instant::now();
     let (rt, bytes, loaded) = load(&a.file)?;
@@ -212,14 +264,18 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
     let raw = String::from_utf8_lossy(&body).into_owned();
     let report = if p.wants(kind) {
         let ctx = crate::bindings::types::DeliveryContext {
-            tenant: "test".into(),
+            tenant: match (&a.config, &a.tenant) {
+                (_, Some(t)) => t.clone(),
+                (Some(_), None) => DEFAULT_TENANT.into(),
+                (None, None) => "test".into(),
+            },
             plugin: p.name.clone(),
             event_key: parsed.key.clone(),
             attempt: 1,
             received_at: crate::store::now_ms(),
             raw_json: raw.clone(),
         };
-        let caps = scratch_caps(scratch.path(), &p.name, &Grant::ALL, limits, settings);
+        let caps = scratch_caps(scratch.path(), &p.name, &grants, limits, settings);
         Some(sandbox::deliver(
             &p,
             caps,
@@ -257,6 +313,8 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                 "from_cache": p.from_cache,
                 "event_type": parsed.event.event_type(),
                 "event_key": parsed.key,
+                "grants": grants,
+                "limits": { "fuel": limits.fuel, "memory_mb": limits.memory_mb, "timeout_ms": limits.timeout_ms },
                 "ok": code == 0,
                 "result": result,
                 "fuel_used": report.as_ref().map(|r| r.fuel_used),
@@ -280,6 +338,17 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             compile.as_millis()
         );
         println!("event: {} ({})", parsed.event.event_type(), parsed.key);
+        println!(
+            "grants: {}   limits: fuel {}, memory {} MB, {} ms",
+            grants
+                .iter()
+                .map(|g| g.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            limits.fuel,
+            limits.memory_mb,
+            limits.timeout_ms
+        );
         println!("result: {result}");
         if let Some(r) = &report {
             println!(
@@ -304,6 +373,9 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                 }
                 Action::KvSet { key, bytes } => println!("  kv set {key} ({bytes} bytes)"),
                 Action::KvDelete { key } => println!("  kv delete {key}"),
+                Action::Denied { capability } => {
+                    println!("  denied: {} (not granted)", capability.as_str())
+                }
                 Action::Sql { statement } => println!(
                     "  sql: {}",
                     statement.split_whitespace().collect::<Vec<_>>().join(" ")

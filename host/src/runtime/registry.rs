@@ -9,7 +9,7 @@ use super::engine::Runtime;
 use super::plugin::{self, LoadedPlugin};
 use super::sandbox;
 use crate::capabilities::{Capabilities, Messenger, SqlDb, SqlPool};
-use crate::config::{Config, Grant, Limits, LimitsOverride, Tenant, DEFAULT_TENANT};
+use crate::config::{Config, Grant, Limits, LimitsOverride, Tenant, TenantConfig, DEFAULT_TENANT};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,46 @@ pub struct Policy {
     pub grants: BTreeSet<Grant>,
     pub limits: Limits,
     pub settings: Arc<serde_json::Value>,
+}
+
+/// What `plugin` may do for a tenant: the tenant's `[tenants.T.plugin.NAME]`
+/// table over the plugin's sidecar over the tenant's and then the server's
+/// limits; settings merged key by key; grants from the first that names
+/// them, else [`Grant::DEFAULT`].
+pub fn policy_for(
+    defaults: Limits,
+    tenant: Option<&TenantConfig>,
+    sidecar: Option<&Sidecar>,
+    plugin: &str,
+) -> Policy {
+    let tp = tenant.and_then(|t| t.plugin.get(plugin));
+    let grants = tp
+        .and_then(|p| p.grants.clone())
+        .or_else(|| sidecar.and_then(|s| s.grants.clone()))
+        .unwrap_or_else(|| Grant::DEFAULT.to_vec());
+    let mut limits = defaults;
+    if let Some(t) = tenant {
+        limits = limits.apply(&t.limits);
+    }
+    if let Some(s) = sidecar {
+        limits = limits.apply(&s.limits);
+    }
+    if let Some(p) = tp {
+        limits = limits.apply(&p.limits);
+    }
+    let mut settings = sidecar.map(|s| s.settings.clone()).unwrap_or_default();
+    if let Some(p) = tp {
+        for (k, v) in &p.settings {
+            settings.insert(k.clone(), v.clone());
+        }
+    }
+    let settings =
+        serde_json::to_value(settings).unwrap_or(serde_json::Value::Object(Default::default()));
+    Policy {
+        grants: grants.into_iter().collect(),
+        limits,
+        settings: Arc::new(settings),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -278,36 +318,8 @@ impl Registry {
 
     pub fn policy(&self, tenant: &str, plugin: &str) -> Policy {
         let st = self.state.read().unwrap();
-        let side = st.sidecars.get(plugin);
-        let t = self.tenants.get(tenant);
-        let tp = t.and_then(|t| t.config.plugin.get(plugin));
-        let grants = tp
-            .and_then(|p| p.grants.clone())
-            .or_else(|| side.and_then(|s| s.grants.clone()))
-            .unwrap_or_else(|| Grant::DEFAULT.to_vec());
-        let mut limits = self.defaults;
-        if let Some(t) = t {
-            limits = limits.apply(&t.config.limits);
-        }
-        if let Some(s) = side {
-            limits = limits.apply(&s.limits);
-        }
-        if let Some(p) = tp {
-            limits = limits.apply(&p.limits);
-        }
-        let mut settings = side.map(|s| s.settings.clone()).unwrap_or_default();
-        if let Some(p) = tp {
-            for (k, v) in &p.settings {
-                settings.insert(k.clone(), v.clone());
-            }
-        }
-        let settings =
-            serde_json::to_value(settings).unwrap_or(serde_json::Value::Object(Default::default()));
-        Policy {
-            grants: grants.into_iter().collect(),
-            limits,
-            settings: Arc::new(settings),
-        }
+        let t = self.tenants.get(tenant).map(|t| &t.config);
+        policy_for(self.defaults, t, st.sidecars.get(plugin), plugin)
     }
 
     /// Capabilities for one delivery of `plugin` for `tenant`.
@@ -335,6 +347,7 @@ impl Registry {
             sends: 0,
             log_lines: 0,
             log_dropped: 0,
+            denied: None,
             journal: None,
         }
     }

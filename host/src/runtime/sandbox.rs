@@ -101,6 +101,18 @@ impl Failure {
         !matches!(self, Failure::Reject(_))
     }
 
+    /// The same failure with `note` added to its message (limits have none).
+    pub fn with_note(self, note: &str) -> Failure {
+        let add = |m: String| format!("{m} ({note})");
+        match self {
+            Failure::Trap(m) => Failure::Trap(add(m)),
+            Failure::Instantiate(m) => Failure::Instantiate(add(m)),
+            Failure::Retry(m) => Failure::Retry(add(m)),
+            Failure::Reject(m) => Failure::Reject(add(m)),
+            other => other,
+        }
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             Failure::OutOfFuel => "out-of-fuel",
@@ -220,6 +232,10 @@ pub fn deliver(
     };
     let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let data = store.into_data();
+    let result = match (result, data.caps.denied) {
+        (Err(f), Some(g)) => Err(f.with_note(&format!("`{}` is not granted", g.as_str()))),
+        (r, _) => r,
+    };
     Report {
         result,
         fuel_used,
