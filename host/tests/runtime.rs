@@ -115,6 +115,78 @@ fn a_plugin_receives_every_event_type_with_all_fields() {
         .all(|d| d.plugin_hash.as_deref() == Some(hash.as_str())));
 }
 
+/// What an operator reads in the server's log: a plugin the configuration
+/// names but the folder lacks, and the first capability a delivery was
+/// refused (once per delivery, not once per call).
+#[test]
+fn the_log_names_missing_plugins_and_refused_grants() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    deploy(&test_plugins(), "probe", &plugins, "locked", None);
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[tenants.default]
+plugins = ["locked", "loger"]
+[tenants.default.plugin.locked]
+grants = ["log", "kv"]
+settings = { probe = "1" }
+"#,
+    )
+    .unwrap();
+    let server = process::Proc::start(&cfg, &dir.path().join("data"), &plugins);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &server.url("/metrics"),
+        &["locked"]
+    )));
+    let lines = |text: &str| -> Vec<serde_json::Value> {
+        server
+            .logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+            .cloned()
+            .collect()
+    };
+    let missing = lines("names a plugin that is not in the plugins folder");
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert_eq!(
+        (&missing[0]["tenant"], &missing[0]["plugin"]),
+        (&"default".into(), &"loger".into())
+    );
+    for id in ["e1", "e2"] {
+        let ev = hola_event(id, "c");
+        assert_eq!(
+            post(&server.url("/webhook"), ev.as_bytes(), None).status,
+            200
+        );
+    }
+    let data = dir.path().join("data");
+    let rows = wait_settled(&data, 2, SETTLE);
+    assert!(
+        rows.iter().all(|d| d
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("(`sql` is not granted)")),
+        "{rows:?}"
+    );
+    assert!(wait_until(SETTLE, || lines("capability it is not granted")
+        .len()
+        >= 2));
+    let refused = lines("capability it is not granted");
+    assert_eq!(refused.len(), 2, "one line per delivery: {refused:?}");
+    assert!(
+        refused
+            .iter()
+            .all(|v| v["capability"] == "sql" && v["plugin"] == "locked"),
+        "{refused:?}"
+    );
+}
+
 #[test]
 fn grants_and_denials() {
     let tp = test_plugins();

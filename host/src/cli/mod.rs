@@ -483,9 +483,7 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
                 crate::signature::sign(a.secret.as_bytes(), &body),
             );
         }
-        let mut resp = req
-            .send(&body[..])
-            .with_context(|| format!("POST {}", a.url))?;
+        let mut resp = req.send(&body[..]).with_context(|| format!("POST {url}"))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         println!("{name}: {status} {text}");

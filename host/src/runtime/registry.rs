@@ -201,7 +201,10 @@ impl Registry {
                 crate::priority::lower_current_thread(r.nice);
                 // The dispatcher may start once the folder has been listed:
                 // it holds back deliveries to plugins still compiling.
-                r.scan_then(|| r.mark_initial_done());
+                r.scan_then(|| {
+                    r.mark_initial_done();
+                    r.warn_missing();
+                });
                 while !r.stop.load(Ordering::Relaxed) {
                     match kicked.recv_timeout(RESCAN) {
                         Ok(()) => while kicked.try_recv().is_ok() {},
@@ -400,6 +403,29 @@ impl Registry {
                 }
             })
             .collect()
+    }
+
+    /// Says which plugins the configuration names that the folder does not
+    /// hold (a typo, or a file not deployed yet): nothing runs under those
+    /// names until the file arrives.
+    fn warn_missing(&self) {
+        let st = self.state.read().unwrap();
+        for t in self.tenants.values() {
+            let named: BTreeSet<&String> = t
+                .config
+                .plugins
+                .iter()
+                .chain(t.config.plugin.keys())
+                .collect();
+            for p in named.into_iter().filter(|p| !st.stamps.contains_key(*p)) {
+                tracing::warn!(
+                    tenant = %t.name,
+                    plugin = %p,
+                    dir = %self.dir.display(),
+                    "the configuration names a plugin that is not in the plugins folder"
+                );
+            }
+        }
     }
 
     /// Looks at the folder once and applies what changed.
