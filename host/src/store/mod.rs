@@ -319,7 +319,10 @@ pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
 /// Copies the store and every plugin's SQL database (`plugin-data/`) of
 /// `data_dir` into `dest` (a new or empty folder), each file a consistent
 /// snapshot taken with `VACUUM INTO` on a read-only connection, so a running
-/// server is neither stopped nor held up. Returns the files written.
+/// server is neither stopped nor held up. The store goes first, so the
+/// plugins' databases hold at least what its ledger marks done: after a
+/// restore, deliveries are run again rather than lost. Returns the files
+/// written.
 pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, StoreError> {
     let unavailable = |what: String| StoreError::Unavailable(what);
     if dest.exists()
