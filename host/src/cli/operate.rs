@@ -3,9 +3,17 @@
 
 use super::{fmt_ms, Target};
 use crate::store::{self, DeliveryRow, EventRow};
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
 use std::path::Path;
+
+/// A request to the admin API that the server answered with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{status}: {message}")]
+struct Refused {
+    status: u16,
+    message: String,
+}
 
 fn remote(t: &Target, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let url = format!(
@@ -30,10 +38,11 @@ fn remote(t: &Target, method: &str, path: &str, body: Option<Value>) -> anyhow::
     let status = resp.status().as_u16();
     let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
     if !(200..300).contains(&status) {
-        bail!(
-            "{status}: {}",
-            v["error"].as_str().unwrap_or("request failed")
-        );
+        return Err(Refused {
+            status,
+            message: v["error"].as_str().unwrap_or("request failed").into(),
+        }
+        .into());
     }
     Ok(v)
 }
@@ -223,28 +232,56 @@ pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<i32> {
 }
 
 pub fn events_prune(t: &Target, age: std::time::Duration) -> anyhow::Result<i32> {
-    let n = if t.url.is_some() {
-        // The server answers a long pass in parts; ask again from where
-        // each stopped.
-        let (mut n, mut after) = (0, 0);
-        loop {
-            let body = serde_json::json!({
-                "older_than": format!("{}s", age.as_secs()),
-                "after": after,
-            });
-            let v = remote(t, "POST", "/admin/events/prune", Some(body))?;
-            n += v["pruned"].as_u64().unwrap_or(0) as usize;
-            match v["resume_after"].as_i64() {
-                Some(seq) if v["more"] == true && seq > after => after = seq,
-                _ => break n,
-            }
-        }
+    let (n, uncounted) = if t.url.is_some() {
+        prune_remote(t, age)?
     } else {
         let mut c = store::open_for_update(&t.data_dir)?;
-        store::retention::prune_offline(&mut c, age)?
+        (store::retention::prune_offline(&mut c, age)?, false)
     };
-    println!("pruned {n} event{}", if n == 1 { "" } else { "s" });
+    let events = if n == 1 { "event" } else { "events" };
+    if uncounted {
+        println!(
+            "pruned at least {n} {events} (a part timed out and was asked for again; \
+             hookhost_events_pruned_total counts them all)"
+        );
+    } else {
+        println!("pruned {n} {events}");
+    }
     Ok(0)
+}
+
+/// Retention through the admin API, which answers a long pass in parts:
+/// asks again from where each stopped. A part that timed out (a busy
+/// server) is asked for again; what it pruned stays pruned but is not
+/// counted here (the second value says so).
+fn prune_remote(t: &Target, age: std::time::Duration) -> anyhow::Result<(usize, bool)> {
+    let (mut n, mut after, mut uncounted) = (0, 0, false);
+    loop {
+        let body = serde_json::json!({
+            "older_than": format!("{}s", age.as_secs()),
+            "after": after,
+        });
+        let mut tries = 0;
+        let v = loop {
+            match remote(t, "POST", "/admin/events/prune", Some(body.clone())) {
+                Err(e)
+                    if tries < 5
+                        && e.downcast_ref::<Refused>()
+                            .is_some_and(|r| r.status == 408 || r.status == 503) =>
+                {
+                    tries += 1;
+                    uncounted = true;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                other => break other?,
+            }
+        };
+        n += v["pruned"].as_u64().unwrap_or(0) as usize;
+        match v["resume_after"].as_i64() {
+            Some(seq) if v["more"] == true && seq > after => after = seq,
+            _ => return Ok((n, uncounted)),
+        }
+    }
 }
 
 pub fn replay(t: &Target, seq: i64, plugin: Option<String>, resend: bool) -> anyhow::Result<i32> {

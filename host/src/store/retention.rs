@@ -97,8 +97,8 @@ impl Store {
     }
 
     /// [`Store::prune`] from after event `after`, stopping between two
-    /// chunks once `budget` has passed (an admin request answers in time and
-    /// the caller asks again from where it stopped).
+    /// chunks when another would not end within `budget` (an admin request
+    /// answers in time and the caller asks again from where it stopped).
     pub async fn prune_for(
         &self,
         age: Duration,
@@ -119,15 +119,16 @@ impl Store {
                     resume_after: None,
                 });
             }
-            if budget.is_some_and(|b| began.elapsed() >= b) {
+            // Room for the ingest between two chunks: pruning a long
+            // backlog takes at most about a fifth of the writer's time.
+            let pause = (started.elapsed() * 4).max(Duration::from_millis(2));
+            // Stop unless the pause and one more chunk like this one fit.
+            if budget.is_some_and(|b| began.elapsed() + pause + started.elapsed() > b) {
                 return Ok(Pass {
                     pruned,
                     resume_after: Some(from),
                 });
             }
-            // Room for the ingest between two chunks: pruning a long
-            // backlog takes at most about a fifth of the writer's time.
-            let pause = (started.elapsed() * 4).max(Duration::from_millis(2));
             tokio::time::sleep(pause).await;
         }
     }
