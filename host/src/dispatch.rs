@@ -592,6 +592,17 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
     for line in report.output.lines().take(200) {
         tracing::info!(target: "plugin", tenant = %d.tenant, plugin = %d.plugin, stream = "stdio", "{line}");
     }
+    if let Some(g) = report.denied {
+        inner.metrics.add(
+            "hookhost_capability_denied_total",
+            vec![
+                ("tenant", d.tenant.clone()),
+                ("plugin", d.plugin.clone()),
+                ("capability", g.as_str().to_string()),
+            ],
+            1,
+        );
+    }
     if report.log_dropped > 0 {
         inner.metrics.add(
             "hookhost_plugin_log_lines_dropped_total",

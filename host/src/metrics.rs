@@ -47,6 +47,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Plugin log lines over the per-delivery limit, dropped.",
     ),
     (
+        "hookhost_capability_denied_total",
+        "counter",
+        "Deliveries refused a capability they were not granted (the first one each).",
+    ),
+    (
         "hookhost_dead_letters_total",
         "counter",
         "Deliveries that became dead letters.",

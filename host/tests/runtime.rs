@@ -185,6 +185,19 @@ settings = { probe = "1" }
             .all(|v| v["capability"] == "sql" && v["plugin"] == "locked"),
         "{refused:?}"
     );
+    let m = metrics_text(&server.url("/metrics"));
+    let counted = m
+        .lines()
+        .find(|l| l.starts_with("hookhost_capability_denied_total{"))
+        .unwrap_or_else(|| panic!("{m}"));
+    for label in [
+        r#"tenant="default""#,
+        r#"plugin="locked""#,
+        r#"capability="sql""#,
+    ] {
+        assert!(counted.contains(label), "{counted}");
+    }
+    assert!(counted.ends_with(" 2"), "{counted}");
 }
 
 #[test]

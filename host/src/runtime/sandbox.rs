@@ -152,6 +152,9 @@ pub struct Report {
     pub output: String,
     pub journal: Option<Vec<Action>>,
     pub log_dropped: u32,
+    /// The first capability refused for want of a grant (`log` and
+    /// `config` aside).
+    pub denied: Option<crate::config::Grant>,
 }
 
 fn store_for(
@@ -244,6 +247,7 @@ pub fn deliver(
         output: String::from_utf8_lossy(&out.contents()).into_owned(),
         journal: data.caps.journal,
         log_dropped: data.caps.log_dropped,
+        denied: data.caps.denied,
     }
 }
 
