@@ -1017,6 +1017,99 @@ fn an_admin_prune_of_a_long_backlog_answers_in_parts() {
     assert_eq!(counted.as_deref(), Some(&*(EVENTS - 1).to_string()));
 }
 
+/// A plugin added later gets the history it missed with `replay --from`:
+/// through the server, the events of the tenants it runs for; offline, a
+/// range runs again through the plugins that had it.
+#[test]
+fn a_range_replay_gives_a_new_plugin_the_history() {
+    let tp = test_plugins();
+    let s = TestServer::start(&format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nplugins = [\"first\", \"second\"]\n[tenants.b]\nplugins = [\"first\"]\n"
+    ));
+    deploy(&tp, "probe", &s.plugins_dir(), "first", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["first"]
+    )));
+    for i in 0..5 {
+        assert_eq!(post(&s.url("/webhook/a"), &chat_event(i), None).status, 200);
+    }
+    assert_eq!(post(&s.url("/webhook/b"), &chat_event(9), None).status, 200);
+    let data = s.data_dir();
+    assert_eq!(wait_settled(&data, 6, SETTLE).len(), 6);
+    // `second` arrives: new events reach it, the five old ones did not.
+    deploy(&tp, "probe", &s.plugins_dir(), "second", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["second"]
+    )));
+    assert_eq!(post(&s.url("/webhook/a"), &chat_event(5), None).status, 200);
+    let rows = wait_settled(&data, 8, SETTLE);
+    let of = |rows: &[hookhost::store::DeliveryRow], p: &str| -> Vec<i64> {
+        rows.iter()
+            .filter(|d| d.plugin == p)
+            .map(|d| d.event_seq)
+            .collect()
+    };
+    assert_eq!(of(&rows, "second"), vec![7]);
+    let url = s.url("");
+    let remote =
+        |args: &[&str]| cli(&[&["replay"], args, &["--url", &url, "--token", TOKEN]].concat());
+    assert_eq!(
+        remote(&["--from", "1", "--to", "6", "--plugin", "second"]).trim(),
+        "queued 5 deliveries for 5 events"
+    );
+    let after = wait_settled(&data, 13, SETTLE);
+    assert_eq!(of(&after, "second"), vec![1, 2, 3, 4, 5, 7]);
+    assert!(after.iter().all(|d| d.state == "done"), "{after:?}");
+    // `first` was not touched.
+    let first = |rows: &[hookhost::store::DeliveryRow]| -> Vec<(i64, i64)> {
+        rows.iter()
+            .filter(|d| d.plugin == "first")
+            .map(|d| (d.event_seq, d.updated_at))
+            .collect()
+    };
+    assert_eq!(first(&after), first(&rows));
+    // A plugin that does not run for the tenant asked for is refused.
+    let refused = run(&[
+        "replay", "--from", "1", "--plugin", "second", "--tenant", "b", "--url", &url, "--token",
+        TOKEN,
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("400: plugin `second` does not run for tenant `b`"),
+        "{refused:?}"
+    );
+    let bad = admin(
+        "POST",
+        &s.url("/admin/events/replay"),
+        Some(TOKEN),
+        Some(serde_json::json!({ "from": 0 })),
+    );
+    assert_eq!(bad.status, 400, "{:?}", bad.body);
+    // Offline, tenant b's part of the range again: only what b's event had.
+    let offline = cli(&[
+        "replay",
+        "--from",
+        "1",
+        "--tenant",
+        "b",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(offline.trim(), "queued 1 delivery for 1 event");
+    assert!(wait_until(SETTLE, || {
+        let now = deliveries(&data);
+        now.iter().all(|d| d.state == "done")
+            && now.iter().any(|d| {
+                d.event_seq == 6
+                    && d.updated_at > after.iter().find(|a| a.event_seq == 6).unwrap().updated_at
+            })
+    }));
+    assert_eq!(deliveries(&data).len(), 13);
+}
+
 /// `hookhost backup` copies a running server's store and its plugins'
 /// databases; the copy is a data directory a server starts from, with the
 /// events, the ledger, the plugins' rows and the idempotency memory.

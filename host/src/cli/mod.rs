@@ -81,10 +81,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run an event through one plugin, or all of its tenant's plugins, again.
+    /// Run an event, or a range of events, through one plugin or all of
+    /// their tenant's plugins again (also to give a new plugin the history).
     Replay {
         /// The event's sequence number (see `events list`).
-        seq: i64,
+        #[arg(required_unless_present = "from")]
+        seq: Option<i64>,
+        /// A range instead: from this event…
+        #[arg(long, value_name = "SEQ", conflicts_with = "seq")]
+        from: Option<i64>,
+        /// …to this one (the newest when not given).
+        #[arg(long, value_name = "SEQ", requires = "from")]
+        to: Option<i64>,
+        /// Only this tenant's events of the range.
+        #[arg(long, requires = "from")]
+        tenant: Option<String>,
         /// Only this plugin.
         #[arg(long)]
         plugin: Option<String>,
@@ -363,10 +374,25 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         },
         Command::Replay {
             seq,
+            from,
+            to,
+            tenant,
             plugin,
             resend,
             target,
-        } => operate::replay(&target, seq, plugin, resend),
+        } => match (seq, from) {
+            (Some(seq), _) => operate::replay(&target, seq, plugin, resend),
+            (None, Some(from)) => {
+                let range = operate::Range {
+                    from,
+                    to,
+                    tenant,
+                    plugin,
+                };
+                operate::replay_range(&target, &range, resend)
+            }
+            (None, None) => unreachable!("clap requires SEQ or --from"),
+        },
         Command::Backup { to, data_dir } => operate::backup(&data_dir, &to),
         Command::Plugins {
             target,

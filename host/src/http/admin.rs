@@ -20,6 +20,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/events", get(events))
         .route("/admin/events/{seq}", get(event))
         .route("/admin/events/prune", post(prune))
+        .route("/admin/events/replay", post(super::backfill::replay_range))
         .route("/admin/events/{seq}/replay", post(replay))
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/dead-letters", get(dead_letters))
@@ -46,7 +47,7 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     next.run(req).await
 }
 
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     store: &Store,
     f: impl FnOnce(&Store) -> Result<T, store::StoreError> + Send + 'static,
 ) -> Result<T, AppError> {
@@ -57,7 +58,7 @@ async fn blocking<T: Send + 'static>(
         .map_err(store_error)
 }
 
-fn store_error(e: store::StoreError) -> AppError {
+pub(super) fn store_error(e: store::StoreError) -> AppError {
     match e {
         store::StoreError::Invalid(m) => AppError::BadRequest(m),
         _ => AppError::StoreUnavailable,

@@ -2,6 +2,7 @@
 //! whole app so tests can drive it with or without a socket.
 
 mod admin;
+mod backfill;
 mod error;
 mod limits;
 mod webhook;

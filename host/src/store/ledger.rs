@@ -377,16 +377,68 @@ pub fn replay(
         }
     }
     let now = now_ms();
-    let mut st = c.prepare_cached(
-        "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, attempts, next_at, updated_at, resend)
-         VALUES (?1, ?2, ?3, ?4, 'pending', 0, 0, ?5, ?6)
-         ON CONFLICT (event_seq, plugin) DO UPDATE SET state = 'pending', attempts = 0, next_at = 0,
-            last_error = NULL, updated_at = excluded.updated_at, resend = excluded.resend",
-    )?;
+    let mut st = c.prepare_cached(REQUEUE)?;
     for p in plugins {
         st.execute(params![seq, p, tenant, ordering_key, now, resend])?;
     }
     Ok(plugins.to_vec())
+}
+
+/// A delivery back to pending, attempts reset (created if missing).
+const REQUEUE: &str =
+    "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, attempts, next_at, updated_at, resend)
+     VALUES (?1, ?2, ?3, ?4, 'pending', 0, 0, ?5, ?6)
+     ON CONFLICT (event_seq, plugin) DO UPDATE SET state = 'pending', attempts = 0, next_at = 0,
+        last_error = NULL, updated_at = excluded.updated_at, resend = excluded.resend";
+
+/// What [`replay_many`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Replayed {
+    /// Events with at least one delivery queued.
+    pub events: usize,
+    pub deliveries: usize,
+    /// Deliveries left alone because they were running.
+    pub running: usize,
+}
+
+/// [`replay`] for many events at once, in the caller's transaction: each
+/// `(seq, plugins)` queued again, except deliveries running right now
+/// (counted) and events that are gone.
+pub fn replay_many(
+    c: &Connection,
+    items: &[(i64, Vec<String>)],
+    resend: bool,
+) -> Result<Replayed, StoreError> {
+    let now = now_ms();
+    let mut event = c.prepare_cached("SELECT tenant, ordering_key FROM events WHERE seq = ?1")?;
+    let mut state =
+        c.prepare_cached("SELECT state FROM deliveries WHERE event_seq = ?1 AND plugin = ?2")?;
+    let mut requeue = c.prepare_cached(REQUEUE)?;
+    let mut done = Replayed::default();
+    for (seq, plugins) in items {
+        let Some((tenant, ordering_key)) = event
+            .query_row([seq], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        let mut queued = 0;
+        for p in plugins {
+            let current: Option<String> =
+                state.query_row(params![seq, p], |r| r.get(0)).optional()?;
+            if current.as_deref() == Some("running") {
+                done.running += 1;
+                continue;
+            }
+            requeue.execute(params![seq, p, tenant, ordering_key, now, resend])?;
+            queued += 1;
+        }
+        done.deliveries += queued;
+        done.events += usize::from(queued > 0);
+    }
+    Ok(done)
 }
 
 /// What the operator does with a dead letter.
@@ -440,6 +492,14 @@ impl Store {
         resend: bool,
     ) -> Result<Vec<String>, StoreError> {
         self.write(move |c| replay(c, seq, &plugins, resend)).await
+    }
+
+    pub async fn replay_many(
+        &self,
+        items: Vec<(i64, Vec<String>)>,
+        resend: bool,
+    ) -> Result<Replayed, StoreError> {
+        self.write(move |c| replay_many(c, &items, resend)).await
     }
 
     pub async fn settle_dead(

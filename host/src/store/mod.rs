@@ -12,8 +12,8 @@ mod sends;
 mod writer;
 
 pub use inbox::{
-    get as get_event, list as list_events, list_last as list_last_events, EventHead, EventRow,
-    IngestOutcome, NewEvent,
+    get as get_event, heads as event_heads, list as list_events, list_last as list_last_events,
+    EventHead, EventRow, IngestOutcome, NewEvent,
 };
 pub use kv::{KvError, Scope as KvScope};
 pub use sends::{NewSend, SendState};
@@ -22,8 +22,8 @@ pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
     KvScope { tenant, plugin }
 }
 pub use ledger::{
-    delivered_plugins, list_deliveries, replay, settle_dead, DeadLetter, DeliveryOutcome,
-    DeliveryRow, DueDelivery, NewDelivery, ReplayError,
+    delivered_plugins, list_deliveries, replay, replay_many, settle_dead, DeadLetter,
+    DeliveryOutcome, DeliveryRow, DueDelivery, NewDelivery, ReplayError, Replayed,
 };
 
 use crate::config::{StoreConfig, Synchronous};
