@@ -342,6 +342,9 @@ pub struct RuntimeConfig {
     /// when it exits and never counts against the server. 0: always in
     /// process.
     pub compile_process_min_kb: u64,
+    /// The compile cache's size limit in MiB: past it, the least recently
+    /// used entries of plugins no longer loaded go. 0: no limit.
+    pub cache_max_mb: u64,
     /// The hookhost binary that runs the child compiler; set by `serve`.
     #[serde(skip)]
     pub compiler_exe: Option<PathBuf>,
@@ -355,6 +358,7 @@ impl Default for RuntimeConfig {
             cache_dir: None,
             parallel_compile: false,
             compile_process_min_kb: 1024,
+            cache_max_mb: 2048,
             compiler_exe: None,
         }
     }

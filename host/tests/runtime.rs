@@ -850,6 +850,53 @@ fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
+/// The compile cache stays within `cache_max_mb`: a replaced plugin's old
+/// entry goes, the loaded one stays even when it alone is over the limit.
+#[test]
+fn the_compile_cache_drops_replaced_versions_past_its_limit() {
+    let tp = test_plugins();
+    let s = TestServer::start("[runtime]\ncache_max_mb = 1\n[tenants.default]");
+    let dir = s.plugins_dir();
+    let cache = s.data_dir().join("cache");
+    let v1 = std::fs::read(tp.join("probe.wasm")).unwrap();
+    let v2 = variant(&v1, "v2");
+    let entries = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let h1 = hookhost::runtime::plugin::hash(&v1);
+    let h2 = hookhost::runtime::plugin::hash(&v2);
+    deploy(&tp, "probe", &dir, "p", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["p"]
+    )));
+    let first = entries();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].starts_with(&h1) && first[0].ends_with(".cwasm"),
+        "{first:?}"
+    );
+    assert!(std::fs::metadata(cache.join(&first[0])).unwrap().len() > 512 * 1024);
+    std::fs::write(dir.join(".p.tmp"), &v2).unwrap();
+    std::fs::rename(dir.join(".p.tmp"), dir.join("p.wasm")).unwrap();
+    assert!(
+        wait_until(SETTLE, || {
+            let e = entries();
+            e.len() == 1 && e[0].starts_with(&h2)
+        }),
+        "{:?}",
+        entries()
+    );
+}
+
 #[test]
 fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
     let tp = test_plugins();

@@ -4,7 +4,7 @@
 use super::engine::Runtime;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use wasmtime::component::Component;
 
 /// How often a compiling child is checked on (ended? cancelled?).
@@ -100,7 +100,10 @@ impl CompileCache {
             // engine configuration (the name carries its fingerprint) into a
             // directory only the host writes.
             match unsafe { Component::deserialize_file(&rt.engine, &path) } {
-                Ok(c) => return Ok((c, Source::Cache)),
+                Ok(c) => {
+                    touch(&path);
+                    return Ok((c, Source::Cache));
+                }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cache entry")
                 }
@@ -116,6 +119,68 @@ impl CompileCache {
         Ok((component, Source::Compiled))
     }
 
+    /// The entry `hash` has (or would have) with this engine.
+    pub fn entry(&self, rt: &Runtime, hash: &str) -> PathBuf {
+        self.path(rt, hash)
+    }
+
+    /// Keeps the cache under `max_bytes`: removes the least recently used
+    /// entries (by modification time, which a load refreshes) other than
+    /// those in `keep`, and temporary files a compile left more than an hour
+    /// ago. Returns how many files went and the bytes freed.
+    pub fn evict(&self, keep: &[PathBuf], max_bytes: u64) -> (usize, u64) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return (0, 0);
+        };
+        let now = SystemTime::now();
+        let age = |m: &std::fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .unwrap_or_default()
+        };
+        let (mut removed, mut freed) = (0, 0);
+        let mut entries = Vec::new();
+        for e in dir.flatten() {
+            let path = e.path();
+            let Ok(meta) = e.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".cwasm") {
+                entries.push((age(&meta), meta.len(), path));
+            } else if name.contains(".tmp")
+                && age(&meta) > Duration::from_secs(3600)
+                && std::fs::remove_file(&path).is_ok()
+            {
+                removed += 1;
+                freed += meta.len();
+            }
+        }
+        // Newest first: what is kept counts first, then the most recently
+        // used, until the budget is spent.
+        entries.sort_by_key(|(age, _, _)| *age);
+        let mut used: u64 = entries
+            .iter()
+            .filter(|(_, _, p)| keep.contains(p))
+            .map(|(_, len, _)| len)
+            .sum();
+        for (_, len, path) in entries {
+            if keep.contains(&path) {
+                continue;
+            }
+            if used + len <= max_bytes {
+                used += len;
+            } else if std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+                freed += len;
+            }
+        }
+        (removed, freed)
+    }
+
     fn store(&self, path: &Path, c: &Component) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let bytes = c.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -123,6 +188,13 @@ impl CompileCache {
         std::fs::write(&tmp, bytes)?;
         std::fs::rename(&tmp, path)?;
         Ok(())
+    }
+}
+
+/// Marks an entry as just used (its modification time) for [`CompileCache::evict`].
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::options().append(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
     }
 }
 
@@ -259,4 +331,47 @@ pub fn compile_worker(dir: PathBuf, settings: super::engine::EngineSettings) -> 
     };
     rt.stop();
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, bytes: usize, age_s: u64) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, vec![0u8; bytes]).unwrap();
+        let f = std::fs::File::options().append(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(age_s))
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn eviction_keeps_the_loaded_and_the_recently_used_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let kept = file(d, "k-e.cwasm", 100, 9000);
+        file(d, "a-e.cwasm", 100, 300);
+        file(d, "b-e.cwasm", 100, 200);
+        let newest = file(d, "c-e.cwasm", 100, 100);
+        file(d, "x-e.tmp123", 40, 7200);
+        let fresh_tmp = file(d, "y-e.tmp456", 40, 10);
+        let cache = CompileCache::new(d.to_path_buf());
+        // 250 bytes: the loaded entry (100) and the newest (100) fit.
+        assert_eq!(cache.evict(std::slice::from_ref(&kept), 250), (3, 240));
+        let mut left: Vec<PathBuf> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![newest.clone(), kept.clone(), fresh_tmp]);
+        // A load makes an entry the most recent.
+        let older = file(d, "d-e.cwasm", 100, 50);
+        touch(&newest);
+        assert_eq!(cache.evict(std::slice::from_ref(&kept), 250), (1, 100));
+        assert!(newest.exists() && !older.exists());
+        // The loaded entries stay even past the limit.
+        assert_eq!(cache.evict(std::slice::from_ref(&kept), 10), (1, 100));
+        assert!(kept.exists() && !newest.exists());
+    }
 }

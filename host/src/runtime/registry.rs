@@ -138,6 +138,8 @@ struct State {
 pub struct Registry {
     runtime: Arc<Runtime>,
     cache: CompileCache,
+    /// [`RuntimeConfig::cache_max_mb`](crate::config::RuntimeConfig) in bytes (0: no limit).
+    cache_max_bytes: u64,
     dir: PathBuf,
     data_dir: PathBuf,
     defaults: Limits,
@@ -243,6 +245,7 @@ impl Registry {
         Ok(Arc::new(Registry {
             runtime,
             cache: compile_cache(config),
+            cache_max_bytes: config.runtime.cache_max_mb.saturating_mul(1 << 20),
             dir: config.server.plugins_dir.clone(),
             data_dir: config.server.data_dir.clone(),
             defaults: config.limits,
@@ -448,6 +451,7 @@ impl Registry {
     fn scan_then(&self, listed: impl FnOnce()) {
         let wasm = self.list_folder();
         listed();
+        let mut loaded = false;
         for (name, (path, stamp)) in wasm {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -456,9 +460,32 @@ impl Registry {
             if !unchanged {
                 self.load_file(&name, &path, stamp);
                 self.changed();
+                loaded = true;
             }
         }
         self.publish_metrics();
+        if loaded {
+            self.evict_cache();
+        }
+    }
+
+    /// Keeps the compile cache within its limit, sparing the entries of
+    /// the plugins loaded now.
+    fn evict_cache(&self) {
+        if self.cache_max_bytes == 0 {
+            return;
+        }
+        let keep: Vec<PathBuf> = {
+            let st = self.state.read().unwrap();
+            st.plugins
+                .values()
+                .map(|p| self.cache.entry(&self.runtime, &p.hash))
+                .collect()
+        };
+        let (files, bytes) = self.cache.evict(&keep, self.cache_max_bytes);
+        if files > 0 {
+            tracing::info!(files, bytes, dir = %self.cache.dir().display(), "compile cache trimmed");
+        }
     }
 
     /// Reads the folder and applies what needs no compiling: sidecars,
