@@ -338,7 +338,19 @@ pub fn replay_range(t: &Target, r: &Range, resend: bool) -> anyhow::Result<i32> 
             let body = serde_json::json!({
                 "from": from, "to": r.to, "tenant": r.tenant, "plugin": r.plugin, "resend": resend,
             });
-            let v = remote(t, "POST", "/admin/events/replay", Some(body))?;
+            let v = match remote(t, "POST", "/admin/events/replay", Some(body)) {
+                Ok(v) => v,
+                // A later part is not asked again by itself (deliveries
+                // that finished in between would run once more): say
+                // where to go on from.
+                Err(e) if from > r.from => {
+                    return Err(e.context(format!(
+                        "{} deliveries queued before event {from}; `replay --from {from}` goes on",
+                        done.deliveries
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
             let n = |k: &str| v[k].as_u64().unwrap_or(0) as usize;
             done.events += n("events");
             done.deliveries += n("deliveries");
