@@ -81,8 +81,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run an event, or a range of events, through one plugin or all of
-    /// their tenant's plugins again (also to give a new plugin the history).
+    /// Run an event (SEQ) or a range (--from) through its plugins again.
+    ///
+    /// Through a running server (--url) a range reaches every plugin that
+    /// now runs for the events' tenant: a plugin added later gets the
+    /// history it missed.
     Replay {
         /// The event's sequence number (see `events list`).
         #[arg(required_unless_present = "from")]
