@@ -413,6 +413,12 @@ impl Registry {
     /// names until the file arrives.
     fn warn_missing(&self) {
         let st = self.state.read().unwrap();
+        if st.stamps.is_empty() {
+            tracing::info!(
+                dir = %self.dir.display(),
+                "no plugins yet: drop NAME.wasm files into the plugins folder (it is watched)"
+            );
+        }
         for t in self.tenants.values() {
             let named: BTreeSet<&String> = t
                 .config
