@@ -2,8 +2,11 @@
 //! (`events`, `deliveries`, `dead-letters`, `replay`, `plugins`) and the
 //! plugin authors' tools (`plugin check`, `plugin test`).
 
+mod folder;
 mod operate;
 mod plugin;
+mod remote;
+mod replay;
 
 use crate::config::Config;
 use crate::store;
@@ -384,15 +387,15 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             resend,
             target,
         } => match (seq, from) {
-            (Some(seq), _) => operate::replay(&target, seq, plugin, resend),
+            (Some(seq), _) => replay::replay(&target, seq, plugin, resend),
             (None, Some(from)) => {
-                let range = operate::Range {
+                let range = replay::Range {
                     from,
                     to,
                     tenant,
                     plugin,
                 };
-                operate::replay_range(&target, &range, resend)
+                replay::replay_range(&target, &range, resend)
             }
             (None, None) => unreachable!("clap requires SEQ or --from"),
         },
@@ -401,7 +404,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             target,
             plugins_dir,
             json,
-        } => operate::plugins(&target, &plugins_dir, json),
+        } => folder::plugins(&target, &plugins_dir, json),
         Command::Plugin {
             command: PluginCommand::Check { file, json },
         } => plugin::check(&file, json),

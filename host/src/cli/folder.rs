@@ -1,0 +1,166 @@
+//! `hookhost plugins`: the running server's view of its plugins, or the
+//! files of a plugins folder checked without compiling them.
+
+use super::remote::remote;
+use super::Target;
+use anyhow::Context;
+use serde_json::Value;
+use std::path::Path;
+
+/// Why `bytes` cannot be a plugin, as far as can be told without compiling
+/// it: not WebAssembly, a core module rather than a component, or a
+/// component that does not validate, or one whose exports and imports do
+/// not fit the plugin world. (`hookhost plugin check` also compiles it and
+/// checks the types.)
+fn component_problem(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{Parser, Validator, WasmFeatures};
+    if !Parser::is_component(bytes) {
+        return Some(if Parser::is_core_wasm(bytes) {
+            "a core WebAssembly module, not a component".into()
+        } else {
+            "not a WebAssembly file".into()
+        });
+    }
+    if let Err(e) = Validator::new_with_features(WasmFeatures::all()).validate_all(bytes) {
+        return Some(format!("not a valid component: {e}"));
+    }
+    world_problem(bytes)
+}
+
+/// The interfaces of the `hookhost:plugin` package this host provides
+/// (`wit/since_v0.1.0`), and the versions it accepts: those compatible
+/// with 0.1.0.
+const PLUGIN_INTERFACES: [&str; 6] = ["types", "log", "kv", "sql", "messaging", "config"];
+const PLUGIN_VERSION: &str = "0.1.";
+
+/// `hookhost:plugin/NAME@VERSION` -> (NAME, VERSION)
+fn plugin_interface(name: &str) -> Option<(&str, &str)> {
+    name.strip_prefix("hookhost:plugin/")
+        .map(|rest| rest.split_once('@').unwrap_or((rest, "")))
+}
+
+/// Whether a valid component's top-level names fit the plugin world: it
+/// exports the handler and imports nothing but the plugin interfaces and
+/// WASI. Names only, without a compile, so it errs towards silence: the
+/// types (and WASI interfaces this host does not link) are checked when the
+/// plugin loads, or by `hookhost plugin check`.
+fn world_problem(bytes: &[u8]) -> Option<String> {
+    use wasmparser::{Parser, Payload};
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.ok()? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) if depth == 0 => break,
+            Payload::End(_) => depth -= 1,
+            Payload::ComponentImportSection(r) if depth == 0 => {
+                for i in r {
+                    imports.push(i.ok()?.name.name.to_string());
+                }
+            }
+            Payload::ComponentExportSection(r) if depth == 0 => {
+                for e in r {
+                    exports.push(e.ok()?.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    let handler = exports
+        .iter()
+        .filter_map(|e| plugin_interface(e))
+        .find(|(i, _)| *i == "handler");
+    match handler {
+        None => {
+            return Some(format!(
+                "does not export hookhost:plugin/handler (it exports: {})",
+                if exports.is_empty() {
+                    "nothing".into()
+                } else {
+                    exports.join(", ")
+                }
+            ))
+        }
+        Some((_, v)) if !v.starts_with(PLUGIN_VERSION) => {
+            return Some(format!(
+                "exports hookhost:plugin/handler@{v}; this hookhost speaks {PLUGIN_VERSION}x"
+            ))
+        }
+        Some(_) => {}
+    }
+    imports
+        .into_iter()
+        .find_map(|name| match plugin_interface(&name) {
+            _ if name.starts_with("wasi:") => None,
+            Some((i, v)) if PLUGIN_INTERFACES.contains(&i) && v.starts_with(PLUGIN_VERSION) => None,
+            _ => Some(format!("imports {name}, which hookhost does not provide")),
+        })
+}
+
+pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
+    let rows: Vec<Value> = if t.url.is_some() {
+        remote(t, "GET", "/admin/plugins", None)?["plugins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        let mut rows = Vec::new();
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("wasm") {
+                continue;
+            }
+            let bytes = std::fs::read(&p)?;
+            let sidecar = p.with_extension("toml");
+            let sidecar_error = sidecar
+                .exists()
+                .then(|| crate::runtime::registry::Sidecar::read(&sidecar).err())
+                .flatten();
+            rows.push(serde_json::json!({
+                "name": p.file_stem().and_then(|s| s.to_str()).unwrap_or(""),
+                "status": "file (not loaded: use --url for a running server)",
+                "hash": crate::runtime::plugin::hash(&bytes),
+                "size": bytes.len(),
+                "component_error": component_problem(&bytes),
+                "sidecar": sidecar.exists(),
+                "sidecar_error": sidecar_error,
+            }));
+        }
+        rows
+    };
+    for r in &rows {
+        if json {
+            println!("{r}");
+        } else {
+            let mut status = r["status"].as_str().unwrap_or("").to_string();
+            if let Some(ms) = r["compiling_for_ms"].as_u64() {
+                status.push_str(&format!(" for {} s", ms / 1000));
+            }
+            let mut problems = r["last_error"].as_str().unwrap_or("").to_string();
+            if let Some(e) = r["component_error"].as_str() {
+                problems.push_str(e);
+            }
+            if let Some(e) = r["sidecar_error"].as_str() {
+                let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
+                problems.push_str(&format!(" sidecar refused: {e}"));
+            }
+            println!(
+                "{:<16} {:<10} {:>10} bytes  {}  {}",
+                r["name"].as_str().unwrap_or(""),
+                status,
+                r["size"],
+                r["hash"]
+                    .as_str()
+                    .map(|h| &h[..h.len().min(12)])
+                    .unwrap_or(""),
+                problems.trim()
+            );
+        }
+    }
+    Ok(0)
+}
