@@ -51,10 +51,11 @@ pub struct Policy {
     pub settings: Arc<serde_json::Value>,
 }
 
-/// What `plugin` may do for a tenant: the tenant's `[tenants.T.plugin.NAME]`
-/// table over the plugin's sidecar over the tenant's and then the server's
-/// limits; settings merged key by key; grants from the first that names
-/// them, else [`Grant::DEFAULT`].
+/// What `plugin` may do for a tenant. Limits: the server's, then the
+/// tenant's, the plugin's sidecar and the tenant's `[tenants.T.plugin.NAME]`
+/// table, each over the one before. Settings: the sidecar's, with the
+/// tenant's table over them key by key. Grants: the tenant's table, else the
+/// sidecar, else [`Grant::DEFAULT`].
 pub fn policy_for(
     defaults: Limits,
     tenant: Option<&TenantConfig>,
