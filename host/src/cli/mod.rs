@@ -500,11 +500,7 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
         }
         out
     };
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .build()
-        .new_agent();
+    let agent = remote::agent();
     let url = webhook_url(&a.url);
     let mut failed = false;
     for (name, body) in bodies {

@@ -23,11 +23,7 @@ pub(super) fn remote(
         t.url.as_deref().unwrap_or_default().trim_end_matches('/'),
         path
     );
-    let agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(30)))
-        .build()
-        .new_agent();
+    let agent = agent();
     let auth = format!("Bearer {}", t.token.as_deref().unwrap_or_default());
     let mut resp = match method {
         "POST" => agent
@@ -47,4 +43,14 @@ pub(super) fn remote(
         .into());
     }
     Ok(v)
+}
+
+/// An HTTP client for the CLI: error statuses are answers to read, not
+/// errors; 30 s at most per request.
+pub(super) fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(30)))
+        .build()
+        .new_agent()
 }
