@@ -25,6 +25,21 @@ pub async fn serve(
         if t.secrets.is_empty() {
             tracing::warn!(tenant = %t.name, "tenant has no secret: unsigned events are accepted");
         }
+        if t.whapi.is_none() {
+            let senders = t.config.plugin.iter().filter(|(_, p)| {
+                p.grants
+                    .as_ref()
+                    .is_some_and(|g| g.contains(&crate::config::Grant::Messaging))
+            });
+            for (plugin, _) in senders {
+                tracing::warn!(
+                    tenant = %t.name,
+                    plugin = %plugin,
+                    "plugin may send messages but the tenant has no gateway account \
+                     ([tenants.T.whapi] token and instance_id): its sends will be refused"
+                );
+            }
+        }
     }
     let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
     let metrics = Arc::new(Metrics::default());

@@ -133,6 +133,8 @@ plugins = ["locked", "loger"]
 [tenants.default.plugin.locked]
 grants = ["log", "kv"]
 settings = { probe = "1" }
+[tenants.default.plugin.loger]
+grants = ["log", "messaging"]
 "#,
     )
     .unwrap();
@@ -151,6 +153,10 @@ settings = { probe = "1" }
             .cloned()
             .collect()
     };
+    // It may send, but the tenant has no gateway account.
+    let no_account = lines("has no gateway account");
+    assert_eq!(no_account.len(), 1, "{no_account:?}");
+    assert_eq!(no_account[0]["plugin"], "loger");
     let missing = lines("names a plugin that is not in the plugins folder");
     assert_eq!(missing.len(), 1, "{missing:?}");
     assert_eq!(
