@@ -1108,6 +1108,31 @@ fn a_range_replay_gives_a_new_plugin_the_history() {
             })
     }));
     assert_eq!(deliveries(&data).len(), 13);
+    // The newest deliveries, the same both ways, oldest first.
+    for place in [
+        vec!["--data-dir", data.to_str().unwrap()],
+        vec!["--url", &url, "--token", TOKEN],
+    ] {
+        let last = json_lines(&cli(&[
+            &["deliveries", "--json", "--last", "3"],
+            &place[..],
+        ]
+        .concat()));
+        let keys: Vec<(i64, &str)> = last
+            .iter()
+            .map(|d| {
+                (
+                    d["event_seq"].as_i64().unwrap(),
+                    d["plugin"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            vec![(6, "first"), (7, "first"), (7, "second")],
+            "{place:?}"
+        );
+    }
 }
 
 /// `hookhost backup` copies a running server's store and its plugins'

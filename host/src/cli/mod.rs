@@ -266,6 +266,9 @@ pub struct DeliveriesArgs {
     pub json: bool,
     #[arg(long, default_value_t = 1000)]
     pub limit: i64,
+    /// Only the newest N.
+    #[arg(long, value_name = "N", conflicts_with = "limit")]
+    pub last: Option<i64>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -361,7 +364,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         },
         Command::Deliveries(a) => {
-            operate::deliveries(&a.target, a.state.as_deref(), a.event, a.json, a.limit)
+            let page = match a.last {
+                Some(n) => operate::Page::Last(n),
+                None => operate::Page::After(0, a.limit),
+            };
+            operate::deliveries(&a.target, a.state.as_deref(), a.event, a.json, page)
         }
         Command::DeadLetters {
             command,
@@ -369,7 +376,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
         } => match command.unwrap_or(DeadLettersCommand::List) {
             DeadLettersCommand::List => {
-                operate::deliveries(&target, Some("dead"), None, json, 10_000)
+                let all = operate::Page::After(0, 10_000);
+                operate::deliveries(&target, Some("dead"), None, json, all)
             }
             DeadLettersCommand::Retry { seq, plugin } => {
                 operate::settle_dead(&target, seq, &plugin, store::DeadLetter::Retry)

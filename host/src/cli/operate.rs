@@ -74,10 +74,10 @@ fn to_values<T: serde::Serialize>(rows: &[T]) -> Vec<Value> {
         .collect()
 }
 
-/// Which events `events list` shows.
+/// Which rows a listing shows.
 #[derive(Debug, Clone, Copy)]
 pub enum Page {
-    /// Up to `limit` after a sequence number.
+    /// Up to `limit` after a sequence number (deliveries: from the first).
     After(i64, i64),
     /// The newest N.
     Last(i64),
@@ -132,10 +132,13 @@ pub fn deliveries(
     state: Option<&str>,
     event: Option<i64>,
     json: bool,
-    limit: i64,
+    page: Page,
 ) -> anyhow::Result<i32> {
     let rows = if t.url.is_some() {
-        let mut q = format!("?limit={limit}");
+        let mut q = match page {
+            Page::After(_, limit) => format!("?limit={limit}"),
+            Page::Last(n) => format!("?last={n}"),
+        };
         if let Some(s) = state {
             q.push_str(&format!("&state={s}"));
         }
@@ -148,7 +151,10 @@ pub fn deliveries(
             .unwrap_or_default()
     } else {
         let c = store::open_read_only(&t.data_dir)?;
-        let rows: Vec<DeliveryRow> = store::list_deliveries(&c, event, state, limit)?;
+        let rows: Vec<DeliveryRow> = match page {
+            Page::After(_, limit) => store::list_deliveries(&c, event, state, limit)?,
+            Page::Last(n) => store::list_last_deliveries(&c, event, state, n)?,
+        };
         to_values(&rows)
     };
     print_deliveries(&rows, json, state == Some("dead"));

@@ -108,6 +108,8 @@ struct DeliveriesQuery {
     state: Option<String>,
     event: Option<i64>,
     limit: Option<i64>,
+    /// The newest N instead (oldest first), ignoring `limit`.
+    last: Option<i64>,
 }
 
 async fn deliveries(
@@ -115,8 +117,9 @@ async fn deliveries(
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<Json<Value>, AppError> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
-    let rows = blocking(&state.store, move |s| {
-        s.deliveries(q.event, q.state.as_deref(), limit)
+    let rows = blocking(&state.store, move |s| match q.last {
+        Some(n) => s.last_deliveries(q.event, q.state.as_deref(), n.clamp(1, 100_000)),
+        None => s.deliveries(q.event, q.state.as_deref(), limit),
     })
     .await?;
     Ok(Json(json!({ "deliveries": rows })))

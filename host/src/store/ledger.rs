@@ -297,6 +297,15 @@ impl Store {
     ) -> Result<Vec<DeliveryRow>, StoreError> {
         self.read(|c| list_deliveries(c, event_seq, state, limit))
     }
+
+    pub fn last_deliveries(
+        &self,
+        event_seq: Option<i64>,
+        state: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, StoreError> {
+        self.read(|c| list_last_deliveries(c, event_seq, state, limit))
+    }
 }
 
 pub fn list_deliveries(
@@ -305,11 +314,34 @@ pub fn list_deliveries(
     state: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
-    let mut st = c.prepare_cached(
+    select_deliveries(c, event_seq, state, limit, "ORDER BY event_seq, plugin")
+}
+
+/// [`list_deliveries`], the newest `limit` (still oldest first).
+pub fn list_last_deliveries(
+    c: &Connection,
+    event_seq: Option<i64>,
+    state: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    let order = "ORDER BY event_seq DESC, plugin DESC";
+    let mut rows = select_deliveries(c, event_seq, state, limit, order)?;
+    rows.reverse();
+    Ok(rows)
+}
+
+fn select_deliveries(
+    c: &Connection,
+    event_seq: Option<i64>,
+    state: Option<&str>,
+    limit: i64,
+    order: &str,
+) -> Result<Vec<DeliveryRow>, StoreError> {
+    let mut st = c.prepare_cached(&format!(
         "SELECT event_seq, plugin, tenant, state, attempts, next_at, last_error, plugin_hash, updated_at
          FROM deliveries WHERE (?1 IS NULL OR event_seq = ?1) AND (?2 IS NULL OR state = ?2)
-         ORDER BY event_seq, plugin LIMIT ?3",
-    )?;
+         {order} LIMIT ?3"
+    ))?;
     let rows = st
         .query_map(params![event_seq, state, limit], |r| {
             Ok(DeliveryRow {

@@ -22,8 +22,8 @@ pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
     KvScope { tenant, plugin }
 }
 pub use ledger::{
-    delivered_plugins, list_deliveries, replay, replay_many, settle_dead, DeadLetter,
-    DeliveryOutcome, DeliveryRow, DueDelivery, NewDelivery, ReplayError, Replayed,
+    delivered_plugins, list_deliveries, list_last_deliveries, replay, replay_many, settle_dead,
+    DeadLetter, DeliveryOutcome, DeliveryRow, DueDelivery, NewDelivery, ReplayError, Replayed,
 };
 
 use crate::config::{StoreConfig, Synchronous};
