@@ -39,7 +39,7 @@ pub struct Config {
     pub tenants: BTreeMap<String, TenantConfig>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer token for `/admin/*`: literal, `env:VAR` or `env:VAR?`. Without
@@ -112,7 +112,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -156,7 +156,7 @@ pub enum Synchronous {
     Normal,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub synchronous: Synchronous,
@@ -286,7 +286,7 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DispatchConfig {
     /// Tries of one delivery before it becomes a dead letter.
@@ -322,7 +322,7 @@ impl Default for DispatchConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Pre-reserved instance slots: much faster instantiation.
@@ -400,7 +400,7 @@ impl Grant {
     ];
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantConfig {
     /// Accepted signing secrets: literals, `env:VAR` or `env:VAR?` (optional).
@@ -426,7 +426,7 @@ pub struct PluginConfig {
 }
 
 /// The tenant's gateway account, used by the `messaging` capability.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct WhapiConfig {
     #[serde(default = "default_whapi_url")]
@@ -480,7 +480,7 @@ pub struct Tenant {
     pub whapi: Option<ResolvedWhapi>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct ResolvedWhapi {
     pub base_url: String,
     pub instance_id: String,

@@ -10,12 +10,13 @@
 //! backoff, or dead. Work left running by a crash is requeued at start.
 
 use crate::bindings::types as wit;
-use crate::config::{DispatchConfig, Tenant};
+use crate::config::DispatchConfig;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::runtime::{self, convert, Registry};
 use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
 use rand::Rng;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,7 +49,7 @@ pub struct Dispatcher {
 
 struct Inner {
     cfg: DispatchConfig,
-    tenants: Arc<BTreeMap<String, Tenant>>,
+    live: Arc<Live>,
     store: Store,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -110,7 +111,7 @@ pub fn backoff_ms(attempts: u32, cfg: &DispatchConfig) -> u64 {
 impl Dispatcher {
     pub fn start(
         cfg: DispatchConfig,
-        tenants: Arc<BTreeMap<String, Tenant>>,
+        live: Arc<Live>,
         store: Store,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
@@ -118,7 +119,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         let inner = Arc::new(Inner {
             cfg,
-            tenants,
+            live,
             store,
             registry,
             metrics,
@@ -359,12 +360,13 @@ async fn schedule(
     // caps: when every tenant is at its cap the ledger is not even asked,
     // and otherwise it is asked for the tenants with room, for little more
     // than can start.
+    let settings = inner.live.get();
     let (startable, full) = {
         let r = inner.running.lock().unwrap();
         let free = inner.cfg.workers.saturating_sub(r.total);
         let mut room = 0;
         let mut full = Vec::new();
-        for (name, t) in inner.tenants.iter() {
+        for (name, t) in settings.tenants.iter() {
             let cap = t.config.concurrency.unwrap_or(inner.cfg.tenant_concurrency);
             match cap.saturating_sub(r.per_tenant.get(name).copied().unwrap_or(0)) {
                 0 => full.push(name.clone()),
@@ -383,7 +385,7 @@ async fn schedule(
     // its cap are not read at all, however many rows wait in them.
     let held = inner.registry.loading();
     let limit = (startable * 2).max(4) as i64;
-    let mut lanes: Vec<Lane> = inner
+    let mut lanes: Vec<Lane> = settings
         .tenants
         .keys()
         .flat_map(|t| {
@@ -414,7 +416,7 @@ async fn schedule(
             if r.total >= inner.cfg.workers {
                 break;
             }
-            let cap = inner
+            let cap = settings
                 .tenants
                 .get(&d.tenant)
                 .and_then(|t| t.config.concurrency)

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod event;
 pub mod http;
 mod json_strict;
+pub mod live;
 pub mod metrics;
 mod priority;
 pub mod runtime;

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::http::{router, AppContext, AppState};
+use crate::live::{Live, ReloadError, Reloaded, Source};
 use crate::metrics::Metrics;
 use crate::runtime::Registry;
 use crate::store::{Store, StoreOptions};
@@ -15,39 +16,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
+/// Runs the server until `shutdown` completes. `source` reads the
+/// configuration again for a reload (`SIGHUP`, `POST /admin/reload`);
+/// without one there is nothing to reload.
 pub async fn serve(
     config: Config,
+    source: Option<Source>,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tenants = Arc::new(config.tenants()?);
-    for t in tenants.values() {
-        if t.secrets.is_empty() {
-            tracing::warn!(tenant = %t.name, "tenant has no secret: unsigned events are accepted");
-        }
-        if t.whapi.is_none() {
-            let senders = t.config.plugin.iter().filter(|(_, p)| {
-                p.grants
-                    .as_ref()
-                    .is_some_and(|g| g.contains(&crate::config::Grant::Messaging))
-            });
-            for (plugin, _) in senders {
-                tracing::warn!(
-                    tenant = %t.name,
-                    plugin = %plugin,
-                    "plugin may send messages but the tenant has no gateway account \
-                     ([tenants.T.whapi] token and instance_id): its sends will be refused"
-                );
-            }
-        }
-    }
+    let live = Live::new(&config, source)?;
     let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
     let metrics = Arc::new(Metrics::default());
     let wake = Arc::new(Notify::new());
 
     let registry = Registry::start(
         &config,
-        tenants.clone(),
+        live.clone(),
         store.clone(),
         metrics.clone(),
         wake.clone(),
@@ -55,7 +40,7 @@ pub async fn serve(
     .context("starting the plugin runtime")?;
     let dispatcher = Dispatcher::start(
         config.dispatch.clone(),
-        tenants.clone(),
+        live.clone(),
         store.clone(),
         registry.clone(),
         metrics.clone(),
@@ -68,8 +53,9 @@ pub async fn serve(
         .0
         .map(|age| tokio::spawn(prune_loop(store.clone(), age, metrics.clone())));
 
+    let hangups = tokio::spawn(reload_on_hangup(live.clone(), registry.clone()));
     let state = AppState::from(AppContext {
-        tenants,
+        live,
         store: store.clone(),
         registry: registry.clone(),
         admin_token: config.admin.resolve()?,
@@ -92,6 +78,7 @@ pub async fn serve(
     if let Some(p) = pruner {
         p.abort();
     }
+    hangups.abort();
     tracing::info!("HTTP stopped; finishing deliveries");
     dispatcher.stop(Duration::from_secs(10)).await;
     registry.stop();
@@ -99,6 +86,48 @@ pub async fn serve(
     tokio::task::spawn_blocking(move || s.close()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the configuration again and puts in force what may change while
+/// running (see [`crate::live`]), saying in the log what changed.
+pub fn reload(live: &Live, registry: &Registry) -> Result<Reloaded, ReloadError> {
+    let r = live.reload();
+    match &r {
+        Ok(r) => {
+            tracing::info!(
+                added = ?r.added,
+                removed = ?r.removed,
+                changed = ?r.changed,
+                limits_changed = r.limits_changed,
+                "configuration reloaded"
+            );
+            for what in &r.restart_needed {
+                tracing::warn!(%what, "changed in the configuration file; takes effect at the next restart");
+            }
+            if r.anything() {
+                registry.reconfigured();
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "configuration not reloaded"),
+    }
+    r
+}
+
+/// `SIGHUP` reloads the configuration (Unix).
+async fn reload_on_hangup(live: Arc<Live>, registry: Arc<Registry>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let (l, r) = (live.clone(), registry.clone());
+            let _ = tokio::task::spawn_blocking(move || reload(&l, &r)).await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (live, registry);
 }
 
 /// Retention: events older than `age` go once nothing needs them, looked
@@ -214,6 +243,11 @@ impl Drop for ServerHandle {
 
 /// Starts a server on `config.server.listen` (port 0 picks a free port).
 pub fn spawn(config: Config) -> anyhow::Result<ServerHandle> {
+    spawn_with(config, None)
+}
+
+/// [`spawn`], with a way to read the configuration again for reloads.
+pub fn spawn_with(config: Config, source: Option<Source>) -> anyhow::Result<ServerHandle> {
     let std_listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("binding {}", config.server.listen))?;
     std_listener.set_nonblocking(true)?;
@@ -228,7 +262,7 @@ pub fn spawn(config: Config) -> anyhow::Result<ServerHandle> {
                 .build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener)?;
-                serve(config, listener, async move {
+                serve(config, source, listener, async move {
                     let _ = rx.await;
                 })
                 .await

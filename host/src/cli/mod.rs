@@ -168,6 +168,7 @@ impl ServeArgs {
         if let Some(d) = &self.plugins_dir {
             c.server.plugins_dir = d.clone();
         }
+        c.runtime.compiler_exe = std::env::current_exe().ok();
         Ok(c)
     }
 }
@@ -311,8 +312,12 @@ pub fn init_logging(format: LogFormat) {
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(args) => {
-            let mut config = args.load()?;
-            config.runtime.compiler_exe = std::env::current_exe().ok();
+            let config = args.load()?;
+            // A reload reads the file again, with the same overrides.
+            let source: Option<crate::live::Source> = args
+                .config
+                .is_some()
+                .then(|| Box::new(move || args.load()) as crate::live::Source);
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -320,7 +325,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
                     .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-                crate::server::serve(config, listener, shutdown_signal()).await
+                crate::server::serve(config, source, listener, shutdown_signal()).await
             })?;
             Ok(0)
         }

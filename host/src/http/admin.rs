@@ -27,6 +27,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/dead-letters/{seq}/{plugin}/retry", post(retry))
         .route("/admin/dead-letters/{seq}/{plugin}/discard", post(discard))
         .route("/admin/plugins", get(plugins))
+        .route("/admin/reload", post(reload))
         .layer(axum::middleware::from_fn_with_state(state, auth))
 }
 
@@ -233,4 +234,15 @@ async fn replay(
 
 async fn plugins(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "plugins": state.registry.statuses() }))
+}
+
+/// Reads the configuration file again: tenants and default limits change
+/// at once; the answer says what changed and what needs a restart.
+async fn reload(State(state): State<AppState>) -> Result<Json<crate::live::Reloaded>, AppError> {
+    let s = state.clone();
+    tokio::task::spawn_blocking(move || crate::server::reload(&s.live, &s.registry))
+        .await
+        .map_err(|_| AppError::Internal)?
+        .map(Json)
+        .map_err(|e| AppError::BadRequest(e.to_string()))
 }

@@ -41,8 +41,9 @@ pub(super) async fn replay_range(
             "`from` must be a sequence number ≥ 1, and `to` not below it".into(),
         ));
     }
+    let tenants: Vec<String> = state.live.get().tenants.keys().cloned().collect();
     if let Some(t) = &body.tenant {
-        if !state.tenants.contains_key(t) {
+        if !tenants.contains(t) {
             return Err(AppError::BadRequest(format!("no tenant `{t}`")));
         }
     }
@@ -50,7 +51,7 @@ pub(super) async fn replay_range(
         let runs = |t: &str| state.registry.plugins_for(t).contains(p);
         let ok = match &body.tenant {
             Some(t) => runs(t),
-            None => state.tenants.keys().any(|t| runs(t)),
+            None => tenants.iter().any(|t| runs(t)),
         };
         if !ok {
             return Err(AppError::BadRequest(format!(

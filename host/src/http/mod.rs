@@ -10,7 +10,8 @@ mod webhook;
 pub use error::AppError;
 pub use limits::RateLimiter;
 
-use crate::config::{Secret, Tenant};
+use crate::config::Secret;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::runtime::Registry;
 use crate::store::Store;
@@ -20,7 +21,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -43,7 +43,8 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct AppContext {
-    pub tenants: Arc<BTreeMap<String, Tenant>>,
+    /// Tenants and other settings a reload may change.
+    pub live: Arc<Live>,
     pub store: Store,
     pub max_body_bytes: usize,
     pub request_timeout: Duration,

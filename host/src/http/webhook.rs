@@ -52,7 +52,8 @@ async fn receive(
                 AppError::BadRequest("could not read request body".into())
             }
         })?;
-        let tenant = state
+        let settings = state.live.get();
+        let tenant = settings
             .tenants
             .get(tenant_name)
             .ok_or(AppError::UnknownTenant)?;

@@ -8,8 +8,9 @@ use super::cache::{ChildCompiler, CompileCache};
 use super::engine::Runtime;
 use super::plugin::{self, LoadedPlugin};
 use super::sandbox;
-use crate::capabilities::{Capabilities, Messenger, SqlDb, SqlPool};
-use crate::config::{Config, Grant, Limits, LimitsOverride, Tenant, TenantConfig, DEFAULT_TENANT};
+use crate::capabilities::{Capabilities, SqlDb, SqlPool};
+use crate::config::{Config, Grant, Limits, LimitsOverride, TenantConfig, DEFAULT_TENANT};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
@@ -143,9 +144,8 @@ pub struct Registry {
     cache_max_bytes: u64,
     dir: PathBuf,
     data_dir: PathBuf,
-    defaults: Limits,
-    tenants: Arc<BTreeMap<String, Tenant>>,
-    messengers: BTreeMap<String, Arc<Messenger>>,
+    /// Tenants, default limits and gateway clients, reloadable.
+    live: Arc<Live>,
     store: Store,
     metrics: Arc<Metrics>,
     state: RwLock<State>,
@@ -163,12 +163,12 @@ pub struct Registry {
 impl Registry {
     pub fn start(
         config: &Config,
-        tenants: Arc<BTreeMap<String, Tenant>>,
+        live: Arc<Live>,
         store: Store,
         metrics: Arc<Metrics>,
         on_change: Arc<tokio::sync::Notify>,
     ) -> anyhow::Result<Arc<Registry>> {
-        let reg = Self::new(config, tenants, store, metrics)?;
+        let reg = Self::new(config, live, store, metrics)?;
         let _ = reg.on_change.set(on_change);
         let (kick, kicked) = std::sync::mpsc::channel::<()>();
         let (changed, changes) = std::sync::mpsc::channel::<()>();
@@ -225,33 +225,22 @@ impl Registry {
     /// A registry without the watcher thread (offline commands).
     pub fn new(
         config: &Config,
-        tenants: Arc<BTreeMap<String, Tenant>>,
+        live: Arc<Live>,
         store: Store,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Registry>> {
-        let max_mem = max_memory_mb(config);
         let runtime = Runtime::new(
             config.runtime.pooling,
-            max_mem,
+            crate::live::engine_memory_mb(config),
             config.runtime.parallel_compile,
         )?;
-        let messengers = tenants
-            .iter()
-            .filter_map(|(n, t)| {
-                t.whapi
-                    .clone()
-                    .map(|w| (n.clone(), Arc::new(Messenger::new(w))))
-            })
-            .collect();
         Ok(Arc::new(Registry {
             runtime,
             cache: compile_cache(config),
             cache_max_bytes: config.runtime.cache_max_mb.saturating_mul(1 << 20),
             dir: config.server.plugins_dir.clone(),
             data_dir: config.server.data_dir.clone(),
-            defaults: config.limits,
-            tenants,
-            messengers,
+            live,
             store,
             metrics,
             state: RwLock::new(State::default()),
@@ -267,6 +256,13 @@ impl Registry {
     fn mark_initial_done(&self) {
         *self.initial.0.lock().unwrap() = true;
         self.initial.1.notify_all();
+        self.changed();
+    }
+
+    /// The configuration was reloaded: which plugins run for whom may
+    /// have changed, so held deliveries are looked at again.
+    pub fn reconfigured(&self) {
+        self.warn_missing();
         self.changed();
     }
 
@@ -302,8 +298,9 @@ impl Registry {
     }
 
     fn assigned(&self, st: &State, plugin: &str) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .tenants
+        let settings = self.live.get();
+        let tenants = &settings.tenants;
+        let mut out: Vec<String> = tenants
             .values()
             .filter(|t| {
                 t.config.plugins.iter().any(|p| p == plugin) || t.config.plugin.contains_key(plugin)
@@ -312,12 +309,12 @@ impl Registry {
             .collect();
         if let Some(ts) = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref()) {
             for t in ts {
-                if self.tenants.contains_key(t) && !out.contains(t) {
+                if tenants.contains_key(t) && !out.contains(t) {
                     out.push(t.clone());
                 }
             }
         }
-        if out.is_empty() && self.tenants.contains_key(DEFAULT_TENANT) {
+        if out.is_empty() && tenants.contains_key(DEFAULT_TENANT) {
             out.push(DEFAULT_TENANT.to_string());
         }
         out
@@ -325,8 +322,9 @@ impl Registry {
 
     pub fn policy(&self, tenant: &str, plugin: &str) -> Policy {
         let st = self.state.read().unwrap();
-        let t = self.tenants.get(tenant).map(|t| &t.config);
-        policy_for(self.defaults, t, st.sidecars.get(plugin), plugin)
+        let settings = self.live.get();
+        let t = settings.tenants.get(tenant).map(|t| &t.config);
+        policy_for(settings.limits, t, st.sidecars.get(plugin), plugin)
     }
 
     /// Capabilities for one delivery of `plugin` for `tenant`.
@@ -346,7 +344,7 @@ impl Registry {
             store: self.store.clone(),
             settings: policy.settings.clone(),
             sql: SqlDb::pooled(self.sql_path(tenant, plugin), self.sql_pool.clone()),
-            messenger: self.messengers.get(tenant).cloned(),
+            messenger: self.live.get().messengers.get(tenant).cloned(),
             resend: false,
             last_attempt: false,
             dry_run: false,
@@ -420,7 +418,7 @@ impl Registry {
                 "no plugins yet: drop NAME.wasm files into the plugins folder (it is watched)"
             );
         }
-        for t in self.tenants.values() {
+        for t in self.live.get().tenants.values() {
             let named: BTreeSet<&String> = t
                 .config
                 .plugins
@@ -728,13 +726,14 @@ impl Registry {
     ) -> Result<LoadedPlugin, String> {
         let mut p = plugin::load_cancellable(&self.runtime, &self.cache, name, bytes, cancel)
             .map_err(|e| e.to_string())?;
+        let defaults = self.live.get().limits;
         let policy = Policy {
             grants: BTreeSet::new(),
-            limits: self.defaults,
+            limits: defaults,
             settings: Arc::new(serde_json::json!({})),
         };
         let caps = self.capabilities("-", name, -1, &policy);
-        p.subscriptions = sandbox::subscriptions(&p, caps, &self.defaults)
+        p.subscriptions = sandbox::subscriptions(&p, caps, &defaults)
             .map_err(|e| format!("subscriptions() failed: {e}"))?;
         Ok(p)
     }
@@ -767,17 +766,6 @@ impl Registry {
             );
         }
     }
-}
-
-fn max_memory_mb(config: &Config) -> u64 {
-    let mut m = config.limits.memory_mb;
-    for t in config.tenants.values() {
-        m = m.max(t.limits.memory_mb.unwrap_or(0));
-        for p in t.plugin.values() {
-            m = m.max(p.limits.memory_mb.unwrap_or(0));
-        }
-    }
-    m.max(config.runtime.max_memory_mb)
 }
 
 fn watch(dir: &Path, tx: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {

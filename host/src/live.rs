@@ -1,0 +1,279 @@
+//! The part of the configuration a running server takes again from its file
+//! without a restart (`SIGHUP`, `POST /admin/reload`, `hookhost reload`):
+//! the tenants — secrets, rate limits, plugins, grants, limits, settings,
+//! gateway accounts, concurrency — and the default `[limits]`.
+//!
+//! Each request, fan-out and delivery reads the settings current when it
+//! starts; a delivery already running finishes under the ones it started
+//! with. The other sections (`[server]`, `[store]`, `[dispatch]`,
+//! `[runtime]`, `[admin]`) are read at start only: a reload that changes
+//! them says which need a restart and applies the rest. A file that does
+//! not parse, or names an unset variable, changes nothing.
+
+use crate::capabilities::Messenger;
+use crate::config::{Config, Limits, Tenant};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+pub type Tenants = BTreeMap<String, Tenant>;
+
+/// One consistent set of reloadable settings.
+pub struct Settings {
+    pub tenants: Tenants,
+    /// The `[limits]` defaults.
+    pub limits: Limits,
+    /// Each tenant's gateway client (tenants with an account).
+    pub messengers: BTreeMap<String, Arc<Messenger>>,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Result<Settings, crate::config::ConfigError> {
+        let tenants = config.tenants()?;
+        let messengers = tenants
+            .iter()
+            .filter_map(|(n, t)| {
+                t.whapi
+                    .clone()
+                    .map(|w| (n.clone(), Arc::new(Messenger::new(w))))
+            })
+            .collect();
+        Ok(Settings {
+            tenants,
+            limits: config.limits,
+            messengers,
+        })
+    }
+}
+
+/// Reads the configuration again (the file, with the command line's
+/// overrides applied the same way as at start).
+pub type Source = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+/// What a reload changed.
+#[derive(Debug, Default, Serialize, PartialEq)]
+pub struct Reloaded {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
+    pub limits_changed: bool,
+    /// What differs from the running server but takes effect only at a
+    /// restart (left as it was until then).
+    pub restart_needed: Vec<String>,
+}
+
+impl Reloaded {
+    pub fn anything(&self) -> bool {
+        self.limits_changed
+            || !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this server was started without a configuration file: there is nothing to reload")]
+    NoSource,
+    #[error("{0:#}; the running configuration is unchanged")]
+    Invalid(anyhow::Error),
+}
+
+pub struct Live {
+    current: RwLock<Arc<Settings>>,
+    /// The configuration the server started with (its start-only sections
+    /// stay in force until a restart).
+    started: Config,
+    source: Option<Source>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+impl Live {
+    pub fn new(config: &Config, source: Option<Source>) -> anyhow::Result<Arc<Live>> {
+        let settings = Settings::from_config(config)?;
+        warn_about(&settings, settings.tenants.keys());
+        Ok(Arc::new(Live {
+            current: RwLock::new(Arc::new(settings)),
+            started: config.clone(),
+            source,
+            reloading: Mutex::new(()),
+        }))
+    }
+
+    /// The settings in force now.
+    pub fn get(&self) -> Arc<Settings> {
+        self.current.read().unwrap().clone()
+    }
+
+    /// The largest linear memory the engine was started for (MiB): a limit
+    /// above it takes effect only at a restart.
+    pub fn engine_memory_mb(&self) -> u64 {
+        engine_memory_mb(&self.started)
+    }
+
+    /// Reads the configuration again and puts its tenants and limits in
+    /// force.
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
+        let _one = self.reloading.lock().unwrap();
+        let config = source().map_err(ReloadError::Invalid)?;
+        let next = Settings::from_config(&config).map_err(|e| ReloadError::Invalid(e.into()))?;
+        let old = self.get();
+        let mut out = Reloaded {
+            limits_changed: old.limits != next.limits,
+            restart_needed: restart_needed(&self.started, &config),
+            ..Reloaded::default()
+        };
+        for (name, t) in &next.tenants {
+            match old.tenants.get(name) {
+                None => out.added.push(name.clone()),
+                Some(o) if !same_tenant(o, t) => out.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        out.removed = old
+            .tenants
+            .keys()
+            .filter(|n| !next.tenants.contains_key(*n))
+            .cloned()
+            .collect();
+        warn_about(&next, out.added.iter().chain(&out.changed));
+        *self.current.write().unwrap() = Arc::new(next);
+        Ok(out)
+    }
+}
+
+fn same_tenant(a: &Tenant, b: &Tenant) -> bool {
+    a.config == b.config && a.secrets == b.secrets && a.whapi == b.whapi
+}
+
+/// The start-only sections that differ, and a memory limit the engine was
+/// not started for.
+fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let sections = [
+        ("server", running.server != next.server),
+        ("store", running.store != next.store),
+        ("dispatch", running.dispatch != next.dispatch),
+        ("runtime", running.runtime != next.runtime),
+        ("admin", running.admin != next.admin),
+    ];
+    for (name, differs) in sections {
+        if differs {
+            out.push(format!("[{name}]"));
+        }
+    }
+    let (engine, wanted) = (engine_memory_mb(running), engine_memory_mb(next));
+    if wanted > engine {
+        out.push(format!(
+            "memory_mb {wanted}: above the {engine} MiB the engine was started with \
+             (plugins get at most {engine} MiB until then)"
+        ));
+    }
+    out
+}
+
+/// The largest memory limit the configuration gives any plugin (MiB), at
+/// least `[runtime] max_memory_mb`: what the engine's instance slots are
+/// sized for.
+pub fn engine_memory_mb(config: &Config) -> u64 {
+    let mut m = config.limits.memory_mb;
+    for t in config.tenants.values() {
+        m = m.max(t.limits.memory_mb.unwrap_or(0));
+        for p in t.plugin.values() {
+            m = m.max(p.limits.memory_mb.unwrap_or(0));
+        }
+    }
+    m.max(config.runtime.max_memory_mb)
+}
+
+/// Warnings about a tenant's settings that are valid but probably not meant.
+fn warn_about<'a>(settings: &Settings, names: impl Iterator<Item = &'a String>) {
+    for t in names.filter_map(|n| settings.tenants.get(n)) {
+        if t.secrets.is_empty() {
+            tracing::warn!(tenant = %t.name, "tenant has no secret: unsigned events are accepted");
+        }
+        if t.whapi.is_some() {
+            continue;
+        }
+        let senders = t.config.plugin.iter().filter(|(_, p)| {
+            p.grants
+                .as_ref()
+                .is_some_and(|g| g.contains(&crate::config::Grant::Messaging))
+        });
+        for (plugin, _) in senders {
+            tracing::warn!(
+                tenant = %t.name,
+                plugin = %plugin,
+                "plugin may send messages but the tenant has no gateway account \
+                 ([tenants.T.whapi] token and instance_id): its sends will be refused"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &'static Mutex<String>) -> Source {
+        Box::new(move || Config::parse(&text.lock().unwrap()).map_err(anyhow::Error::msg))
+    }
+
+    #[test]
+    fn a_reload_applies_tenants_and_limits_and_names_the_rest() {
+        static TEXT: Mutex<String> = Mutex::new(String::new());
+        let first = r#"
+            [limits]
+            fuel = 1000
+            [tenants.a]
+            secrets = ["s1"]
+            [tenants.b]
+            secrets = ["s2"]
+        "#;
+        *TEXT.lock().unwrap() = first.into();
+        let config = Config::parse(first).unwrap();
+        let live = Live::new(&config, Some(source(&TEXT))).unwrap();
+        assert_eq!(live.reload().unwrap(), Reloaded::default());
+
+        *TEXT.lock().unwrap() = r#"
+            [server]
+            max_inflight = 7
+            [limits]
+            fuel = 2000
+            memory_mb = 512
+            [tenants.a]
+            secrets = ["s1", "s3"]
+            [tenants.c]
+        "#
+        .into();
+        let r = live.reload().unwrap();
+        assert_eq!(r.added, ["c"]);
+        assert_eq!(r.removed, ["b"]);
+        assert_eq!(r.changed, ["a"]);
+        assert!(r.limits_changed);
+        assert_eq!(r.restart_needed.len(), 2, "{:?}", r.restart_needed);
+        assert_eq!(r.restart_needed[0], "[server]");
+        assert!(r.restart_needed[1].starts_with("memory_mb 512: above the 128 MiB"));
+        let now = live.get();
+        assert_eq!(now.limits.fuel, 2000);
+        assert_eq!(now.tenants["a"].secrets.len(), 2);
+        assert!(!now.tenants.contains_key("b"));
+
+        // A file that does not parse changes nothing.
+        *TEXT.lock().unwrap() = "[tenants.a]\nsecrets = 3".into();
+        let e = live.reload().unwrap_err().to_string();
+        assert!(e.contains("the running configuration is unchanged"), "{e}");
+        assert!(live.get().tenants.contains_key("c"));
+
+        // Nor does one that names an unset variable.
+        *TEXT.lock().unwrap() = "[tenants.a]\nsecrets = [\"env:HOOKHOST_TEST_UNSET_VAR\"]".into();
+        assert!(live.reload().is_err());
+        assert!(live.get().tenants.contains_key("c"));
+    }
+
+    #[test]
+    fn without_a_file_there_is_nothing_to_reload() {
+        let live = Live::new(&Config::default(), None).unwrap();
+        assert!(matches!(live.reload(), Err(ReloadError::NoSource)));
+    }
+}
