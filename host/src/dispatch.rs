@@ -554,6 +554,15 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
     let Some(plugin) = inner.registry.get(&d.plugin) else {
         return Some(runtime::Failure::Instantiate("plugin is not loaded".into()));
     };
+    // Queued before a reload took the tenant or the plugin away: it does
+    // not run under another tenant's (or the default) grants. Retried like
+    // a plugin that is not loaded, in case the configuration comes back.
+    if !inner.registry.runs_for(&d.tenant, &d.plugin) {
+        return Some(runtime::Failure::Instantiate(format!(
+            "plugin does not run for tenant `{}` in the configuration",
+            d.tenant
+        )));
+    }
     let ev = match inner.recent.get(&inner.store, d.event_seq) {
         Ok(ev) => ev,
         Err(f) => return Some(f),

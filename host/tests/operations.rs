@@ -1180,3 +1180,109 @@ fn a_backup_taken_while_running_is_a_data_directory() {
     assert_eq!(dup.body["duplicate"], true, "{:?}", dup.body);
     assert_eq!(deliveries(&copy).len(), 3);
 }
+
+#[test]
+fn a_reload_applies_new_tenants_secrets_and_grants_without_a_restart() {
+    use common::process::Proc;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, plugins) = (dir.path().join("data"), dir.path().join("plugins"));
+    deploy(&test_plugins(), "probe", &plugins, "probe", None);
+    let cfg = dir.path().join("hookhost.toml");
+    let write = |server: &str, secret: &str, more: &str| {
+        let text = format!(
+            "{server}[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nsecrets = [\"{secret}\"]\n{more}"
+        );
+        std::fs::write(&cfg, text).unwrap()
+    };
+    write("", "old", "");
+    let mut server = Proc::start(&cfg, &data, &plugins);
+    let event = |i: usize| hola_event(&format!("reload-{i}"), "573001112233@s.whatsapp.net");
+    let to_a = |i: usize, secret: &str| {
+        post_signed(&server.url("/webhook/a"), event(i).as_bytes(), secret).status
+    };
+    let to_b = |i: usize| post(&server.url("/webhook/b"), event(i).as_bytes(), None).status;
+    assert_eq!(to_a(1, "old"), 200);
+    assert_eq!(to_b(2), 404);
+
+    // SIGHUP: tenant a's secret rotated, tenant b added with the probe
+    // (granted log and config only), a start-only setting changed.
+    let b = |grants: &str| {
+        format!("[tenants.b]\nplugins = [\"probe\"]\n[tenants.b.plugin.probe]\ngrants = [{grants}]\nsettings = {{ probe = \"1\" }}\n")
+    };
+    let busier = "[server]\nmax_inflight = 7\n";
+    write(busier, "new", &b("\"log\", \"config\""));
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    assert!(wait_until(SETTLE, || {
+        server.count_lines("configuration reloaded") == 1
+    }));
+    assert_eq!(server.count_lines("takes effect at the next restart"), 1);
+    assert_eq!(to_a(3, "old"), 401);
+    assert_eq!(to_a(4, "new"), 200);
+    assert_eq!(to_b(5), 200);
+    // The error the probe reports for tenant b's newest event.
+    let probe_report = |n: usize| {
+        let rows = wait_settled(&data, n, SETTLE);
+        let b = rows.iter().filter(|d| d.tenant == "b");
+        let last = b.max_by_key(|d| d.event_seq);
+        last.and_then(|d| d.last_error.clone()).unwrap_or_default()
+    };
+    assert_eq!(
+        probe_report(1),
+        "reject: log=ok kv=access-denied sql=access-denied send=access-denied config=ok (`kv` is not granted)"
+    );
+
+    // An invalid file changes nothing, and says why.
+    std::fs::write(&cfg, "[tenants.a]\nsecrets = 3\n").unwrap();
+    let url = server.url("");
+    let refused = run(&["reload", "--url", &url, "--token", TOKEN]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr).to_string();
+    assert!(
+        why.contains("the running configuration is unchanged"),
+        "{why}"
+    );
+    assert_eq!(to_a(6, "new"), 200);
+
+    // Through the CLI: the probe may now use kv, and the next event sees it.
+    write(busier, "new", &b("\"log\", \"config\", \"kv\""));
+    assert_eq!(
+        cli(&["reload", "--url", &url, "--token", TOKEN]).trim(),
+        "reloaded: tenants changed: b\nneeds a restart: [server]"
+    );
+    assert_eq!(to_b(7), 200);
+    assert_eq!(
+        probe_report(2),
+        "reject: log=ok kv=ok sql=access-denied send=access-denied config=ok (`sql` is not granted)"
+    );
+    // A delivery of b's waits for a retry when b goes: b's webhook is
+    // unknown again, and the delivery does not run (under default grants)
+    // but fails, saying why.
+    let retrying = "[tenants.b]\nplugins = [\"probe\"]\n[tenants.b.plugin.probe]\nsettings = { fail_until_attempt = \"100\" }\n";
+    write(busier, "new", retrying);
+    cli(&["reload", "--url", &url, "--token", TOKEN]);
+    assert_eq!(to_b(8), 200);
+    let b_row = || {
+        let rows = deliveries(&data);
+        rows.into_iter()
+            .filter(|d| d.tenant == "b")
+            .max_by_key(|d| d.event_seq)
+    };
+    assert!(wait_until(SETTLE, || b_row().is_some_and(|d| d.state == "failed")));
+    write("", "new", "");
+    assert_eq!(
+        cli(&["reload", "--url", &url, "--token", TOKEN]).trim(),
+        "reloaded: tenants removed: b"
+    );
+    assert_eq!(to_b(9), 404);
+    assert!(wait_until(SETTLE, || b_row().is_some_and(|d| d
+        .last_error
+        .unwrap_or_default()
+        .contains(
+            "plugin does not run for tenant `b` in the configuration"
+        ))));
+    assert!(server.terminate());
+}

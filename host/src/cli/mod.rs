@@ -123,6 +123,22 @@ pub enum Command {
         #[arg(long, env = "HOOKHOST_DATA_DIR", default_value = "hookhost-data")]
         data_dir: PathBuf,
     },
+    /// Make a running server read its configuration file again.
+    ///
+    /// Tenants (secrets, plugins, grants, limits, settings, gateway
+    /// accounts, rate limits) and the default limits change at once, as on
+    /// SIGHUP; the answer names what changed and what needs a restart. An
+    /// invalid file changes nothing.
+    Reload {
+        /// The server, e.g. http://127.0.0.1:3000 (its admin API).
+        #[arg(long, env = "HOOKHOST_URL", default_value = "http://127.0.0.1:3000")]
+        url: String,
+        /// The admin token of that server.
+        #[arg(long, env = "HOOKHOST_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Plugins: status from a running server, or the files of a folder.
     Plugins {
         #[command(flatten)]
@@ -413,6 +429,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             (None, None) => unreachable!("clap requires SEQ or --from"),
         },
         Command::Backup { to, data_dir } => operate::backup(&data_dir, &to),
+        Command::Reload { url, token, json } => operate::reload(
+            &Target {
+                data_dir: PathBuf::new(),
+                url: Some(url),
+                token,
+            },
+            json,
+        ),
         Command::Plugins {
             target,
             plugins_dir,

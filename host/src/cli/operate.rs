@@ -186,6 +186,47 @@ pub fn settle_dead(
     Ok(0)
 }
 
+/// `reload`: what the server's answer says changed, one line each.
+pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
+    let v = remote(t, "POST", "/admin/reload", None)?;
+    if json {
+        println!("{v}");
+        return Ok(0);
+    }
+    let names = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut lines = Vec::new();
+    for (key, what) in [
+        ("added", "tenants added"),
+        ("removed", "tenants removed"),
+        ("changed", "tenants changed"),
+    ] {
+        let n = names(key);
+        if !n.is_empty() {
+            lines.push(format!("{what}: {}", n.join(", ")));
+        }
+    }
+    if v["limits_changed"].as_bool() == Some(true) {
+        lines.push("default limits changed".into());
+    }
+    if lines.is_empty() {
+        lines.push("nothing that applies while running changed".into());
+    }
+    println!("reloaded: {}", lines.join("; "));
+    for what in names("restart_needed") {
+        println!("needs a restart: {what}");
+    }
+    Ok(0)
+}
+
 pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<i32> {
     let copied = store::backup(data_dir, to)?;
     for (file, bytes) in &copied {

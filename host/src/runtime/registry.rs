@@ -297,6 +297,13 @@ impl Registry {
             .collect()
     }
 
+    /// Whether `plugin` runs for `tenant` under the configuration now in
+    /// force (a reload may have taken it away since its deliveries queued).
+    pub fn runs_for(&self, tenant: &str, plugin: &str) -> bool {
+        let st = self.state.read().unwrap();
+        self.assigned(&st, plugin).iter().any(|t| t == tenant)
+    }
+
     fn assigned(&self, st: &State, plugin: &str) -> Vec<String> {
         let settings = self.live.get();
         let tenants = &settings.tenants;
