@@ -1,17 +1,18 @@
 //! The part of the configuration a running server takes again from its file
 //! without a restart (`SIGHUP`, `POST /admin/reload`, `hookhost reload`):
 //! the tenants — secrets, rate limits, plugins, grants, limits, settings,
-//! gateway accounts, concurrency — and the default `[limits]`.
+//! gateway accounts, concurrency — the default `[limits]` and the admin
+//! token.
 //!
 //! Each request, fan-out and delivery reads the settings current when it
 //! starts; a delivery already running finishes under the ones it started
 //! with. The other sections (`[server]`, `[store]`, `[dispatch]`,
-//! `[runtime]`, `[admin]`) are read at start only: a reload that changes
+//! `[runtime]`) are read at start only: a reload that changes
 //! them says which need a restart and applies the rest. A file that does
 //! not parse, or names an unset variable, changes nothing.
 
 use crate::capabilities::Messenger;
-use crate::config::{Config, Limits, Tenant};
+use crate::config::{Config, Limits, Secret, Tenant};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -25,6 +26,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Each tenant's gateway client (tenants with an account).
     pub messengers: BTreeMap<String, Arc<Messenger>>,
+    /// `[admin] token` (none: the admin API is off).
+    pub admin_token: Option<Secret>,
 }
 
 impl Settings {
@@ -42,6 +45,7 @@ impl Settings {
             tenants,
             limits: config.limits,
             messengers,
+            admin_token: config.admin.resolve()?,
         })
     }
 }
@@ -57,6 +61,7 @@ pub struct Reloaded {
     pub removed: Vec<String>,
     pub changed: Vec<String>,
     pub limits_changed: bool,
+    pub admin_token_changed: bool,
     /// What differs from the running server but takes effect only at a
     /// restart (left as it was until then).
     pub restart_needed: Vec<String>,
@@ -65,6 +70,7 @@ pub struct Reloaded {
 impl Reloaded {
     pub fn anything(&self) -> bool {
         self.limits_changed
+            || self.admin_token_changed
             || !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
     }
 }
@@ -120,6 +126,7 @@ impl Live {
         let old = self.get();
         let mut out = Reloaded {
             limits_changed: old.limits != next.limits,
+            admin_token_changed: old.admin_token != next.admin_token,
             restart_needed: restart_needed(&self.started, &config),
             ..Reloaded::default()
         };
@@ -155,7 +162,6 @@ fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
         ("store", running.store != next.store),
         ("dispatch", running.dispatch != next.dispatch),
         ("runtime", running.runtime != next.runtime),
-        ("admin", running.admin != next.admin),
     ];
     for (name, differs) in sections {
         if differs {
@@ -238,6 +244,8 @@ mod tests {
         *TEXT.lock().unwrap() = r#"
             [server]
             max_inflight = 7
+            [admin]
+            token = "t0ken"
             [limits]
             fuel = 2000
             memory_mb = 512
@@ -251,6 +259,7 @@ mod tests {
         assert_eq!(r.removed, ["b"]);
         assert_eq!(r.changed, ["a"]);
         assert!(r.limits_changed);
+        assert!(r.admin_token_changed);
         assert_eq!(r.restart_needed.len(), 2, "{:?}", r.restart_needed);
         assert_eq!(r.restart_needed[0], "[server]");
         assert!(r.restart_needed[1].starts_with("memory_mb 512: above the 128 MiB"));
@@ -258,6 +267,7 @@ mod tests {
         assert_eq!(now.limits.fuel, 2000);
         assert_eq!(now.tenants["a"].secrets.len(), 2);
         assert!(!now.tenants.contains_key("b"));
+        assert_eq!(now.admin_token.as_ref().unwrap().expose(), b"t0ken");
 
         // A file that does not parse changes nothing.
         *TEXT.lock().unwrap() = "[tenants.a]\nsecrets = 3".into();

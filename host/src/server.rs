@@ -58,7 +58,6 @@ pub async fn serve(
         live,
         store: store.clone(),
         registry: registry.clone(),
-        admin_token: config.admin.resolve()?,
         rate: Default::default(),
         inflight: Arc::new(tokio::sync::Semaphore::new(
             config.server.max_inflight.max(1),
@@ -99,6 +98,7 @@ pub fn reload(live: &Live, registry: &Registry) -> Result<Reloaded, ReloadError>
                 removed = ?r.removed,
                 changed = ?r.changed,
                 limits_changed = r.limits_changed,
+                admin_token_changed = r.admin_token_changed,
                 "configuration reloaded"
             );
             for what in &r.restart_needed {

@@ -32,7 +32,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
 }
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(token) = &state.admin_token else {
+    let settings = state.live.get();
+    let Some(token) = &settings.admin_token else {
         return AppError::AdminOff.into_response();
     };
     let given = req

@@ -10,7 +10,6 @@ mod webhook;
 pub use error::AppError;
 pub use limits::RateLimiter;
 
-use crate::config::Secret;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::runtime::Registry;
@@ -52,7 +51,6 @@ pub struct AppContext {
     /// Woken after each stored event so the dispatcher picks it up at once.
     pub wake: Arc<Notify>,
     pub registry: Arc<Registry>,
-    pub admin_token: Option<Secret>,
     pub rate: Arc<RateLimiter>,
     pub inflight: Arc<Semaphore>,
 }
