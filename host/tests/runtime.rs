@@ -115,6 +115,34 @@ fn a_plugin_receives_every_event_type_with_all_fields() {
         .all(|d| d.plugin_hash.as_deref() == Some(hash.as_str())));
 }
 
+/// An empty plugins folder is said so at start, with where it is.
+#[test]
+fn the_log_says_when_the_plugins_folder_is_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(&cfg, "[tenants.default]\n").unwrap();
+    let server = process::Proc::start(&cfg, &dir.path().join("data"), &plugins);
+    let said = || {
+        let logs = server.logs.lock().unwrap();
+        let lines: Vec<_> = logs
+            .iter()
+            .filter(|v| {
+                v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("no plugins yet"))
+            })
+            .cloned()
+            .collect();
+        lines
+    };
+    assert!(wait_until(SETTLE, || !said().is_empty()));
+    let lines = said();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["dir"], plugins.display().to_string());
+}
+
 /// What an operator reads in the server's log: a plugin the configuration
 /// names but the folder lacks, and the first capability a delivery was
 /// refused (once per delivery, not once per call).
