@@ -35,10 +35,25 @@ for manifest in */Cargo.toml; do
   fi
 done
 
-# Rebuild a non-Rust component only when a source or the WIT changed.
-stale() { # out_file source_dir
-  [ ! -f "$1" ] && return 0
-  [ -n "$(find "$2" "$here/wit" -newer "$1" -type f -not -path '*/node_modules/*' -not -path '*/__pycache__/*' | head -1)" ]
+# A non-Rust component is rebuilt only when its inputs changed: its sources,
+# the WIT and the pinned tool versions, compared by content rather than
+# time, so that a fresh clone reuses a build left in the target folder (the
+# JavaScript and Python builds are not byte-for-byte reproducible, and new
+# bytes would mean compiling them again too). The record of what each output
+# was built from is kept beside the toolchains, not in the plugins folder.
+stamps="$target_dir/component-inputs"
+mkdir -p "$stamps"
+inputs() { # source_dir lockfile: a hash of the files a build reads
+  (cd "$here" && find "$ws/$1" wit "$ws/$2" -type f -not -path '*/node_modules/*' \
+    -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -d' ' -f1
+}
+stamp_of() { printf %s "$1" | sha256sum | cut -c1-32; }
+stale() { # out_file source_dir lockfile
+  [ -f "$1" ] && [ "$(cat "$stamps/$(stamp_of "$1")" 2>/dev/null)" = "$(inputs "$2" "$3")" ] && return 1
+  return 0
+}
+built() { # out_file source_dir lockfile
+  inputs "$2" "$3" >"$stamps/$(stamp_of "$1")"
 }
 wit="$here/wit/since_v0.1.0"
 
@@ -49,11 +64,12 @@ if [ -d js ]; then
     name=$(basename "$src")
     [ -f "$src/$name.js" ] || continue
     dest="$out/$name.wasm"
-    if stale "$dest" "$src"; then
+    if stale "$dest" "$src" js/package-lock.json; then
       [ -x js/node_modules/.bin/componentize-js ] || (cd js && npm ci --no-audit --no-fund --loglevel=error >&2)
       js/node_modules/.bin/componentize-js "$src/$name.js" --wit "$wit" -n plugin \
         -o "$out/.$name.wasm.tmp" -d stdio random clocks http fetch-event >/dev/null
       mv "$out/.$name.wasm.tmp" "$dest"
+      built "$dest" "$src" js/package-lock.json
     fi
     echo "built $dest ($(stat -c %s "$dest") bytes)"
   done
@@ -67,7 +83,7 @@ if [ -d python ]; then
     name=$(basename "$src")
     [ -f "$src/app.py" ] || continue
     dest="$out/${name//_/-}.wasm"
-    if stale "$dest" "$src"; then
+    if stale "$dest" "$src" python/requirements.txt; then
       # A virtual environment is tied to the interpreter and the path it was
       # made with (its scripts' shebangs are absolute): one copied or moved
       # from elsewhere, or left by a removed Python, is made again.
@@ -79,6 +95,7 @@ if [ -d python ]; then
       (cd "$src" && "$venv/bin/python3" "$venv/bin/componentize-py" -d "$wit" -w plugin componentize app \
         -o "$out/.$name.wasm.tmp" -s >/dev/null)
       mv "$out/.$name.wasm.tmp" "$dest"
+      built "$dest" "$src" python/requirements.txt
     fi
     echo "built $dest ($(stat -c %s "$dest") bytes)"
   done
