@@ -62,6 +62,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Events deleted by retention once every plugin was done with them.",
     ),
     (
+        "hookhost_config_reloads_total",
+        "counter",
+        "Configuration reloads: applied, or refused (the file did not parse; nothing changed).",
+    ),
+    (
         "hookhost_delivery_seconds",
         "histogram",
         "Time of one delivery, instantiation included.",

@@ -53,7 +53,11 @@ pub async fn serve(
         .0
         .map(|age| tokio::spawn(prune_loop(store.clone(), age, metrics.clone())));
 
-    let hangups = tokio::spawn(reload_on_hangup(live.clone(), registry.clone()));
+    let hangups = tokio::spawn(reload_on_hangup(
+        live.clone(),
+        registry.clone(),
+        metrics.clone(),
+    ));
     let state = AppState::from(AppContext {
         live,
         store: store.clone(),
@@ -89,8 +93,17 @@ pub async fn serve(
 
 /// Reads the configuration again and puts in force what may change while
 /// running (see [`crate::live`]), saying in the log what changed.
-pub fn reload(live: &Live, registry: &Registry) -> Result<Reloaded, ReloadError> {
+pub fn reload(
+    live: &Live,
+    registry: &Registry,
+    metrics: &Metrics,
+) -> Result<Reloaded, ReloadError> {
     let r = live.reload();
+    let outcome = if r.is_ok() { "applied" } else { "refused" };
+    metrics.inc(
+        "hookhost_config_reloads_total",
+        vec![("outcome", outcome.into())],
+    );
     match &r {
         Ok(r) => {
             tracing::info!(
@@ -114,7 +127,7 @@ pub fn reload(live: &Live, registry: &Registry) -> Result<Reloaded, ReloadError>
 }
 
 /// `SIGHUP` reloads the configuration (Unix).
-async fn reload_on_hangup(live: Arc<Live>, registry: Arc<Registry>) {
+async fn reload_on_hangup(live: Arc<Live>, registry: Arc<Registry>, metrics: Arc<Metrics>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -122,12 +135,12 @@ async fn reload_on_hangup(live: Arc<Live>, registry: Arc<Registry>) {
             return;
         };
         while hup.recv().await.is_some() {
-            let (l, r) = (live.clone(), registry.clone());
-            let _ = tokio::task::spawn_blocking(move || reload(&l, &r)).await;
+            let (l, r, m) = (live.clone(), registry.clone(), metrics.clone());
+            let _ = tokio::task::spawn_blocking(move || reload(&l, &r, &m)).await;
         }
     }
     #[cfg(not(unix))]
-    let _ = (live, registry);
+    let _ = (live, registry, metrics);
 }
 
 /// Retention: events older than `age` go once nothing needs them, looked

@@ -1246,6 +1246,11 @@ fn a_reload_applies_new_tenants_secrets_and_grants_without_a_restart() {
         "{why}"
     );
     assert_eq!(to_a(6, "new"), 200);
+    let m = metrics_text(&server.url("/metrics"));
+    for (outcome, n) in [("applied", 1), ("refused", 1)] {
+        let line = format!("hookhost_config_reloads_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+    }
 
     // Through the CLI: the probe may now use kv, and the next event sees it.
     write(busier, "new", &b("\"log\", \"config\", \"kv\""));

@@ -241,7 +241,7 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
 /// at once; the answer says what changed and what needs a restart.
 async fn reload(State(state): State<AppState>) -> Result<Json<crate::live::Reloaded>, AppError> {
     let s = state.clone();
-    tokio::task::spawn_blocking(move || crate::server::reload(&s.live, &s.registry))
+    tokio::task::spawn_blocking(move || crate::server::reload(&s.live, &s.registry, &s.metrics))
         .await
         .map_err(|_| AppError::Internal)?
         .map(Json)
