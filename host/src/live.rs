@@ -192,11 +192,24 @@ pub fn engine_memory_mb(config: &Config) -> u64 {
     m.max(config.runtime.max_memory_mb)
 }
 
-/// Warnings about a tenant's settings that are valid but probably not meant.
-fn warn_about<'a>(settings: &Settings, names: impl Iterator<Item = &'a String>) {
-    for t in names.filter_map(|n| settings.tenants.get(n)) {
+/// A tenant's setting that is valid but probably not meant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warning {
+    pub tenant: String,
+    pub plugin: Option<String>,
+    pub message: &'static str,
+}
+
+/// The warnings about the tenants `names`.
+pub fn warnings<'a>(tenants: &Tenants, names: impl Iterator<Item = &'a String>) -> Vec<Warning> {
+    let mut out = Vec::new();
+    for t in names.filter_map(|n| tenants.get(n)) {
         if t.secrets.is_empty() {
-            tracing::warn!(tenant = %t.name, "tenant has no secret: unsigned events are accepted");
+            out.push(Warning {
+                tenant: t.name.clone(),
+                plugin: None,
+                message: "tenant has no secret: unsigned events are accepted",
+            });
         }
         if t.whapi.is_some() {
             continue;
@@ -207,12 +220,22 @@ fn warn_about<'a>(settings: &Settings, names: impl Iterator<Item = &'a String>) 
                 .is_some_and(|g| g.contains(&crate::config::Grant::Messaging))
         });
         for (plugin, _) in senders {
-            tracing::warn!(
-                tenant = %t.name,
-                plugin = %plugin,
-                "plugin may send messages but the tenant has no gateway account \
-                 ([tenants.T.whapi] token and instance_id): its sends will be refused"
-            );
+            out.push(Warning {
+                tenant: t.name.clone(),
+                plugin: Some(plugin.clone()),
+                message: "plugin may send messages but the tenant has no gateway account \
+                          ([tenants.T.whapi] token and instance_id): its sends will be refused",
+            });
+        }
+    }
+    out
+}
+
+fn warn_about<'a>(settings: &Settings, names: impl Iterator<Item = &'a String>) {
+    for w in warnings(&settings.tenants, names) {
+        match &w.plugin {
+            Some(p) => tracing::warn!(tenant = %w.tenant, plugin = %p, "{}", w.message),
+            None => tracing::warn!(tenant = %w.tenant, "{}", w.message),
         }
     }
 }

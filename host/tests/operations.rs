@@ -1291,3 +1291,63 @@ fn a_reload_applies_new_tenants_secrets_and_grants_without_a_restart() {
         ))));
     assert!(server.terminate());
 }
+
+#[test]
+fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    deploy(&test_plugins(), "probe", &plugins, "logger", None);
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        "[tenants.a]\nsecrets = [\"s\"]\nplugins = [\"logger\", \"loger\"]\n\
+         [tenants.a.plugin.logger]\ngrants = [\"log\", \"messaging\"]\n[tenants.b]\n",
+    )
+    .unwrap();
+    let p = plugins.to_str().unwrap();
+    let out = cli(&[
+        "config",
+        "check",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--plugins-dir",
+        p,
+    ]);
+    let expected = [
+        format!("{}: valid (2 tenants)", cfg.display()),
+        "tenant a: 1 secret, plugins logger, loger, gateway account no".into(),
+        "  plugin logger: grants log, messaging".into(),
+        "tenant b: 0 secrets, plugins none named, gateway account no".into(),
+        "warning: tenant a, plugin logger: plugin may send messages but the tenant has no gateway account ([tenants.T.whapi] token and instance_id): its sends will be refused".into(),
+        "warning: tenant b: tenant has no secret: unsigned events are accepted".into(),
+        "warning: tenant a, plugin loger: not in the plugins folder".into(),
+    ];
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+
+    // What `serve` would refuse, with the reason and exit code 1.
+    for (text, why) in [
+        ("[tenants.a]\nsecrets = 3\n", "invalid type: integer `3`"),
+        ("[tenants.a]\nsecret = [\"s\"]\n", "unknown field `secret`"),
+        (
+            "[tenants.a]\nsecrets = [\"env:HOOKHOST_TEST_NOT_SET\"]\n",
+            "environment variable HOOKHOST_TEST_NOT_SET is not set",
+        ),
+        ("[tenants.\"a b\"]\n", "a b"),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let out = run(&[
+            "config",
+            "check",
+            "-c",
+            cfg.to_str().unwrap(),
+            "--plugins-dir",
+            p,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("invalid") && err.contains(why),
+            "{text}: {err}"
+        );
+    }
+}

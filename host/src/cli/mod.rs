@@ -2,6 +2,7 @@
 //! (`events`, `deliveries`, `dead-letters`, `replay`, `plugins`) and the
 //! plugin authors' tools (`plugin check`, `plugin test`).
 
+mod config_check;
 mod folder;
 mod operate;
 mod plugin;
@@ -138,6 +139,11 @@ pub enum Command {
         token: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Plugins: status from a running server, or the files of a folder.
     Plugins {
@@ -300,6 +306,21 @@ pub enum DeadLettersCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Read a configuration file as `serve` and a reload would, and print
+    /// what each tenant gets and what looks unintended (exit code 1 when
+    /// the file would be refused).
+    Check {
+        #[arg(long, short, env = "HOOKHOST_CONFIG", default_value = "hookhost.toml")]
+        config: PathBuf,
+        /// Where the plugins are (default: the file's `plugins_dir`), to
+        /// check the names the file gives.
+        #[arg(long, env = "HOOKHOST_PLUGINS_DIR")]
+        plugins_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum PluginCommand {
     /// Validate a component against the hookhost:plugin world.
     Check {
@@ -442,6 +463,13 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             plugins_dir,
             json,
         } => folder::plugins(&target, &plugins_dir, json),
+        Command::Config {
+            command:
+                ConfigCommand::Check {
+                    config,
+                    plugins_dir,
+                },
+        } => config_check::check(&config, plugins_dir.as_deref()),
         Command::Plugin {
             command: PluginCommand::Check { file, json },
         } => plugin::check(&file, json),

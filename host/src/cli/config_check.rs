@@ -1,0 +1,104 @@
+//! `hookhost config check`: reads a configuration file as `serve` (and a
+//! reload) would — syntax, unknown keys, names, `env:` variables — and says
+//! what each tenant gets and what looks unintended, before it is deployed.
+
+use crate::config::{Config, Grant};
+use crate::live::{warnings, Warning};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
+    let checked = Config::load(file)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| {
+            let tenants = c.tenants()?;
+            c.admin.resolve()?;
+            Ok((c, tenants))
+        });
+    let (config, tenants) = match checked {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("{}: invalid: {e:#}", file.display());
+            return Ok(1);
+        }
+    };
+    let dir = plugins_dir.unwrap_or(&config.server.plugins_dir);
+    let mut found = warnings(&tenants, tenants.keys());
+    let present = wasm_stems(dir);
+    for t in tenants.values() {
+        let named: BTreeSet<&String> = t
+            .config
+            .plugins
+            .iter()
+            .chain(t.config.plugin.keys())
+            .collect();
+        for p in named {
+            if let Some(present) = &present {
+                if !present.contains(p.as_str()) {
+                    found.push(Warning {
+                        tenant: t.name.clone(),
+                        plugin: Some(p.clone()),
+                        message: "not in the plugins folder",
+                    });
+                }
+            }
+        }
+    }
+    println!(
+        "{}: valid ({} tenant{})",
+        file.display(),
+        tenants.len(),
+        if tenants.len() == 1 { "" } else { "s" }
+    );
+    for t in tenants.values() {
+        let plugins = if t.config.plugins.is_empty() {
+            "none named".to_string()
+        } else {
+            t.config.plugins.join(", ")
+        };
+        println!(
+            "tenant {}: {} secret{}, plugins {plugins}, gateway account {}",
+            t.name,
+            t.secrets.len(),
+            if t.secrets.len() == 1 { "" } else { "s" },
+            if t.whapi.is_some() { "yes" } else { "no" },
+        );
+        for (name, p) in &t.config.plugin {
+            let grants: Vec<&str> = p
+                .grants
+                .as_deref()
+                .unwrap_or(&Grant::DEFAULT)
+                .iter()
+                .map(|g| g.as_str())
+                .collect();
+            println!("  plugin {name}: grants {}", grants.join(", "));
+        }
+    }
+    for w in &found {
+        match &w.plugin {
+            Some(p) => println!("warning: tenant {}, plugin {p}: {}", w.tenant, w.message),
+            None => println!("warning: tenant {}: {}", w.tenant, w.message),
+        }
+    }
+    if present.is_none() {
+        println!(
+            "note: no plugins folder at {}: plugin names not checked",
+            dir.display()
+        );
+    }
+    Ok(0)
+}
+
+/// The plugin names a folder holds (`NAME.wasm`); `None` when it cannot be read.
+fn wasm_stems(dir: &Path) -> Option<BTreeSet<String>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    Some(
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension()? == "wasm").then(|| p.file_stem()?.to_str().map(String::from))?
+            })
+            .collect(),
+    )
+}
