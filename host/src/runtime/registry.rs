@@ -262,7 +262,11 @@ impl Registry {
     /// The configuration was reloaded: which plugins run for whom may
     /// have changed, so held deliveries are looked at again.
     pub fn reconfigured(&self) {
-        self.warn_missing();
+        // Before the first listing the folder is not known yet (that
+        // listing warns by itself).
+        if self.initial_load_done() {
+            self.warn_missing();
+        }
         self.changed();
     }
 
