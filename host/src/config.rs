@@ -417,6 +417,13 @@ pub struct TenantConfig {
     pub rate_limit: RateLimit,
 }
 
+impl TenantConfig {
+    /// The plugins this tenant names: in `plugins` or with a table of their own.
+    pub fn named_plugins(&self) -> std::collections::BTreeSet<&String> {
+        self.plugins.iter().chain(self.plugin.keys()).collect()
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginConfig {

@@ -26,13 +26,7 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
     let mut found = warnings(&tenants, tenants.keys());
     let present = wasm_stems(dir);
     for t in tenants.values() {
-        let named: BTreeSet<&String> = t
-            .config
-            .plugins
-            .iter()
-            .chain(t.config.plugin.keys())
-            .collect();
-        for p in named {
+        for p in t.config.named_plugins() {
             if let Some(present) = &present {
                 if !present.contains(p.as_str()) {
                     found.push(Warning {

@@ -430,12 +430,7 @@ impl Registry {
             );
         }
         for t in self.live.get().tenants.values() {
-            let named: BTreeSet<&String> = t
-                .config
-                .plugins
-                .iter()
-                .chain(t.config.plugin.keys())
-                .collect();
+            let named = t.config.named_plugins();
             for p in named.into_iter().filter(|p| !st.stamps.contains_key(*p)) {
                 tracing::warn!(
                     tenant = %t.name,
