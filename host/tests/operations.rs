@@ -189,6 +189,28 @@ fn admin_refuses_missing_or_wrong_token_and_is_off_without_one() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("404: the admin API is off"), "{err}");
+    // A reload without the admin API is pointed at the signal, and a
+    // server started without a file has nothing to reload.
+    let out = run(&["reload", "--url", &off.url("")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`kill -HUP PID` reloads a server without it"),
+        "{err}"
+    );
+    let r = admin("POST", &s.url("/admin/reload"), Some(TOKEN), None);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .contains("started without a configuration file"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(
+        admin("POST", &s.url("/admin/reload"), None, None).status,
+        401
+    );
     // A path nothing serves names where webhooks go; `hookhost send` given
     // only the server's address posts to its /webhook.
     let r = post(&off.url("/"), samples::MESSAGE_RECEIVED.as_bytes(), None);

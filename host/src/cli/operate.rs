@@ -188,7 +188,16 @@ pub fn settle_dead(
 
 /// `reload`: what the server's answer says changed, one line each.
 pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
-    let v = remote(t, "POST", "/admin/reload", None)?;
+    let v = remote(t, "POST", "/admin/reload", None).map_err(|e| {
+        match e.downcast_ref::<Refused>() {
+            // The admin API is off (or this is not hookhost): a signal
+            // needs no token.
+            Some(r) if r.status == 404 => {
+                anyhow::anyhow!("{e:#}; `kill -HUP PID` reloads a server without it")
+            }
+            _ => e,
+        }
+    })?;
     if json {
         println!("{v}");
         return Ok(0);
