@@ -21,6 +21,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("tenant `{tenant}`: environment variable {var} is not set (write `env:{var}?` to make it optional)")]
     MissingEnv { tenant: String, var: String },
+    #[error("tenant `{tenant}`: secret file {path}: {message} (write `file:{path}?` to make it optional)")]
+    SecretFile {
+        tenant: String,
+        path: String,
+        message: String,
+    },
     #[error("invalid tenant name `{0}`: use letters, digits, `-` and `_`")]
     TenantName(String),
     #[error("{0}")]
@@ -42,7 +48,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Bearer token for `/admin/*`: literal, `env:VAR` or `env:VAR?`. Without
+    /// Bearer token for `/admin/*`: literal, `env:VAR`, `file:PATH` (each
+    /// with `?` for optional). Without
     /// one the admin API is off.
     pub token: Option<String>,
 }
@@ -403,7 +410,8 @@ impl Grant {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantConfig {
-    /// Accepted signing secrets: literals, `env:VAR` or `env:VAR?` (optional).
+    /// Accepted signing secrets: literals, `env:VAR` or `file:PATH` (with a
+    /// trailing `?`: optional). Files are read again on a reload.
     pub secrets: Vec<String>,
     /// Plugins (file names without `.wasm`) that run for this tenant.
     pub plugins: Vec<String>,
@@ -438,9 +446,9 @@ pub struct PluginConfig {
 pub struct WhapiConfig {
     #[serde(default = "default_whapi_url")]
     pub base_url: String,
-    /// Literal, `env:VAR` or `env:VAR?`.
+    /// Literal, `env:VAR` or `file:PATH` (`?` for optional).
     pub instance_id: String,
-    /// Literal, `env:VAR` or `env:VAR?`. With an optional variable unset,
+    /// Literal, `env:VAR` or `file:PATH` (`?` for optional). With an optional one unset,
     /// the tenant has no gateway account and sends are refused.
     pub token: String,
     /// A send whose outcome is unknown (the process died or the connection
@@ -585,7 +593,35 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// A secret as written: a literal, `env:VAR` or `file:PATH` (its content,
+/// trailing whitespace removed: an orchestrator's mounted secret or a
+/// systemd credential), each with a trailing `?` when it may be absent.
 fn resolve(tenant: &str, spec: &str) -> Result<Option<Secret>, ConfigError> {
+    if let Some(path) = spec.strip_prefix("file:") {
+        let (path, optional) = match path.strip_suffix('?') {
+            Some(p) => (p, true),
+            None => (path, false),
+        };
+        let failed = |message: String| ConfigError::SecretFile {
+            tenant: tenant.to_string(),
+            path: path.to_string(),
+            message,
+        };
+        return match std::fs::read(path) {
+            Ok(mut bytes) => {
+                while bytes.last().is_some_and(|b| b.is_ascii_whitespace()) {
+                    bytes.pop();
+                }
+                match (bytes.is_empty(), optional) {
+                    (false, _) => Ok(Some(Secret::new(bytes))),
+                    (true, true) => Ok(None),
+                    (true, false) => Err(failed("it is empty".into())),
+                }
+            }
+            Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(failed(e.to_string())),
+        };
+    }
     let Some(var) = spec.strip_prefix("env:") else {
         return Ok(Some(Secret::new(spec.as_bytes())));
     };
@@ -693,6 +729,45 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(c.tenants(), Err(ConfigError::MissingEnv { .. })));
+    }
+
+    #[test]
+    fn file_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "s3cret \n").unwrap();
+        let (file, missing) = (
+            file.display(),
+            dir.path().join("none").display().to_string(),
+        );
+        let tenants = |secrets: &str| {
+            Config::parse(&format!("[tenants.t]\nsecrets = {secrets}"))
+                .unwrap()
+                .tenants()
+        };
+        // Trailing whitespace (the newline an editor adds) is not part of it.
+        let t = tenants(&format!(r#"["file:{file}", "file:{missing}?"]"#)).unwrap();
+        assert_eq!(t["t"].secrets, vec![Secret::new("s3cret")]);
+        let e = tenants(&format!(r#"["file:{missing}"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("tenant `t`: secret file {missing}: ")),
+            "{e}"
+        );
+        assert!(
+            e.ends_with(&format!("(write `file:{missing}?` to make it optional)")),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("empty"), "\n").unwrap();
+        let empty = dir.path().join("empty").display().to_string();
+        let e = tenants(&format!(r#"["file:{empty}"]"#))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("it is empty"), "{e}");
+        assert!(tenants(&format!(r#"["file:{empty}?"]"#)).unwrap()["t"]
+            .secrets
+            .is_empty());
     }
 
     #[test]

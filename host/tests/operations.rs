@@ -1210,9 +1210,14 @@ fn a_reload_applies_new_tenants_secrets_and_grants_without_a_restart() {
     let (data, plugins) = (dir.path().join("data"), dir.path().join("plugins"));
     deploy(&test_plugins(), "probe", &plugins, "probe", None);
     let cfg = dir.path().join("hookhost.toml");
+    // Tenant a's secret is a file (as an orchestrator mounts one): a reload
+    // reads it again.
+    let secret_file = dir.path().join("a.secret");
     let write = |server: &str, secret: &str, more: &str| {
+        std::fs::write(&secret_file, format!("{secret}\n")).unwrap();
         let text = format!(
-            "{server}[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nsecrets = [\"{secret}\"]\n{more}"
+            "{server}[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nsecrets = [\"file:{}\"]\n{more}",
+            secret_file.display()
         );
         std::fs::write(&cfg, text).unwrap()
     };
