@@ -48,8 +48,10 @@ pub struct Dispatcher {
 }
 
 struct Inner {
-    cfg: DispatchConfig,
+    /// Tenants and `[dispatch]` (retries, caps, `max_pending`), reloadable.
     live: Arc<Live>,
+    /// The delivery threads' nice value, set at start.
+    nice: i32,
     store: Store,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -110,7 +112,6 @@ pub fn backoff_ms(attempts: u32, cfg: &DispatchConfig) -> u64 {
 
 impl Dispatcher {
     pub fn start(
-        cfg: DispatchConfig,
         live: Arc<Live>,
         store: Store,
         registry: Arc<Registry>,
@@ -118,7 +119,7 @@ impl Dispatcher {
         wake: Arc<Notify>,
     ) -> Dispatcher {
         let inner = Arc::new(Inner {
-            cfg,
+            nice: live.get().dispatch.nice,
             live,
             store,
             registry,
@@ -298,11 +299,9 @@ async fn fan_out(
     };
     loop {
         let mut batch = FANOUT_BATCH;
-        if inner.cfg.max_pending > 0 && !stuck {
-            let room = inner
-                .cfg
-                .max_pending
-                .saturating_sub(inner.pending.load(Ordering::Relaxed));
+        let max_pending = inner.live.get().dispatch.max_pending;
+        if max_pending > 0 && !stuck {
+            let room = max_pending.saturating_sub(inner.pending.load(Ordering::Relaxed));
             if room == 0 {
                 break;
             }
@@ -361,13 +360,14 @@ async fn schedule(
     // and otherwise it is asked for the tenants with room, for little more
     // than can start.
     let settings = inner.live.get();
+    let cfg = &settings.dispatch;
     let (startable, full) = {
         let r = inner.running.lock().unwrap();
-        let free = inner.cfg.workers.saturating_sub(r.total);
+        let free = cfg.workers.saturating_sub(r.total);
         let mut room = 0;
         let mut full = Vec::new();
         for (name, t) in settings.tenants.iter() {
-            let cap = t.config.concurrency.unwrap_or(inner.cfg.tenant_concurrency);
+            let cap = t.config.concurrency.unwrap_or(cfg.tenant_concurrency);
             match cap.saturating_sub(r.per_tenant.get(name).copied().unwrap_or(0)) {
                 0 => full.push(name.clone()),
                 n => room += n,
@@ -413,14 +413,14 @@ async fn schedule(
     {
         let mut r = inner.running.lock().unwrap();
         for d in due {
-            if r.total >= inner.cfg.workers {
+            if r.total >= cfg.workers {
                 break;
             }
             let cap = settings
                 .tenants
                 .get(&d.tenant)
                 .and_then(|t| t.config.concurrency)
-                .unwrap_or(inner.cfg.tenant_concurrency);
+                .unwrap_or(cfg.tenant_concurrency);
             let chain = (d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone());
             if r.deliveries.contains(&(d.event_seq, d.plugin.clone()))
                 || r.chains.contains(&chain)
@@ -478,7 +478,7 @@ async fn schedule(
             let outcome = tokio::task::spawn_blocking(move || execute(&i2, &d2, attempt))
                 .await
                 .unwrap_or_else(|e| Some(runtime::Failure::Trap(format!("host task failed: {e}"))));
-            let ledger = outcome_for(outcome.as_ref(), attempt, &inner.cfg);
+            let ledger = outcome_for(outcome.as_ref(), attempt, &inner.live.get().dispatch);
             let label = match &ledger {
                 DeliveryOutcome::Done => "done",
                 DeliveryOutcome::Retry { .. } => "retry",
@@ -541,7 +541,7 @@ fn release(inner: &Inner, d: &DueDelivery) {
 
 /// Runs one delivery on a blocking thread. `None` means success.
 fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Failure> {
-    crate::priority::lower_current_thread(inner.cfg.nice);
+    crate::priority::lower_current_thread(inner.nice);
     let span = tracing::info_span!(
         "delivery",
         tenant = %d.tenant,
@@ -584,7 +584,7 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
         .registry
         .capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
     caps.resend = d.resend;
-    caps.last_attempt = attempt >= inner.cfg.max_attempts;
+    caps.last_attempt = attempt >= inner.live.get().dispatch.max_attempts;
     let report = runtime::deliver(&plugin, caps, &policy.limits, &ev.event, &ctx);
     let labels = vec![("plugin", d.plugin.clone())];
     inner.metrics.observe(

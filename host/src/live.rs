@@ -1,18 +1,18 @@
 //! The part of the configuration a running server takes again from its file
 //! without a restart (`SIGHUP`, `POST /admin/reload`, `hookhost reload`):
 //! the tenants — secrets, rate limits, plugins, grants, limits, settings,
-//! gateway accounts, concurrency — the default `[limits]` and the admin
-//! token.
+//! gateway accounts, concurrency — the default `[limits]`, `[dispatch]`
+//! (but its `nice`) and the admin token.
 //!
 //! Each request, fan-out and delivery reads the settings current when it
 //! starts; a delivery already running finishes under the ones it started
-//! with. The other sections (`[server]`, `[store]`, `[dispatch]`,
-//! `[runtime]`) are read at start only: a reload that changes
+//! with. The other sections (`[server]`, `[store]`, `[runtime]`) and
+//! `[dispatch] nice` are read at start only: a reload that changes
 //! them says which need a restart and applies the rest. A file that does
 //! not parse, or names an unset variable, changes nothing.
 
 use crate::capabilities::Messenger;
-use crate::config::{Config, Limits, Secret, Tenant};
+use crate::config::{Config, DispatchConfig, Limits, Secret, Tenant};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -26,6 +26,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Each tenant's gateway client (tenants with an account).
     pub messengers: BTreeMap<String, Arc<Messenger>>,
+    /// Retries, concurrency caps and `max_pending`.
+    pub dispatch: DispatchConfig,
     /// `[admin] token` (none: the admin API is off).
     pub admin_token: Option<Secret>,
 }
@@ -44,6 +46,7 @@ impl Settings {
         Ok(Settings {
             tenants,
             limits: config.limits,
+            dispatch: config.dispatch.clone(),
             messengers,
             admin_token: config.admin.resolve()?,
         })
@@ -61,6 +64,7 @@ pub struct Reloaded {
     pub removed: Vec<String>,
     pub changed: Vec<String>,
     pub limits_changed: bool,
+    pub dispatch_changed: bool,
     pub admin_token_changed: bool,
     /// What differs from the running server but takes effect only at a
     /// restart (left as it was until then).
@@ -70,6 +74,7 @@ pub struct Reloaded {
 impl Reloaded {
     pub fn anything(&self) -> bool {
         self.limits_changed
+            || self.dispatch_changed
             || self.admin_token_changed
             || !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
     }
@@ -126,6 +131,7 @@ impl Live {
         let old = self.get();
         let mut out = Reloaded {
             limits_changed: old.limits != next.limits,
+            dispatch_changed: old.dispatch != next.dispatch,
             admin_token_changed: old.admin_token != next.admin_token,
             restart_needed: restart_needed(&self.started, &config),
             ..Reloaded::default()
@@ -158,14 +164,17 @@ fn same_tenant(a: &Tenant, b: &Tenant) -> bool {
 fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let sections = [
-        ("server", running.server != next.server),
-        ("store", running.store != next.store),
-        ("dispatch", running.dispatch != next.dispatch),
-        ("runtime", running.runtime != next.runtime),
+        ("[server]", running.server != next.server),
+        ("[store]", running.store != next.store),
+        (
+            "[dispatch] nice",
+            running.dispatch.nice != next.dispatch.nice,
+        ),
+        ("[runtime]", running.runtime != next.runtime),
     ];
     for (name, differs) in sections {
         if differs {
-            out.push(format!("[{name}]"));
+            out.push(name.to_string());
         }
     }
     let (engine, wanted) = (engine_memory_mb(running), engine_memory_mb(next));
@@ -267,6 +276,9 @@ mod tests {
         *TEXT.lock().unwrap() = r#"
             [server]
             max_inflight = 7
+            [dispatch]
+            max_attempts = 3
+            nice = 5
             [admin]
             token = "t0ken"
             [limits]
@@ -283,11 +295,13 @@ mod tests {
         assert_eq!(r.changed, ["a"]);
         assert!(r.limits_changed);
         assert!(r.admin_token_changed);
-        assert_eq!(r.restart_needed.len(), 2, "{:?}", r.restart_needed);
-        assert_eq!(r.restart_needed[0], "[server]");
-        assert!(r.restart_needed[1].starts_with("memory_mb 512: above the 128 MiB"));
+        assert!(r.dispatch_changed);
+        assert_eq!(r.restart_needed.len(), 3, "{:?}", r.restart_needed);
+        assert_eq!(r.restart_needed[..2], ["[server]", "[dispatch] nice"]);
+        assert!(r.restart_needed[2].starts_with("memory_mb 512: above the 128 MiB"));
         let now = live.get();
         assert_eq!(now.limits.fuel, 2000);
+        assert_eq!(now.dispatch.max_attempts, 3);
         assert_eq!(now.tenants["a"].secrets.len(), 2);
         assert!(!now.tenants.contains_key("b"));
         assert_eq!(now.admin_token.as_ref().unwrap().expose(), b"t0ken");

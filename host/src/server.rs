@@ -39,7 +39,6 @@ pub async fn serve(
     )
     .context("starting the plugin runtime")?;
     let dispatcher = Dispatcher::start(
-        config.dispatch.clone(),
         live.clone(),
         store.clone(),
         registry.clone(),
@@ -111,6 +110,7 @@ pub fn reload(
                 removed = ?r.removed,
                 changed = ?r.changed,
                 limits_changed = r.limits_changed,
+                dispatch_changed = r.dispatch_changed,
                 admin_token_changed = r.admin_token_changed,
                 "configuration reloaded"
             );

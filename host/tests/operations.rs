@@ -1292,7 +1292,7 @@ fn a_reload_applies_new_tenants_secrets_and_grants_without_a_restart() {
     );
     // A delivery of b's waits for a retry when b goes: b's webhook is
     // unknown again, and the delivery does not run (under default grants)
-    // but fails, saying why.
+    // but fails, saying why; with fewer attempts allowed now, it is dead.
     let retrying = "[tenants.b]\nplugins = [\"probe\"]\n[tenants.b.plugin.probe]\nsettings = { fail_until_attempt = \"100\" }\n";
     write(busier, "new", retrying);
     cli(&["reload", "--url", &url, "--token", TOKEN]);
@@ -1304,18 +1304,19 @@ fn a_reload_applies_new_tenants_secrets_and_grants_without_a_restart() {
             .max_by_key(|d| d.event_seq)
     };
     assert!(wait_until(SETTLE, || b_row().is_some_and(|d| d.state == "failed")));
-    write("", "new", "");
+    write("[dispatch]\nmax_attempts = 2\n", "new", "");
     assert_eq!(
         cli(&["reload", "--url", &url, "--token", TOKEN]).trim(),
-        "reloaded: tenants removed: b"
+        "reloaded: tenants removed: b; dispatch settings changed"
     );
     assert_eq!(to_b(9), 404);
-    assert!(wait_until(SETTLE, || b_row().is_some_and(|d| d
-        .last_error
-        .unwrap_or_default()
-        .contains(
-            "plugin does not run for tenant `b` in the configuration"
-        ))));
+    assert!(wait_until(SETTLE, || b_row().is_some_and(|d| d.state == "dead")));
+    let dead = b_row().unwrap();
+    let why = dead.last_error.clone().unwrap_or_default();
+    assert!(
+        why.contains("plugin does not run for tenant `b` in the configuration"),
+        "{dead:?}"
+    );
     assert!(server.terminate());
 }
 

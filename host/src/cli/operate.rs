@@ -226,6 +226,9 @@ pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
     if v["limits_changed"].as_bool() == Some(true) {
         lines.push("default limits changed".into());
     }
+    if v["dispatch_changed"].as_bool() == Some(true) {
+        lines.push("dispatch settings changed".into());
+    }
     if v["admin_token_changed"].as_bool() == Some(true) {
         lines.push("admin token changed".into());
     }
