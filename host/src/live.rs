@@ -2,17 +2,17 @@
 //! without a restart (`SIGHUP`, `POST /admin/reload`, `hookhost reload`):
 //! the tenants — secrets, rate limits, plugins, grants, limits, settings,
 //! gateway accounts, concurrency — the default `[limits]`, `[dispatch]`
-//! (but its `nice`) and the admin token.
+//! (but its `nice`), `[store] retention` and the admin token.
 //!
 //! Each request, fan-out and delivery reads the settings current when it
 //! starts; a delivery already running finishes under the ones it started
-//! with. The other sections (`[server]`, `[store]`, `[runtime]`) and
-//! `[dispatch] nice` are read at start only: a reload that changes
+//! with. `[server]`, `[runtime]`, the rest of `[store]` and `[dispatch]
+//! nice` are read at start only: a reload that changes
 //! them says which need a restart and applies the rest. A file that does
 //! not parse, or names an unset variable, changes nothing.
 
 use crate::capabilities::Messenger;
-use crate::config::{Config, DispatchConfig, Limits, Secret, Tenant};
+use crate::config::{Age, Config, DispatchConfig, Limits, Secret, StoreConfig, Tenant};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -28,6 +28,8 @@ pub struct Settings {
     pub messengers: BTreeMap<String, Arc<Messenger>>,
     /// Retries, concurrency caps and `max_pending`.
     pub dispatch: DispatchConfig,
+    /// `[store] retention`.
+    pub retention: Age,
     /// `[admin] token` (none: the admin API is off).
     pub admin_token: Option<Secret>,
 }
@@ -47,6 +49,7 @@ impl Settings {
             tenants,
             limits: config.limits,
             dispatch: config.dispatch.clone(),
+            retention: config.store.retention,
             messengers,
             admin_token: config.admin.resolve()?,
         })
@@ -65,6 +68,7 @@ pub struct Reloaded {
     pub changed: Vec<String>,
     pub limits_changed: bool,
     pub dispatch_changed: bool,
+    pub retention_changed: bool,
     pub admin_token_changed: bool,
     /// What differs from the running server but takes effect only at a
     /// restart (left as it was until then).
@@ -75,6 +79,7 @@ impl Reloaded {
     pub fn anything(&self) -> bool {
         self.limits_changed
             || self.dispatch_changed
+            || self.retention_changed
             || self.admin_token_changed
             || !(self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty())
     }
@@ -96,6 +101,8 @@ pub struct Live {
     source: Option<Source>,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Told after each applied reload.
+    reloaded: tokio::sync::Notify,
 }
 
 impl Live {
@@ -107,6 +114,7 @@ impl Live {
             started: config.clone(),
             source,
             reloading: Mutex::new(()),
+            reloaded: tokio::sync::Notify::new(),
         }))
     }
 
@@ -132,6 +140,7 @@ impl Live {
         let mut out = Reloaded {
             limits_changed: old.limits != next.limits,
             dispatch_changed: old.dispatch != next.dispatch,
+            retention_changed: old.retention != next.retention,
             admin_token_changed: old.admin_token != next.admin_token,
             restart_needed: restart_needed(&self.started, &config),
             ..Reloaded::default()
@@ -151,7 +160,14 @@ impl Live {
             .collect();
         warn_about(&next, out.added.iter().chain(&out.changed));
         *self.current.write().unwrap() = Arc::new(next);
+        self.reloaded.notify_waiters();
         Ok(out)
+    }
+
+    /// Completes at the next applied reload (for loops that sleep on a
+    /// setting, to read it again).
+    pub async fn reloaded(&self) {
+        self.reloaded.notified().await
     }
 }
 
@@ -165,7 +181,13 @@ fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let sections = [
         ("[server]", running.server != next.server),
-        ("[store]", running.store != next.store),
+        ("[store] (other than retention)", {
+            let rest = |s: &StoreConfig| StoreConfig {
+                retention: Age(None),
+                ..s.clone()
+            };
+            rest(&running.store) != rest(&next.store)
+        }),
         (
             "[dispatch] nice",
             running.dispatch.nice != next.dispatch.nice,
@@ -316,6 +338,28 @@ mod tests {
         *TEXT.lock().unwrap() = "[tenants.a]\nsecrets = [\"env:HOOKHOST_TEST_UNSET_VAR\"]".into();
         assert!(live.reload().is_err());
         assert!(live.get().tenants.contains_key("c"));
+    }
+
+    #[test]
+    fn retention_is_reloadable_and_the_rest_of_the_store_is_not() {
+        static TEXT: Mutex<String> = Mutex::new(String::new());
+        *TEXT.lock().unwrap() = "[tenants.a]\n".into();
+        let live = Live::new(
+            &Config::parse("[tenants.a]\n").unwrap(),
+            Some(source(&TEXT)),
+        )
+        .unwrap();
+        *TEXT.lock().unwrap() = "[store]\nretention = \"1h\"\n[tenants.a]\n".into();
+        let r = live.reload().unwrap();
+        assert!(r.retention_changed && r.restart_needed.is_empty(), "{r:?}");
+        assert_eq!(
+            live.get().retention,
+            Age(Some(std::time::Duration::from_secs(3600)))
+        );
+        *TEXT.lock().unwrap() = "[store]\nretention = \"1h\"\nmax_batch = 7\n[tenants.a]\n".into();
+        let r = live.reload().unwrap();
+        assert!(!r.anything(), "{r:?}");
+        assert_eq!(r.restart_needed, ["[store] (other than retention)"]);
     }
 
     #[test]

@@ -46,11 +46,7 @@ pub async fn serve(
         wake.clone(),
     );
 
-    let pruner = config
-        .store
-        .retention
-        .0
-        .map(|age| tokio::spawn(prune_loop(store.clone(), age, metrics.clone())));
+    let pruner = tokio::spawn(prune_loop(store.clone(), live.clone(), metrics.clone()));
 
     let hangups = tokio::spawn(reload_on_hangup(
         live.clone(),
@@ -77,9 +73,7 @@ pub async fn serve(
         header_timeout: Duration::from_millis(config.server.header_timeout_ms.max(1)),
     };
     serve_http(listener, router(state), shutdown, limits).await;
-    if let Some(p) = pruner {
-        p.abort();
-    }
+    pruner.abort();
     hangups.abort();
     tracing::info!("HTTP stopped; finishing deliveries");
     dispatcher.stop(Duration::from_secs(10)).await;
@@ -111,6 +105,7 @@ pub fn reload(
                 changed = ?r.changed,
                 limits_changed = r.limits_changed,
                 dispatch_changed = r.dispatch_changed,
+                retention_changed = r.retention_changed,
                 admin_token_changed = r.admin_token_changed,
                 "configuration reloaded"
             );
@@ -143,12 +138,25 @@ async fn reload_on_hangup(live: Arc<Live>, registry: Arc<Registry>, metrics: Arc
     let _ = (live, registry, metrics);
 }
 
-/// Retention: events older than `age` go once nothing needs them, looked
-/// for every quarter of `age` (at least every second, at most every hour).
-async fn prune_loop(store: Store, age: Duration, metrics: Arc<Metrics>) {
-    let every = (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+/// Retention: events older than `[store] retention` go once nothing needs
+/// them, looked for every quarter of that age (at least every second, at
+/// most every hour). A reload that changes it takes effect at once.
+async fn prune_loop(store: Store, live: Arc<Live>, metrics: Arc<Metrics>) {
     loop {
-        tokio::time::sleep(every).await;
+        let every = live
+            .get()
+            .retention
+            .0
+            .map_or(Duration::from_secs(3600), |age| {
+                (age / 4).clamp(Duration::from_secs(1), Duration::from_secs(3600))
+            });
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = live.reloaded() => continue,
+        }
+        let Some(age) = live.get().retention.0 else {
+            continue;
+        };
         match store.prune(age).await {
             Ok(0) => {}
             Ok(n) => {

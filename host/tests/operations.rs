@@ -1379,3 +1379,49 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
         );
     }
 }
+
+/// `[store] retention` turned on by a reload: handled events go without a
+/// restart.
+#[test]
+fn a_reload_turns_retention_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hookhost.toml");
+    let base = format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]\n");
+    std::fs::write(&cfg, &base).unwrap();
+    let read = {
+        let (dir, cfg) = (dir.path().to_path_buf(), cfg.clone());
+        move || -> anyhow::Result<hookhost::config::Config> {
+            Ok(config(&dir, &std::fs::read_to_string(&cfg)?))
+        }
+    };
+    let server = hookhost::server::spawn_with(read().unwrap(), Some(Box::new(read))).unwrap();
+    for i in 0..3 {
+        let ev = hola_event(&format!("keep-{i}"), "c");
+        assert_eq!(
+            post(&server.url("/webhook"), ev.as_bytes(), None).status,
+            200
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    std::fs::write(&cfg, format!("[store]\nretention = \"1s\"\n{base}")).unwrap();
+    let r = admin("POST", &server.url("/admin/reload"), Some(TOKEN), None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["retention_changed"], true);
+    assert_eq!(r.body["restart_needed"], serde_json::json!([]));
+    // The newest event always stays.
+    assert!(wait_until(SETTLE, || {
+        metric(
+            &metrics_text(&server.url("/metrics")),
+            "hookhost_events_pruned_total ",
+        )
+        .as_deref()
+            == Some("2")
+    }));
+    let left = admin("GET", &server.url("/admin/events"), Some(TOKEN), None);
+    assert_eq!(
+        left.body["events"].as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        left.body
+    );
+}

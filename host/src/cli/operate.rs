@@ -229,6 +229,9 @@ pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
     if v["dispatch_changed"].as_bool() == Some(true) {
         lines.push("dispatch settings changed".into());
     }
+    if v["retention_changed"].as_bool() == Some(true) {
+        lines.push("retention changed".into());
+    }
     if v["admin_token_changed"].as_bool() == Some(true) {
         lines.push("admin token changed".into());
     }
