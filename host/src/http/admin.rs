@@ -237,8 +237,9 @@ async fn plugins(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "plugins": state.registry.statuses() }))
 }
 
-/// Reads the configuration file again: tenants and default limits change
-/// at once; the answer says what changed and what needs a restart.
+/// Reads the configuration file again: what may change while running (see
+/// [`crate::live`]) changes at once; the answer says what changed and what
+/// needs a restart.
 async fn reload(State(state): State<AppState>) -> Result<Json<crate::live::Reloaded>, AppError> {
     let s = state.clone();
     tokio::task::spawn_blocking(move || crate::server::reload(&s.live, &s.registry, &s.metrics))

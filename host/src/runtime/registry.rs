@@ -10,7 +10,7 @@ use super::plugin::{self, LoadedPlugin};
 use super::sandbox;
 use crate::capabilities::{Capabilities, SqlDb, SqlPool};
 use crate::config::{Config, Grant, Limits, LimitsOverride, TenantConfig, DEFAULT_TENANT};
-use crate::live::Live;
+use crate::live::{Live, Tenants};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use serde::{Deserialize, Serialize};
@@ -294,9 +294,14 @@ impl Registry {
     /// Plugins (present in the folder) that run for `tenant`.
     pub fn plugins_for(&self, tenant: &str) -> Vec<String> {
         let st = self.state.read().unwrap();
+        let settings = self.live.get();
         st.stamps
             .keys()
-            .filter(|p| self.assigned(&st, p).iter().any(|t| t == tenant))
+            .filter(|p| {
+                assigned(&st, &settings.tenants, p)
+                    .iter()
+                    .any(|t| t == tenant)
+            })
             .cloned()
             .collect()
     }
@@ -305,30 +310,9 @@ impl Registry {
     /// force (a reload may have taken it away since its deliveries queued).
     pub fn runs_for(&self, tenant: &str, plugin: &str) -> bool {
         let st = self.state.read().unwrap();
-        self.assigned(&st, plugin).iter().any(|t| t == tenant)
-    }
-
-    fn assigned(&self, st: &State, plugin: &str) -> Vec<String> {
-        let settings = self.live.get();
-        let tenants = &settings.tenants;
-        let mut out: Vec<String> = tenants
-            .values()
-            .filter(|t| {
-                t.config.plugins.iter().any(|p| p == plugin) || t.config.plugin.contains_key(plugin)
-            })
-            .map(|t| t.name.clone())
-            .collect();
-        if let Some(ts) = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref()) {
-            for t in ts {
-                if tenants.contains_key(t) && !out.contains(t) {
-                    out.push(t.clone());
-                }
-            }
-        }
-        if out.is_empty() && tenants.contains_key(DEFAULT_TENANT) {
-            out.push(DEFAULT_TENANT.to_string());
-        }
-        out
+        assigned(&st, &self.live.get().tenants, plugin)
+            .iter()
+            .any(|t| t == tenant)
     }
 
     pub fn policy(&self, tenant: &str, plugin: &str) -> Policy {
@@ -377,6 +361,7 @@ impl Registry {
 
     pub fn statuses(&self) -> Vec<PluginStatus> {
         let st = self.state.read().unwrap();
+        let tenants = &self.live.get().tenants;
         st.stamps
             .keys()
             .map(|name| {
@@ -412,7 +397,7 @@ impl Registry {
                     }),
                     last_error: err,
                     sidecar_error: st.sidecar_errors.get(name).cloned(),
-                    tenants: self.assigned(&st, name),
+                    tenants: assigned(&st, tenants, name),
                 }
             })
             .collect()
@@ -772,6 +757,29 @@ impl Registry {
             );
         }
     }
+}
+
+/// The tenants `plugin` runs for: those that name it, those its sidecar
+/// names, or else the default tenant.
+fn assigned(st: &State, tenants: &Tenants, plugin: &str) -> Vec<String> {
+    let mut out: Vec<String> = tenants
+        .values()
+        .filter(|t| {
+            t.config.plugins.iter().any(|p| p == plugin) || t.config.plugin.contains_key(plugin)
+        })
+        .map(|t| t.name.clone())
+        .collect();
+    if let Some(ts) = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref()) {
+        for t in ts {
+            if tenants.contains_key(t) && !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+    }
+    if out.is_empty() && tenants.contains_key(DEFAULT_TENANT) {
+        out.push(DEFAULT_TENANT.to_string());
+    }
+    out
 }
 
 fn watch(dir: &Path, tx: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
