@@ -123,14 +123,8 @@ impl Live {
         self.current.read().unwrap().clone()
     }
 
-    /// The largest linear memory the engine was started for (MiB): a limit
-    /// above it takes effect only at a restart.
-    pub fn engine_memory_mb(&self) -> u64 {
-        engine_memory_mb(&self.started)
-    }
-
-    /// Reads the configuration again and puts its tenants and limits in
-    /// force.
+    /// Reads the configuration again and puts in force what may change
+    /// while running (see the module's comment).
     pub fn reload(&self) -> Result<Reloaded, ReloadError> {
         let source = self.source.as_ref().ok_or(ReloadError::NoSource)?;
         let _one = self.reloading.lock().unwrap();

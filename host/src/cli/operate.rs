@@ -223,17 +223,15 @@ pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
             lines.push(format!("{what}: {}", n.join(", ")));
         }
     }
-    if v["limits_changed"].as_bool() == Some(true) {
-        lines.push("default limits changed".into());
-    }
-    if v["dispatch_changed"].as_bool() == Some(true) {
-        lines.push("dispatch settings changed".into());
-    }
-    if v["retention_changed"].as_bool() == Some(true) {
-        lines.push("retention changed".into());
-    }
-    if v["admin_token_changed"].as_bool() == Some(true) {
-        lines.push("admin token changed".into());
+    for (key, what) in [
+        ("limits_changed", "default limits changed"),
+        ("dispatch_changed", "dispatch settings changed"),
+        ("retention_changed", "retention changed"),
+        ("admin_token_changed", "admin token changed"),
+    ] {
+        if v[key].as_bool() == Some(true) {
+            lines.push(what.into());
+        }
     }
     if lines.is_empty() {
         lines.push("nothing that applies while running changed".into());

@@ -12,7 +12,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub fn routes(state: AppState) -> Router<AppState> {
@@ -145,7 +144,7 @@ async fn prune(
     Json(body): Json<PruneBody>,
 ) -> Result<Json<Value>, AppError> {
     let age = crate::config::Age::parse_positive(&body.older_than).map_err(AppError::BadRequest)?;
-    let budget = (state.request_timeout / 4).min(Duration::from_secs(5));
+    let budget = state.part_budget();
     let pass = state
         .store
         .prune_for(age, body.after.max(0), Some(budget))

@@ -11,7 +11,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Events read and queued per writer transaction.
 const CHUNK: i64 = 500;
@@ -41,9 +41,9 @@ pub(super) async fn replay_range(
             "`from` must be a sequence number ≥ 1, and `to` not below it".into(),
         ));
     }
-    let tenants: Vec<String> = state.live.get().tenants.keys().cloned().collect();
+    let settings = state.live.get();
     if let Some(t) = &body.tenant {
-        if !tenants.contains(t) {
+        if !settings.tenants.contains_key(t) {
             return Err(AppError::BadRequest(format!("no tenant `{t}`")));
         }
     }
@@ -51,7 +51,7 @@ pub(super) async fn replay_range(
         let runs = |t: &str| state.registry.plugins_for(t).contains(p);
         let ok = match &body.tenant {
             Some(t) => runs(t),
-            None => tenants.iter().any(|t| runs(t)),
+            None => settings.tenants.keys().any(|t| runs(t)),
         };
         if !ok {
             return Err(AppError::BadRequest(format!(
@@ -62,7 +62,7 @@ pub(super) async fn replay_range(
             )));
         }
     }
-    let budget = (state.request_timeout / 4).min(Duration::from_secs(5));
+    let budget = state.part_budget();
     let began = Instant::now();
     let mut total = crate::store::Replayed::default();
     let mut pos = body.from - 1;

@@ -55,6 +55,16 @@ pub struct AppContext {
     pub inflight: Arc<Semaphore>,
 }
 
+impl AppContext {
+    /// How long one part of a long admin job (prune, range replay) may run
+    /// before it answers `"more": true`: a quarter of the request timeout
+    /// (at most 5 s), so that the part, its last chunk and the answer fit
+    /// well within the timeout on a busy machine.
+    pub fn part_budget(&self) -> Duration {
+        (self.request_timeout / 4).min(Duration::from_secs(5))
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let webhook = Router::new()
         .route("/webhook", post(webhook::default_tenant))
