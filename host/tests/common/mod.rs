@@ -221,7 +221,9 @@ pub fn deliveries(data_dir: &Path) -> Vec<hookhost::store::DeliveryRow> {
     }
 }
 
-/// Waits until every delivery is done or dead and at least `min` exist.
+/// Waits until every stored event has been handed to its plugins (its
+/// delivery rows exist), every delivery is done or dead and at least `min`
+/// exist.
 pub fn wait_settled(
     data_dir: &Path,
     min: usize,
@@ -230,9 +232,26 @@ pub fn wait_settled(
     let mut rows = vec![];
     wait_until(timeout, || {
         rows = deliveries(data_dir);
-        rows.len() >= min && rows.iter().all(|d| d.state == "done" || d.state == "dead")
+        rows.len() >= min
+            && rows.iter().all(|d| d.state == "done" || d.state == "dead")
+            && all_fanned_out(data_dir)
     });
     rows
+}
+
+/// Whether the fan-out cursor has passed the newest stored event (the
+/// cursor and the delivery rows it made are committed together).
+fn all_fanned_out(data_dir: &Path) -> bool {
+    let Ok(c) = hookhost::store::open_read_only(data_dir) else {
+        return false;
+    };
+    c.query_row(
+        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM events)
+             <= COALESCE((SELECT value FROM meta WHERE key = 'fanout_cursor'), 0)",
+        [],
+        |r| r.get::<_, bool>(0),
+    )
+    .unwrap_or(false)
 }
 
 /// Rows of a plugin's private SQL database.
