@@ -25,6 +25,7 @@ fn env_num(name: &str, default: u64) -> u64 {
 const USAGE: &str = "\
 usage: hookhost-bench                  every suite, then the report (what `make bench` runs)
        hookhost-bench --store [EVENTS]  the store alone, without HTTP
+       hookhost-bench --kv [KEYS]      a plugin's key-value writes with 100 and KEYS keys stored
        hookhost-bench --load ADDR [SECONDS]
                                        drive load at a running server and print its figures
        hookhost-bench --bare-server     the bare axum ceiling; prints its address
@@ -37,7 +38,7 @@ environment: BENCH_ONLY=ingest,plugins,background,memory,startup (suites to run)
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        None | Some("--bare-server" | "--store" | "--load") => {}
+        None | Some("--bare-server" | "--store" | "--kv" | "--load") => {}
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return Ok(());
@@ -53,6 +54,11 @@ fn main() -> anyhow::Result<()> {
     if args.get(1).map(String::as_str) == Some("--store") {
         let events = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(200_000);
         println!("{}", store::run(events)?);
+        return Ok(());
+    }
+    if args.get(1).map(String::as_str) == Some("--kv") {
+        let keys = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+        println!("{}", store::kv_run(keys)?);
         return Ok(());
     }
     if args.get(1).map(String::as_str) == Some("--load") {
@@ -132,6 +138,11 @@ fn main() -> anyhow::Result<()> {
         report.push_str(&format!(
             "The store alone, without HTTP (`hookhost-bench --store`, 64 concurrent callers, `synchronous = FULL`): {}.\n\n",
             store::run(100_000)?
+        ));
+        eprintln!("ingest: a plugin's key-value writes…");
+        report.push_str(&format!(
+            "A plugin's key-value `set` against the store alone (`hookhost-bench --kv`, 1 KiB values, one at a time): {}.\n\n",
+            store::kv_run(10_000)?
         ));
     }
     // 2. Plugins.

@@ -104,3 +104,50 @@ fn stat_ticks(stat: &str) -> f64 {
     let get = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     get(11) + get(12)
 }
+
+/// `--kv [KEYS]`: a plugin's key-value writes against the store alone. For
+/// 100 keys and for `KEYS` keys already stored (1 KiB values), 2 000 `set`s
+/// that overwrite existing keys, one at a time as a delivery makes them.
+/// Prints the writer thread's CPU per `set`: what the plugin's quota
+/// bookkeeping costs the one thread ingest also commits on.
+pub fn kv_run(keys: u64) -> anyhow::Result<String> {
+    const SETS: u64 = 2_000;
+    let mut out = Vec::new();
+    for present in [100, keys] {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path(), StoreOptions::from(&StoreConfig::default()));
+        let value = vec![7u8; 1024];
+        for k in 0..present {
+            store.kv_set(
+                "t",
+                "p",
+                format!("key-{k:06}"),
+                value.clone(),
+                1_000_000,
+                1 << 40,
+            )?;
+        }
+        let writer0 = thread_cpu_ms("store-writer");
+        let t0 = Instant::now();
+        for i in 0..SETS {
+            let k = (i * 7919) % present;
+            store.kv_set(
+                "t",
+                "p",
+                format!("key-{k:06}"),
+                value.clone(),
+                1_000_000,
+                1 << 40,
+            )?;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let writer = thread_cpu_ms("store-writer") - writer0;
+        store.close();
+        out.push(format!(
+            "{present} keys: {:.0} µs per set ({:.1} µs of writer CPU)",
+            secs * 1e6 / SETS as f64,
+            writer * 1000.0 / SETS as f64
+        ));
+    }
+    Ok(out.join("; "))
+}

@@ -54,12 +54,26 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (tenant, plugin) = (tenant.to_string(), plugin.to_string());
         self.write_blocking(move |c| {
+            // The plugin's usage without this key, then with its new value
+            // (`kv_usage` is kept by triggers; see the schema).
             let (keys, bytes): (i64, i64) = c
                 .prepare_cached(
-                    "SELECT count(*), coalesce(sum(length(key) + length(value)), 0) FROM kv
-                     WHERE tenant = ?1 AND plugin = ?2 AND key <> ?3",
+                    "SELECT keys, bytes FROM kv_usage WHERE tenant = ?1 AND plugin = ?2",
                 )?
-                .query_row(params![tenant, plugin, key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                .query_row(params![tenant, plugin], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?
+                .unwrap_or((0, 0));
+            let old: Option<i64> = c
+                .prepare_cached(
+                    "SELECT length(CAST(key AS BLOB)) + length(value) FROM kv
+                     WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
+                )?
+                .query_row(params![tenant, plugin, key], |r| r.get(0))
+                .optional()?;
+            let (keys, bytes) = match old {
+                Some(size) => (keys - 1, bytes - size),
+                None => (keys, bytes),
+            };
             let size = (key.len() + value.len()) as i64;
             if keys as u64 + 1 > max_keys || (bytes + size) as u64 > max_bytes {
                 return Err(StoreError::Invalid(KvError::Quota.to_string()));
@@ -80,5 +94,62 @@ impl Store {
                 .execute(params![tenant, plugin, key])?;
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreConfig;
+
+    fn usage(store: &Store, plugin: &str) -> (i64, i64) {
+        let plugin = plugin.to_string();
+        store
+            .read(move |c| {
+                Ok(c.query_row(
+                    "SELECT keys, bytes FROM kv_usage WHERE tenant = 't' AND plugin = ?1",
+                    [plugin],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?)
+            })
+            .unwrap()
+    }
+
+    fn quota(r: Result<(), StoreError>) -> bool {
+        matches!(r, Err(StoreError::Invalid(m)) if m == KvError::Quota.to_string())
+    }
+
+    #[test]
+    fn the_quota_counts_each_plugins_keys_and_bytes_as_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        let set = |plugin: &str, key: &str, len: usize| {
+            store.kv_set("t", plugin, key.into(), vec![1; len], 3, 100)
+        };
+        set("p", "a", 10).unwrap();
+        set("p", "bé", 20).unwrap(); // "é" is two bytes
+        assert_eq!(usage(&store, "p"), (2, 11 + 23));
+        // An overwrite counts the new size, not a new key.
+        set("p", "a", 40).unwrap();
+        assert_eq!(usage(&store, "p"), (2, 41 + 23));
+        // 100 bytes exactly fit; one more does not, and changes nothing.
+        set("p", "c", 35).unwrap();
+        assert_eq!(usage(&store, "p"), (3, 100));
+        assert!(quota(set("p", "c", 36)));
+        // A fourth key is over the key quota.
+        assert!(quota(set("p", "d", 0)));
+        // Another plugin's usage is its own.
+        set("q", "a", 90).unwrap();
+        assert_eq!(usage(&store, "q"), (1, 91));
+        // A delete frees its key and bytes.
+        store.kv_delete("t", "p", "bé".into()).unwrap();
+        assert_eq!(usage(&store, "p"), (2, 77));
+        set("p", "d", 20).unwrap();
+        assert_eq!(usage(&store, "p"), (3, 98));
+        assert_eq!(
+            store.kv_get(super::super::kv_scope("t", "p"), "c").unwrap(),
+            Some(vec![1; 35])
+        );
+        store.close();
     }
 }

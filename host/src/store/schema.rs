@@ -89,6 +89,40 @@ const MIGRATIONS: &[&str] = &[
         WHERE state IN ('pending', 'running', 'failed');
     CREATE INDEX deliveries_retry ON deliveries (next_at) WHERE state = 'failed';
     "#,
+    // 7: each (tenant, plugin)'s key-value usage kept up to date by
+    // triggers, so the quota check at every `set` reads one row instead of
+    // summing all of the plugin's keys on the writer thread. Bytes are the
+    // key's UTF-8 bytes plus the value's.
+    r#"
+    CREATE TABLE kv_usage (
+        tenant TEXT NOT NULL,
+        plugin TEXT NOT NULL,
+        keys INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        PRIMARY KEY (tenant, plugin)
+    ) WITHOUT ROWID;
+    INSERT INTO kv_usage (tenant, plugin, keys, bytes)
+        SELECT tenant, plugin, count(*), sum(length(CAST(key AS BLOB)) + length(value))
+        FROM kv GROUP BY tenant, plugin;
+    CREATE TRIGGER kv_usage_insert AFTER INSERT ON kv BEGIN
+        INSERT OR IGNORE INTO kv_usage (tenant, plugin, keys, bytes)
+            VALUES (new.tenant, new.plugin, 0, 0);
+        UPDATE kv_usage SET keys = keys + 1,
+            bytes = bytes + length(CAST(new.key AS BLOB)) + length(new.value)
+            WHERE tenant = new.tenant AND plugin = new.plugin;
+    END;
+    CREATE TRIGGER kv_usage_update AFTER UPDATE ON kv BEGIN
+        UPDATE kv_usage SET
+            bytes = bytes - length(CAST(old.key AS BLOB)) - length(old.value)
+                + length(CAST(new.key AS BLOB)) + length(new.value)
+            WHERE tenant = old.tenant AND plugin = old.plugin;
+    END;
+    CREATE TRIGGER kv_usage_delete AFTER DELETE ON kv BEGIN
+        UPDATE kv_usage SET keys = keys - 1,
+            bytes = bytes - length(CAST(old.key AS BLOB)) - length(old.value)
+            WHERE tenant = old.tenant AND plugin = old.plugin;
+    END;
+    "#,
 ];
 
 pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
@@ -99,4 +133,38 @@ pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_usage_is_counted_from_the_data_a_store_already_holds() {
+        let mut c = Connection::open_in_memory().unwrap();
+        // A store as the release before `kv_usage` left it.
+        for sql in &MIGRATIONS[..6] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.pragma_update(None, "user_version", 6).unwrap();
+        c.execute_batch(
+            "INSERT INTO kv VALUES ('t', 'p', 'a', x'0102'), ('t', 'p', 'bé', x'01'),
+                                   ('t', 'q', 'k', x'010203');",
+        )
+        .unwrap();
+        migrate(&mut c).unwrap();
+        let usage = |plugin: &str| -> (i64, i64) {
+            c.query_row(
+                "SELECT keys, bytes FROM kv_usage WHERE tenant = 't' AND plugin = ?1",
+                [plugin],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(usage("p"), (2, 3 + 4));
+        assert_eq!(usage("q"), (1, 4));
+        // And kept from then on.
+        c.execute("DELETE FROM kv WHERE key = 'a'", []).unwrap();
+        assert_eq!(usage("p"), (1, 4));
+    }
 }
