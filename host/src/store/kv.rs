@@ -28,16 +28,30 @@ impl Store {
 
     pub fn kv_list(&self, s: Scope, prefix: &str, limit: u64) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
-            // Range scan instead of LIKE: prefixes may contain % and _.
-            let mut st = c.prepare_cached(
-                "SELECT key FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key >= ?3
-                 AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
-            )?;
-            let keys = st
-                .query_map(params![s.tenant, s.plugin, prefix, limit as i64], |r| {
-                    r.get(0)
-                })?
-                .collect::<Result<Vec<String>, _>>()?;
+            // A range scan, not LIKE (prefixes may contain % and _), that
+            // stops at the first key past the prefix instead of reading the
+            // plugin's later keys.
+            let keys = match successor(prefix) {
+                Some(end) => c
+                    .prepare_cached(
+                        "SELECT key FROM kv WHERE tenant = ?1 AND plugin = ?2
+                         AND key >= ?3 AND key < ?4 ORDER BY key LIMIT ?5",
+                    )?
+                    .query_map(
+                        params![s.tenant, s.plugin, prefix, end, limit as i64],
+                        |r| r.get(0),
+                    )?
+                    .collect::<Result<Vec<String>, _>>()?,
+                None => c
+                    .prepare_cached(
+                        "SELECT key FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key >= ?3
+                         AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
+                    )?
+                    .query_map(params![s.tenant, s.plugin, prefix, limit as i64], |r| {
+                        r.get(0)
+                    })?
+                    .collect::<Result<Vec<String>, _>>()?,
+            };
             Ok(keys)
         })
     }
@@ -97,6 +111,21 @@ impl Store {
     }
 }
 
+/// The first string after every string that starts with `prefix`, in
+/// SQLite's (byte-wise UTF-8, so code point) order; `None` when there is
+/// none (an empty prefix, or only `char::MAX`).
+fn successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(n) = next {
+            chars.push(n);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,6 +179,45 @@ mod tests {
             store.kv_get(super::super::kv_scope("t", "p"), "c").unwrap(),
             Some(vec![1; 35])
         );
+        store.close();
+    }
+
+    #[test]
+    fn listing_a_prefix_finds_exactly_its_keys() {
+        assert_eq!(successor("ab").as_deref(), Some("ac"));
+        assert_eq!(successor("a\u{d7ff}").as_deref(), Some("a\u{e000}"));
+        assert_eq!(successor("a\u{10ffff}").as_deref(), Some("b"));
+        assert_eq!(successor(""), None);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        for k in [
+            "a",
+            "a/1",
+            "a/2",
+            "a0",
+            "a/\u{10ffff}",
+            "b",
+            "a%",
+            "\u{10ffff}x",
+        ] {
+            store
+                .kv_set("t", "p", k.into(), vec![1], 100, 1000)
+                .unwrap();
+        }
+        store
+            .kv_set("t", "q", "a/3".into(), vec![1], 100, 1000)
+            .unwrap();
+        let list = |prefix: &str, limit: u64| {
+            store
+                .kv_list(super::super::kv_scope("t", "p"), prefix, limit)
+                .unwrap()
+        };
+        assert_eq!(list("a/", 100), ["a/1", "a/2", "a/\u{10ffff}"]);
+        assert_eq!(list("a/", 2), ["a/1", "a/2"]);
+        assert_eq!(list("a%", 100), ["a%"]);
+        assert_eq!(list("\u{10ffff}", 100), ["\u{10ffff}x"]);
+        assert_eq!(list("", 100).len(), 8);
+        assert!(list("c", 100).is_empty());
         store.close();
     }
 }
