@@ -1425,3 +1425,131 @@ fn a_reload_turns_retention_on() {
         left.body
     );
 }
+
+#[test]
+fn cli_kv_shows_a_plugins_data_and_deletes_what_the_operator_names() {
+    let tp = test_plugins();
+    let s = TestServer::start(&format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]\nplugins = [\"recorder\"]\n[tenants.b]\nplugins = [\"recorder\"]"
+    ));
+    deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["recorder"]
+    )));
+    for (i, path) in ["/webhook", "/webhook", "/webhook", "/webhook/b"]
+        .iter()
+        .enumerate()
+    {
+        let r = post(
+            &s.url(path),
+            hola_event(&format!("M{i}"), "chat").as_bytes(),
+            None,
+        );
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    wait_settled(&s.data_dir(), 4, SETTLE);
+    let data = s.data_dir();
+    let url = s.url("");
+    let offline = vec!["--data-dir", data.to_str().unwrap()];
+    let server = vec!["--url", url.as_str(), "--token", TOKEN];
+    let kv = |args: &[&str], place: &[&str]| cli(&[&["kv"], args, place].concat());
+    for place in [&offline, &server] {
+        // Usage: each (tenant, plugin) with the bytes its quota counts.
+        let usage = json_lines(&kv(&["usage", "--json"], place));
+        let seen_bytes = |tenant: &str, n: i64| {
+            // Each key is "seen/" + the event's key, each value the tenant's name.
+            let keys = json_lines(&kv(&["list", tenant, "recorder", "--json"], place));
+            assert_eq!(keys.len() as i64, n, "{keys:?}");
+            keys.iter()
+                .map(|k| k["key"].as_str().unwrap().len() as i64 + k["bytes"].as_i64().unwrap())
+                .sum::<i64>()
+        };
+        assert_eq!(
+            usage,
+            vec![
+                serde_json::json!({"tenant": "b", "plugin": "recorder", "keys": 1, "bytes": seen_bytes("b", 1)}),
+                serde_json::json!({"tenant": "default", "plugin": "recorder", "keys": 3, "bytes": seen_bytes("default", 3)}),
+            ]
+        );
+        let only_b = json_lines(&kv(&["usage", "--tenant", "b", "--json"], place));
+        assert_eq!(only_b, vec![usage[0].clone()]);
+        // A value, as stored.
+        let first = json_lines(&kv(
+            &["list", "default", "recorder", "--json", "--limit", "1"],
+            place,
+        ));
+        let key = first[0]["key"].as_str().unwrap().to_string();
+        assert!(key.starts_with("seen/"), "{key}");
+        assert_eq!(kv(&["get", "default", "recorder", &key], place), "default");
+        let missing = run(&[
+            &["kv", "get", "default", "recorder", "seen/none"],
+            &place[..],
+        ]
+        .concat());
+        assert_eq!(missing.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("no key `seen/none`"));
+        // Another prefix lists nothing; the table says so.
+        assert_eq!(
+            kv(
+                &["list", "default", "recorder", "--prefix", "other/"],
+                place
+            )
+            .trim(),
+            "no keys"
+        );
+    }
+    // Deletes: one key offline, then a prefix through the server.
+    let keys = |tenant: &str| {
+        json_lines(&cli(&[
+            &["kv", "list", tenant, "recorder", "--json"],
+            &offline[..],
+        ]
+        .concat()))
+    };
+    let one = keys("default")[0]["key"].as_str().unwrap().to_string();
+    let out = cli(&[&["kv", "delete", "default", "recorder", &one], &offline[..]].concat());
+    assert_eq!(
+        out.trim(),
+        "deleted 1 key of plugin `recorder` for tenant `default`"
+    );
+    assert_eq!(keys("default").len(), 2);
+    let out = cli(&[
+        &["kv", "delete", "default", "recorder", "--prefix", "seen/"],
+        &server[..],
+    ]
+    .concat());
+    assert_eq!(
+        out.trim(),
+        "deleted 2 keys of plugin `recorder` for tenant `default`"
+    );
+    assert!(keys("default").is_empty());
+    // The other tenant's data is untouched, and the usage follows.
+    assert_eq!(keys("b").len(), 1);
+    let usage = json_lines(&cli(&[&["kv", "usage", "--json"], &offline[..]].concat()));
+    assert_eq!(usage.len(), 1);
+    assert_eq!(usage[0]["tenant"], "b");
+    // The plugin writes again once its data is gone.
+    let r = post(
+        &s.url("/webhook"),
+        hola_event("M9", "chat").as_bytes(),
+        None,
+    );
+    assert_eq!(r.status, 200);
+    wait_settled(&s.data_dir(), 5, SETTLE);
+    assert_eq!(keys("default").len(), 1);
+    // A delete names what it removes.
+    let r = admin(
+        "POST",
+        &s.url("/admin/kv/default/recorder/delete"),
+        Some(TOKEN),
+        Some(serde_json::json!({})),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.body["error"]
+        .as_str()
+        .unwrap()
+        .contains("either `key` or `prefix`"));
+    let neither = run(&[&["kv", "delete", "default", "recorder"], &offline[..]].concat());
+    assert!(!neither.status.success());
+}

@@ -1,9 +1,10 @@
 //! Command-line interface: `serve`, `send`, `sign`, the operator commands
-//! (`events`, `deliveries`, `dead-letters`, `replay`, `plugins`) and the
+//! (`events`, `deliveries`, `dead-letters`, `replay`, `plugins`, `kv`) and the
 //! plugin authors' tools (`plugin check`, `plugin test`).
 
 mod config_check;
 mod folder;
+mod kv;
 mod operate;
 mod plugin;
 mod remote;
@@ -155,6 +156,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The plugins' key-value data: usage, keys, values, deletes.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
     /// Plugin authors' tools.
     Plugin {
         #[command(subcommand)]
@@ -303,6 +309,55 @@ pub enum DeadLettersCommand {
     /// Give a dead letter up: kept in the ledger as `discarded`, it no
     /// longer keeps its event from retention.
     Discard { seq: i64, plugin: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Keys and bytes each (tenant, plugin) holds, as the `kv_keys` and
+    /// `kv_bytes` quotas count them.
+    Usage {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// A plugin's keys, in order, with the size of each value.
+    List {
+        tenant: String,
+        plugin: String,
+        /// Only the keys that start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write one value to standard output, as stored (exit code 1 when
+    /// there is no such key).
+    Get {
+        tenant: String,
+        plugin: String,
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete one key, or every key that starts with --prefix (`--prefix
+    /// ""`: all of the plugin's keys for the tenant).
+    Delete {
+        tenant: String,
+        plugin: String,
+        #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+        key: Option<String>,
+        #[arg(long)]
+        prefix: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -470,6 +525,41 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     plugins_dir,
                 },
         } => config_check::check(&config, plugins_dir.as_deref()),
+        Command::Kv { command } => match command {
+            KvCommand::Usage {
+                tenant,
+                json,
+                target,
+            } => kv::usage(&target, tenant.as_deref(), json),
+            KvCommand::List {
+                tenant,
+                plugin,
+                prefix,
+                limit,
+                json,
+                target,
+            } => kv::list(&target, &tenant, &plugin, &prefix, limit, json),
+            KvCommand::Get {
+                tenant,
+                plugin,
+                key,
+                target,
+            } => kv::get(&target, &tenant, &plugin, &key),
+            KvCommand::Delete {
+                tenant,
+                plugin,
+                key,
+                prefix,
+                target,
+            } => {
+                let which = match (key, prefix) {
+                    (Some(k), _) => store::KvSelection::Key(k),
+                    (None, Some(p)) => store::KvSelection::Prefix(p),
+                    (None, None) => unreachable!("clap requires KEY or --prefix"),
+                };
+                kv::delete(&target, &tenant, &plugin, which)
+            }
+        },
         Command::Plugin {
             command: PluginCommand::Check { file, json },
         } => plugin::check(&file, json),

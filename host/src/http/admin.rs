@@ -1,5 +1,5 @@
 //! `/admin/*`: events with their deliveries, pruning, dead letters, retry,
-//! replay and plugins, behind a bearer token (off when no token is
+//! replay, plugins and their key-value data (`kv.rs`), behind a bearer token (off when no token is
 //! configured).
 
 use super::{AppError, AppState};
@@ -27,6 +27,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/dead-letters/{seq}/{plugin}/discard", post(discard))
         .route("/admin/plugins", get(plugins))
         .route("/admin/reload", post(reload))
+        .merge(super::kv::routes())
         .layer(axum::middleware::from_fn_with_state(state, auth))
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod backfill;
 mod error;
+mod kv;
 mod limits;
 mod webhook;
 

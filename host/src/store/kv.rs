@@ -1,8 +1,9 @@
-//! Plugin key-value data. Every function takes
-//! the (tenant, plugin) pair from the host, never from the guest.
+//! Plugin key-value data, and the operator's view of it. Every function
+//! takes the (tenant, plugin) pair from the host, never from the guest.
 
 use super::{Store, StoreError};
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
@@ -17,42 +18,15 @@ pub struct Scope<'a> {
 
 impl Store {
     pub fn kv_get(&self, s: Scope, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.read(|c| {
-            Ok(c.prepare_cached(
-                "SELECT value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3",
-            )?
-            .query_row(params![s.tenant, s.plugin, key], |r| r.get(0))
-            .optional()?)
-        })
+        self.read(|c| value(c, s.tenant, s.plugin, key))
     }
 
     pub fn kv_list(&self, s: Scope, prefix: &str, limit: u64) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
-            // A range scan, not LIKE (prefixes may contain % and _), that
-            // stops at the first key past the prefix instead of reading the
-            // plugin's later keys.
-            let keys = match successor(prefix) {
-                Some(end) => c
-                    .prepare_cached(
-                        "SELECT key FROM kv WHERE tenant = ?1 AND plugin = ?2
-                         AND key >= ?3 AND key < ?4 ORDER BY key LIMIT ?5",
-                    )?
-                    .query_map(
-                        params![s.tenant, s.plugin, prefix, end, limit as i64],
-                        |r| r.get(0),
-                    )?
-                    .collect::<Result<Vec<String>, _>>()?,
-                None => c
-                    .prepare_cached(
-                        "SELECT key FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key >= ?3
-                         AND substr(key, 1, length(?3)) = ?3 ORDER BY key LIMIT ?4",
-                    )?
-                    .query_map(params![s.tenant, s.plugin, prefix, limit as i64], |r| {
-                        r.get(0)
-                    })?
-                    .collect::<Result<Vec<String>, _>>()?,
-            };
-            Ok(keys)
+            Ok(entries(c, s.tenant, s.plugin, prefix, limit)?
+                .into_iter()
+                .map(|e| e.key)
+                .collect())
         })
     }
 
@@ -103,11 +77,153 @@ impl Store {
 
     pub fn kv_delete(&self, tenant: &str, plugin: &str, key: String) -> Result<(), StoreError> {
         let (tenant, plugin) = (tenant.to_string(), plugin.to_string());
-        self.write_blocking(move |c| {
-            c.prepare_cached("DELETE FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3")?
-                .execute(params![tenant, plugin, key])?;
-            Ok(())
-        })
+        self.write_blocking(move |c| remove(c, &tenant, &plugin, &Selection::Key(key)).map(|_| ()))
+    }
+
+    /// For the admin API: every (tenant, plugin)'s usage.
+    pub fn kv_usage(&self, tenant: Option<&str>) -> Result<Vec<Usage>, StoreError> {
+        self.read(|c| usage(c, tenant))
+    }
+
+    /// For the admin API: a plugin's keys with their sizes.
+    pub fn kv_entries(
+        &self,
+        tenant: &str,
+        plugin: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.read(|c| entries(c, tenant, plugin, prefix, limit))
+    }
+
+    /// For the admin API: deletes an operator's selection of a plugin's keys.
+    pub async fn kv_remove(
+        &self,
+        tenant: String,
+        plugin: String,
+        which: Selection,
+    ) -> Result<usize, StoreError> {
+        self.write(move |c| remove(c, &tenant, &plugin, &which))
+            .await
+    }
+}
+
+/// A (tenant, plugin)'s key-value usage, as its quota counts it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub tenant: String,
+    pub plugin: String,
+    pub keys: i64,
+    pub bytes: i64,
+}
+
+/// A stored key and the size of its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub key: String,
+    pub bytes: i64,
+}
+
+/// Which keys an operator's delete removes.
+#[derive(Debug, Clone)]
+pub enum Selection {
+    Key(String),
+    /// Every key that starts with this (all of them for "").
+    Prefix(String),
+}
+
+/// Each (tenant, plugin) that holds keys, or only `tenant`'s.
+pub fn usage(c: &Connection, tenant: Option<&str>) -> Result<Vec<Usage>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT tenant, plugin, keys, bytes FROM kv_usage
+         WHERE keys > 0 AND (?1 IS NULL OR tenant = ?1) ORDER BY tenant, plugin",
+    )?;
+    let rows = st
+        .query_map([tenant], |r| {
+            Ok(Usage {
+                tenant: r.get(0)?,
+                plugin: r.get(1)?,
+                keys: r.get(2)?,
+                bytes: r.get(3)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// The keys that start with `prefix`, in order, with their values' sizes.
+/// One index range: it stops at the first key past the prefix instead of
+/// reading the plugin's later keys (and `%` or `_` are plain characters).
+pub fn entries(
+    c: &Connection,
+    tenant: &str,
+    plugin: &str,
+    prefix: &str,
+    limit: u64,
+) -> Result<Vec<Entry>, StoreError> {
+    let mut st = c.prepare_cached(
+        "SELECT key, length(value) FROM kv WHERE tenant = ?1 AND plugin = ?2
+         AND key >= ?3 AND key < ?4 ORDER BY key LIMIT ?5",
+    )?;
+    let rows = st
+        .query_map(
+            params![
+                tenant,
+                plugin,
+                prefix,
+                prefix_end(prefix),
+                limit.min(i64::MAX as u64) as i64
+            ],
+            |r| {
+                Ok(Entry {
+                    key: r.get(0)?,
+                    bytes: r.get(1)?,
+                })
+            },
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+pub fn value(
+    c: &Connection,
+    tenant: &str,
+    plugin: &str,
+    key: &str,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(
+        c.prepare_cached("SELECT value FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3")?
+            .query_row(params![tenant, plugin, key], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+/// Deletes the selected keys; how many there were.
+pub fn remove(
+    c: &Connection,
+    tenant: &str,
+    plugin: &str,
+    which: &Selection,
+) -> Result<usize, StoreError> {
+    Ok(match which {
+        Selection::Key(k) => c
+            .prepare_cached("DELETE FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key = ?3")?
+            .execute(params![tenant, plugin, k])?,
+        Selection::Prefix(p) => c
+            .prepare_cached(
+                "DELETE FROM kv WHERE tenant = ?1 AND plugin = ?2 AND key >= ?3 AND key < ?4",
+            )?
+            .execute(params![tenant, plugin, p, prefix_end(p)])?,
+    })
+}
+
+/// The upper bound of the keys starting with `prefix`: the next string in
+/// SQLite's order, or for none (an empty prefix) an empty BLOB, which
+/// sorts after every TEXT value.
+fn prefix_end(prefix: &str) -> rusqlite::types::Value {
+    match successor(prefix) {
+        Some(s) => rusqlite::types::Value::Text(s),
+        None => rusqlite::types::Value::Blob(Vec::new()),
     }
 }
 

@@ -15,7 +15,10 @@ pub use inbox::{
     get as get_event, heads as event_heads, list as list_events, list_last as list_last_events,
     EventHead, EventRow, IngestOutcome, NewEvent,
 };
-pub use kv::{KvError, Scope as KvScope};
+pub use kv::{
+    entries as kv_entries, remove as kv_remove, usage as kv_usage, value as kv_value,
+    Entry as KvEntry, KvError, Scope as KvScope, Selection as KvSelection, Usage as KvUsage,
+};
 pub use sends::{NewSend, SendState};
 
 pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {

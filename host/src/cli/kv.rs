@@ -1,0 +1,163 @@
+//! `hookhost kv`: the plugins' key-value data, through a running server's
+//! admin API (`--url`) or the data directory.
+
+use super::remote::{agent, remote};
+use super::Target;
+use crate::store::{self, KvEntry, KvSelection, KvUsage};
+use anyhow::Context;
+use serde_json::{json, Value};
+use std::io::Write;
+
+fn rows<T: serde::de::DeserializeOwned>(v: &Value, field: &str) -> anyhow::Result<Vec<T>> {
+    serde_json::from_value(v[field].clone())
+        .with_context(|| format!("reading the server's `{field}`"))
+}
+
+/// A query string value.
+fn q(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A path segment (tenant and plugin names are plain, but say so).
+fn seg(s: &str) -> String {
+    q(s).replace('+', "%20")
+}
+
+pub fn usage(t: &Target, tenant: Option<&str>, json: bool) -> anyhow::Result<i32> {
+    let rows: Vec<KvUsage> = if t.url.is_some() {
+        let path = match tenant {
+            Some(tn) => format!("/admin/kv?tenant={}", q(tn)),
+            None => "/admin/kv".into(),
+        };
+        rows(&remote(t, "GET", &path, None)?, "usage")?
+    } else {
+        store::kv_usage(&store::open_read_only(&t.data_dir)?, tenant)?
+    };
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else if rows.is_empty() {
+        println!("no key-value data");
+    } else {
+        println!(
+            "{:<12}  {:<16}  {:>8}  {:>12}",
+            "TENANT", "PLUGIN", "KEYS", "BYTES"
+        );
+        for r in &rows {
+            println!(
+                "{:<12}  {:<16}  {:>8}  {:>12}",
+                r.tenant, r.plugin, r.keys, r.bytes
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn list(
+    t: &Target,
+    tenant: &str,
+    plugin: &str,
+    prefix: &str,
+    limit: u64,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let rows: Vec<KvEntry> = if t.url.is_some() {
+        let path = format!(
+            "/admin/kv/{}/{}?prefix={}&limit={limit}",
+            seg(tenant),
+            seg(plugin),
+            q(prefix)
+        );
+        rows(&remote(t, "GET", &path, None)?, "keys")?
+    } else {
+        let c = store::open_read_only(&t.data_dir)?;
+        store::kv_entries(&c, tenant, plugin, prefix, limit)?
+    };
+    if json {
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else if rows.is_empty() {
+        println!("no keys");
+    } else {
+        println!("{:>8}  KEY", "BYTES");
+        for r in &rows {
+            println!("{:>8}  {}", r.bytes, r.key);
+        }
+    }
+    Ok(0)
+}
+
+/// Writes the value's bytes to standard output as they are stored; exit
+/// code 1 when there is no such key.
+pub fn get(t: &Target, tenant: &str, plugin: &str, key: &str) -> anyhow::Result<i32> {
+    let value = if let Some(url) = &t.url {
+        let url = format!(
+            "{}/admin/kv/{}/{}/value?key={}",
+            url.trim_end_matches('/'),
+            seg(tenant),
+            seg(plugin),
+            q(key)
+        );
+        let mut resp = agent()
+            .get(&url)
+            .header(
+                "Authorization",
+                &format!("Bearer {}", t.token.as_deref().unwrap_or_default()),
+            )
+            .call()
+            .with_context(|| format!("GET {url}"))?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            Some(resp.body_mut().read_to_vec()?)
+        } else {
+            let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+            let message = v["error"].as_str().unwrap_or("request failed");
+            // The route's own 404 (an admin API that is off says more).
+            if status == 404 && message == "not found" {
+                None
+            } else {
+                anyhow::bail!("{status}: {message}")
+            }
+        }
+    } else {
+        store::kv_value(&store::open_read_only(&t.data_dir)?, tenant, plugin, key)?
+    };
+    match value {
+        Some(v) => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&v)?;
+            out.flush()?;
+            Ok(0)
+        }
+        None => {
+            eprintln!("no key `{key}` for plugin `{plugin}` of tenant `{tenant}`");
+            Ok(1)
+        }
+    }
+}
+
+pub fn delete(t: &Target, tenant: &str, plugin: &str, which: KvSelection) -> anyhow::Result<i32> {
+    let deleted = if t.url.is_some() {
+        let body = match &which {
+            KvSelection::Key(k) => json!({ "key": k }),
+            KvSelection::Prefix(p) => json!({ "prefix": p }),
+        };
+        let path = format!("/admin/kv/{}/{}/delete", seg(tenant), seg(plugin));
+        remote(t, "POST", &path, Some(body))?["deleted"]
+            .as_u64()
+            .unwrap_or(0) as usize
+    } else {
+        let mut c = store::open_for_update(&t.data_dir)?;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let n = store::kv_remove(&tx, tenant, plugin, &which)?;
+        tx.commit()?;
+        n
+    };
+    println!(
+        "deleted {deleted} key{} of plugin `{plugin}` for tenant `{tenant}`",
+        if deleted == 1 { "" } else { "s" }
+    );
+    Ok(0)
+}
