@@ -237,6 +237,20 @@ fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
             .metrics
             .set("hookhost_deliveries_open", vec![], open as f64);
     }
+    // Each (tenant, plugin) that ever held keys, against the quota it runs
+    // under now (one row each: the usage is kept up to date by the store).
+    if let Ok(rows) = inner.store.kv_usage_all() {
+        for u in rows {
+            let limits = inner.registry.policy(&u.tenant, &u.plugin).limits;
+            let used = |n: i64, quota: u64| n.max(0) as f64 / quota.max(1) as f64;
+            let ratio = used(u.keys, limits.kv_keys).max(used(u.bytes, limits.kv_bytes));
+            let labels = vec![("tenant", u.tenant), ("plugin", u.plugin)];
+            let m = &inner.metrics;
+            m.set("hookhost_kv_keys", labels.clone(), u.keys as f64);
+            m.set("hookhost_kv_bytes", labels.clone(), u.bytes as f64);
+            m.set("hookhost_kv_quota_used_ratio", labels, ratio);
+        }
+    }
     if let Ok((bytes, free)) = inner.store.size() {
         inner
             .metrics

@@ -106,6 +106,21 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "Deliveries pending, running or waiting for a retry.",
     ),
+    (
+        "hookhost_kv_keys",
+        "gauge",
+        "Key-value keys a plugin holds for a tenant.",
+    ),
+    (
+        "hookhost_kv_bytes",
+        "gauge",
+        "Key-value bytes (keys and values) a plugin holds for a tenant.",
+    ),
+    (
+        "hookhost_kv_quota_used_ratio",
+        "gauge",
+        "The larger of keys / kv_keys and bytes / kv_bytes: 1 is a full quota.",
+    ),
 ];
 
 impl Metrics {

@@ -1499,6 +1499,21 @@ fn cli_kv_shows_a_plugins_data_and_deletes_what_the_operator_names() {
             "no keys"
         );
     }
+    // The same usage in the metrics, against the quota (10 000 keys by default).
+    let gauge = |name: &str, tenant: &str| {
+        metric(
+            &metrics_text(&s.url("/metrics")),
+            &format!("{name}{{tenant=\"{tenant}\",plugin=\"recorder\"}} "),
+        )
+    };
+    assert!(wait_until(SETTLE, || gauge("hookhost_kv_keys", "default")
+        .as_deref()
+        == Some("3")));
+    assert_eq!(gauge("hookhost_kv_keys", "b").as_deref(), Some("1"));
+    assert_eq!(
+        gauge("hookhost_kv_quota_used_ratio", "default").as_deref(),
+        Some("0.0003")
+    );
     // Deletes: one key offline, then a prefix through the server.
     let keys = |tenant: &str| {
         json_lines(&cli(&[
@@ -1529,6 +1544,9 @@ fn cli_kv_shows_a_plugins_data_and_deletes_what_the_operator_names() {
     let usage = json_lines(&cli(&[&["kv", "usage", "--json"], &offline[..]].concat()));
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0]["tenant"], "b");
+    assert!(wait_until(SETTLE, || gauge("hookhost_kv_keys", "default")
+        .as_deref()
+        == Some("0")));
     // The plugin writes again once its data is gone.
     let r = post(
         &s.url("/webhook"),

@@ -85,6 +85,20 @@ impl Store {
         self.read(|c| usage(c, tenant))
     }
 
+    /// For the metrics: every (tenant, plugin) that ever held keys, also
+    /// those that hold none now (their gauges go back to 0).
+    pub fn kv_usage_all(&self) -> Result<Vec<Usage>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT tenant, plugin, keys, bytes FROM kv_usage ORDER BY tenant, plugin",
+            )?;
+            let rows = st
+                .query_map([], usage_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     /// For the admin API: a plugin's keys with their sizes.
     pub fn kv_entries(
         &self,
@@ -139,16 +153,18 @@ pub fn usage(c: &Connection, tenant: Option<&str>) -> Result<Vec<Usage>, StoreEr
          WHERE keys > 0 AND (?1 IS NULL OR tenant = ?1) ORDER BY tenant, plugin",
     )?;
     let rows = st
-        .query_map([tenant], |r| {
-            Ok(Usage {
-                tenant: r.get(0)?,
-                plugin: r.get(1)?,
-                keys: r.get(2)?,
-                bytes: r.get(3)?,
-            })
-        })?
+        .query_map([tenant], usage_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
+}
+
+fn usage_row(r: &rusqlite::Row) -> rusqlite::Result<Usage> {
+    Ok(Usage {
+        tenant: r.get(0)?,
+        plugin: r.get(1)?,
+        keys: r.get(2)?,
+        bytes: r.get(3)?,
+    })
 }
 
 /// The keys that start with `prefix`, in order, with their values' sizes.
