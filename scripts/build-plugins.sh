@@ -70,8 +70,10 @@ if [ -d js ]; then
         -o "$out/.$name.wasm.tmp" -d stdio random clocks http fetch-event >/dev/null
       mv "$out/.$name.wasm.tmp" "$dest"
       built "$dest" "$src" js/package-lock.json
+      echo "built $dest ($(stat -c %s "$dest") bytes)"
+    else
+      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
     fi
-    echo "built $dest ($(stat -c %s "$dest") bytes)"
   done
 fi
 
@@ -96,7 +98,9 @@ if [ -d python ]; then
         -o "$out/.$name.wasm.tmp" -s >/dev/null)
       mv "$out/.$name.wasm.tmp" "$dest"
       built "$dest" "$src" python/requirements.txt
+      echo "built $dest ($(stat -c %s "$dest") bytes)"
+    else
+      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
     fi
-    echo "built $dest ($(stat -c %s "$dest") bytes)"
   done
 fi
