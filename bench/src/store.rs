@@ -117,7 +117,7 @@ pub fn kv_run(keys: u64) -> anyhow::Result<String> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path(), StoreOptions::from(&StoreConfig::default()));
         let value = vec![7u8; 1024];
-        for k in 0..present {
+        let set = |k: u64| {
             store.kv_set(
                 "t",
                 "p",
@@ -125,20 +125,15 @@ pub fn kv_run(keys: u64) -> anyhow::Result<String> {
                 value.clone(),
                 1_000_000,
                 1 << 40,
-            )?;
+            )
+        };
+        for k in 0..present {
+            set(k)?;
         }
         let writer0 = thread_cpu_ms("store-writer");
         let t0 = Instant::now();
         for i in 0..SETS {
-            let k = (i * 7919) % present;
-            store.kv_set(
-                "t",
-                "p",
-                format!("key-{k:06}"),
-                value.clone(),
-                1_000_000,
-                1 << 40,
-            )?;
+            set((i * 7919) % present)?;
         }
         let secs = t0.elapsed().as_secs_f64();
         let writer = thread_cpu_ms("store-writer") - writer0;

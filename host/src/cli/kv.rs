@@ -23,6 +23,16 @@ fn seg(s: &str) -> String {
     q(s).replace('+', "%20")
 }
 
+/// With `json`, one object a line; whether it printed.
+fn print_json<T: serde::Serialize>(rows: &[T], json: bool) -> anyhow::Result<bool> {
+    if json {
+        for r in rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    }
+    Ok(json)
+}
+
 pub fn usage(t: &Target, tenant: Option<&str>, json: bool) -> anyhow::Result<i32> {
     let rows: Vec<KvUsage> = if t.url.is_some() {
         let path = match tenant {
@@ -33,11 +43,10 @@ pub fn usage(t: &Target, tenant: Option<&str>, json: bool) -> anyhow::Result<i32
     } else {
         store::kv_usage(&store::open_read_only(&t.data_dir)?, tenant)?
     };
-    if json {
-        for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
-        }
-    } else if rows.is_empty() {
+    if print_json(&rows, json)? {
+        return Ok(0);
+    }
+    if rows.is_empty() {
         println!("no key-value data");
     } else {
         println!(
@@ -74,11 +83,10 @@ pub fn list(
         let c = store::open_read_only(&t.data_dir)?;
         store::kv_entries(&c, tenant, plugin, prefix, limit)?
     };
-    if json {
-        for r in &rows {
-            println!("{}", serde_json::to_string(r)?);
-        }
-    } else if rows.is_empty() {
+    if print_json(&rows, json)? {
+        return Ok(0);
+    }
+    if rows.is_empty() {
         println!("no keys");
     } else {
         println!("{:>8}  KEY", "BYTES");
