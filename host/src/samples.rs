@@ -84,3 +84,22 @@ pub const TEST_WEBHOOK: &str = r#"{
   "timestamp":1724717100,
   "message":"This is a test webhook message from WhApi.co"
 }"#;
+
+/// A sample (or any event body) made into another event: `id` replaces
+/// its message id (and its timestamp becomes now, so it is not a
+/// duplicate), `body` its text. Fields the event does not have stay absent.
+pub fn vary(v: &mut serde_json::Value, id: Option<&str>, body: Option<&str>) {
+    if let Some(id) = id {
+        for k in ["id", "message_id"] {
+            if v.get(k).is_some() {
+                v[k] = id.into();
+            }
+        }
+        if v.get("timestamp").is_some() {
+            v["timestamp"] = (crate::store::now_ms() / 1000).into();
+        }
+    }
+    if let (Some(b), Some(_)) = (body, v.get("body")) {
+        v["body"] = b.into();
+    }
+}

@@ -463,6 +463,66 @@ fn plugin_test(file: &std::path::Path, args: &[&str]) -> serde_json::Value {
 }
 
 #[test]
+fn plugin_test_runs_a_conversation_with_state_kept_between_runs() {
+    let sp = sample_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("s.toml");
+    std::fs::write(
+        &settings,
+        "greeting = \"Hola!\"\nrules = [{ keywords = [\"precio\"], reply = \"10 USD\" }]\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let sends = |extra: &[&str]| -> Vec<String> {
+        let r = plugin_test(
+            &sp.join("auto-reply.wasm"),
+            &[&["--settings", settings.to_str().unwrap()], extra].concat(),
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        r["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "send")
+            .map(|a| a["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let with_state = ["--state", state.to_str().unwrap()];
+    // The chat's first message is greeted; the next one, another message of
+    // the same chat (--id), is not, and --body makes it ask for the price.
+    assert_eq!(
+        sends(&[&with_state[..], &["--id", "A1"]].concat()),
+        ["Hola!"]
+    );
+    assert!(sends(&[&with_state[..], &["--id", "A2"]].concat()).is_empty());
+    assert_eq!(
+        sends(&[&with_state[..], &["--id", "A3", "--body", "¿el precio?"]].concat()),
+        ["10 USD"]
+    );
+    // Without --state every run starts empty.
+    assert_eq!(sends(&["--id", "A4"]), ["Hola!"]);
+    assert_eq!(sends(&["--id", "A5"]), ["Hola!"]);
+    // The plugin's SQL database is kept there too.
+    for id in ["P1", "P2"] {
+        let r = plugin_test(
+            &sp.join("persistence.wasm"),
+            &["--id", id, "--state", state.to_str().unwrap()],
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["event_key"], format!("message_received:[\"{id}\"]"));
+    }
+    let c = rusqlite::Connection::open(state.join("plugin.sqlite")).unwrap();
+    let ids: Vec<String> = c
+        .prepare("SELECT id FROM messages ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids, ["P1", "P2"]);
+}
+
+#[test]
 fn plugin_test_reports_what_the_sample_plugins_do() {
     let sp = sample_plugins();
     let logger = plugin_test(&sp.join("logger.wasm"), &["--event", "ack_update"]);

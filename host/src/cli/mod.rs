@@ -385,7 +385,7 @@ pub enum PluginCommand {
     },
     /// Run a plugin once against an event with in-memory capabilities and
     /// print what it did.
-    Test(plugin::TestArgs),
+    Test(Box<plugin::TestArgs>),
 }
 
 pub fn init_logging(format: LogFormat) {
@@ -565,7 +565,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         } => plugin::check(&file, json),
         Command::Plugin {
             command: PluginCommand::Test(args),
-        } => plugin::test(args),
+        } => plugin::test(*args),
     }
 }
 
@@ -638,19 +638,7 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
                 );
             };
             let mut v: serde_json::Value = serde_json::from_str(s)?;
-            if let Some(id) = &a.id {
-                for k in ["id", "message_id"] {
-                    if v.get(k).is_some() {
-                        v[k] = id.clone().into();
-                    }
-                }
-                if v.get("timestamp").is_some() {
-                    v["timestamp"] = (store::now_ms() / 1000).into();
-                }
-            }
-            if let (Some(b), Some(_)) = (&a.body, v.get("body")) {
-                v["body"] = b.clone().into();
-            }
+            crate::samples::vary(&mut v, a.id.as_deref(), a.body.as_deref());
             out.push((n.to_string(), serde_json::to_vec(&v)?));
         }
         out

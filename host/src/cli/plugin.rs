@@ -147,6 +147,18 @@ pub struct TestArgs {
     /// The tenant of `--config` (the default tenant when not given).
     #[arg(long, requires = "config")]
     pub tenant: Option<String>,
+    /// Replace the event's message id (and timestamp): another message of
+    /// the same chat.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Replace the event's text body.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// Keep the plugin's key-value data and SQL database in this folder
+    /// between runs (made when missing), so that several runs make a
+    /// conversation; without it every run starts empty.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
     /// Plugin settings: a TOML file, over the sidecar's and the tenant's.
     #[arg(long)]
     pub settings: Option<PathBuf>,
@@ -216,6 +228,14 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             .as_bytes()
             .to_vec(),
     };
+    let body = if a.id.is_some() || a.body.is_some() {
+        let mut v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| anyhow::anyhow!("the event does not parse: {e}"))?;
+        crate::samples::vary(&mut v, a.id.as_deref(), a.body.as_deref());
+        serde_json::to_vec(&v)?
+    } else {
+        body
+    };
     let parsed =
         crate::event::parse(&body).map_err(|e| anyhow::anyhow!("the event does not parse: {e}"))?;
     let policy = policy(&a)?;
@@ -252,6 +272,14 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
         }
     };
     let scratch = tempfile::tempdir()?;
+    let state = match &a.state {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            dir.as_path()
+        }
+        None => scratch.path(),
+    };
     let caps = scratch_caps(scratch.path(), &p.name, &[], limits, serde_json::json!({}));
     p.subscriptions = match sandbox::subscriptions(&p, caps, &limits) {
         Ok(s) => s,
@@ -275,7 +303,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             received_at: crate::store::now_ms(),
             raw_json: raw.clone(),
         };
-        let caps = scratch_caps(scratch.path(), &p.name, &grants, limits, settings);
+        let caps = scratch_caps(state, &p.name, &grants, limits, settings);
         Some(sandbox::deliver(
             &p,
             caps,
