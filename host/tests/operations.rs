@@ -1631,3 +1631,55 @@ fn cli_kv_shows_a_plugins_data_and_deletes_what_the_operator_names() {
     let neither = run(&[&["kv", "delete", "default", "recorder"], &offline[..]].concat());
     assert!(!neither.status.success());
 }
+
+#[test]
+fn the_admin_api_answers_malformed_requests_in_json() {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    let agent = agent();
+    let auth = format!("Bearer {TOKEN}");
+    let answer = |mut r: ureq::http::Response<ureq::Body>| {
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r
+            .body_mut()
+            .read_json()
+            .unwrap_or_else(|e| panic!("{status}: not JSON: {e}"));
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    for (path, says) in [
+        ("/admin/events/abc", "Cannot parse `abc`"),
+        ("/admin/events?limit=x", "limit"),
+        ("/admin/kv/default/p/value", "missing field `key`"),
+    ] {
+        let (status, error) = answer(
+            agent
+                .get(s.url(path))
+                .header("Authorization", &auth)
+                .call()
+                .unwrap(),
+        );
+        assert_eq!(status, 400, "{path}");
+        assert!(error.contains(says), "{path}: {error}");
+    }
+    let (status, error) = answer(
+        agent
+            .post(s.url("/admin/events/prune"))
+            .header("Authorization", &auth)
+            .header("Content-Type", "application/json")
+            .send("{not json")
+            .unwrap(),
+    );
+    assert_eq!(status, 400);
+    assert!(error.contains("JSON"), "{error}");
+    let (status, error) = answer(
+        agent
+            .post(s.url("/admin/kv/default/p/delete"))
+            .header("Authorization", &auth)
+            .send("{\"key\": \"x\"}")
+            .unwrap(),
+    );
+    assert_eq!(status, 415);
+    assert!(error.contains("application/json"), "{error}");
+}

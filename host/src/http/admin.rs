@@ -29,6 +29,27 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/reload", post(reload))
         .merge(super::kv::routes())
         .layer(axum::middleware::from_fn_with_state(state, auth))
+        .layer(axum::middleware::map_response(json_errors))
+}
+
+/// A path, query or body that does not parse is refused by axum's
+/// extractors in plain text; the admin API answers every error as
+/// `{"error": "..."}`, as the CLI and scripts read it.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !plain || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_string();
+    (status, Json(json!({ "error": message }))).into_response()
 }
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
