@@ -1683,3 +1683,47 @@ fn the_admin_api_answers_malformed_requests_in_json() {
     assert_eq!(status, 415);
     assert!(error.contains("application/json"), "{error}");
 }
+
+#[test]
+fn cli_kv_names_a_store_an_older_server_made_and_a_change_upgrades_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        // A store as the release before key-value usage left it, with data.
+        let store =
+            hookhost::store::Store::open(&data, (&hookhost::config::StoreConfig::default()).into());
+        for k in ["greeted/1", "greeted/2", "rate/1"] {
+            store
+                .kv_set("acme", "auto-reply", k.into(), b"x".to_vec(), 100, 1000)
+                .unwrap();
+        }
+        store.close();
+        let c = rusqlite::Connection::open(data.join("hookhost.sqlite")).unwrap();
+        c.execute_batch(
+            "DROP TRIGGER kv_usage_insert; DROP TRIGGER kv_usage_update;
+             DROP TRIGGER kv_usage_delete; DROP TABLE kv_usage; PRAGMA user_version = 6;",
+        )
+        .unwrap();
+    }
+    let place = ["--data-dir", data.to_str().unwrap()];
+    let old = run(&[&["kv", "usage"], &place[..]].concat());
+    assert!(!old.status.success());
+    let said = String::from_utf8_lossy(&old.stderr);
+    assert!(
+        said.contains("schema version 6, older than this hookhost's")
+            && said.contains("start this version's `hookhost serve`"),
+        "{said}"
+    );
+    // A command that changes the store upgrades it, counting what it holds.
+    let out = cli(&[
+        &["kv", "delete", "acme", "auto-reply", "rate/1"],
+        &place[..],
+    ]
+    .concat());
+    assert!(out.contains("deleted 1 key"), "{out}");
+    let usage = json_lines(&cli(&[&["kv", "usage", "--json"], &place[..]].concat()));
+    assert_eq!(
+        usage,
+        vec![serde_json::json!({"tenant": "acme", "plugin": "auto-reply", "keys": 2, "bytes": 20})]
+    );
+}

@@ -379,3 +379,20 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, Store
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
     open_existing(data_dir, false)
 }
+
+/// [`open_read_only`] for a command that reads what only this build's
+/// schema has: a store an older server still runs on is named as such
+/// (a read-only command does not upgrade it).
+pub fn open_read_only_current(data_dir: &Path) -> Result<Connection, StoreError> {
+    let c = open_read_only(data_dir)?;
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < schema::latest() {
+        return Err(StoreError::Unavailable(format!(
+            "{} has schema version {version}, older than this hookhost's {}: \
+             start this version's `hookhost serve` on it (it upgrades the store at start)",
+            data_dir.join(STORE_FILE).display(),
+            schema::latest()
+        )));
+    }
+    Ok(c)
+}

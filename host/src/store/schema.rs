@@ -125,6 +125,11 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// The schema version this build writes (`PRAGMA user_version`).
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
 pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
