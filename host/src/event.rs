@@ -125,6 +125,19 @@ impl Event {
             Event::Unknown { event_type } => event_type,
         }
     }
+
+    /// The type as a metric label: an unknown type is `other`, so that
+    /// senders cannot add series (and memory) with invented type names.
+    pub fn type_label(&self) -> &'static str {
+        match self {
+            Event::MessageReceived(_) => "message_received",
+            Event::MessageSent(_) => "message_sent",
+            Event::AckUpdate(_) => "ack_update",
+            Event::MessageReaction(_) => "message_reaction",
+            Event::TestWebhook(_) => "test_webhook",
+            Event::Unknown { .. } => "other",
+        }
+    }
 }
 
 /// Parses a raw body. Duplicate object keys are refused: two readers of the

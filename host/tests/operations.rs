@@ -87,6 +87,15 @@ fn metrics_reflect_a_known_sequence_exactly() {
         .status,
         200
     );
+    // Types the gateway may add are stored, but counted as `other`: a
+    // sender cannot add series with invented names.
+    for (i, t) in ["presence_update", &"x".repeat(128)].iter().enumerate() {
+        let body = format!(r#"{{"event_type":"{t}","id":"U{i}","chat_id":"c"}}"#);
+        assert_eq!(
+            post(&s.url("/webhook/acme"), body.as_bytes(), None).status,
+            200
+        );
+    }
     wait_settled(&s.data_dir(), 3, SETTLE);
     let m = get(&s.url("/metrics"));
     let text = m.body.as_str().unwrap();
@@ -105,10 +114,14 @@ fn metrics_reflect_a_known_sequence_exactly() {
         assert_eq!(rx(labels), Some("1".into()), "{labels}");
     }
     assert_eq!(
+        rx("tenant=\"acme\",event_type=\"other\",outcome=\"stored\""),
+        Some("2".into())
+    );
+    assert_eq!(
         text.lines()
             .filter(|l| l.starts_with("hookhost_events_received_total{"))
             .count(),
-        9,
+        10,
         "{text}"
     );
     assert_eq!(

@@ -67,11 +67,11 @@ async fn receive(
             .check(&tenant.name, &tenant.config.rate_limit)
             .map_err(|retry_after_s| AppError::RateLimited { retry_after_s })?;
         let parsed = event::parse(&body).map_err(|e| AppError::BadRequest(e.to_string()))?;
-        let event_type = parsed.event.event_type().to_string();
+        let label = parsed.event.type_label();
         let new = NewEvent {
             tenant: tenant.name.clone(),
             key: parsed.key.clone(),
-            event_type: event_type.clone(),
+            event_type: parsed.event.event_type().to_string(),
             ordering_key: parsed.ordering_key,
             body: body.to_vec(),
             received_at: crate::store::now_ms(),
@@ -80,7 +80,7 @@ async fn receive(
             tracing::warn!(tenant = tenant_name, error = %e, "event not committed");
             AppError::StoreUnavailable
         })?;
-        Ok::<_, AppError>((parsed.key, event_type, stored))
+        Ok::<_, AppError>((parsed.key, label, stored))
     }
     .await;
     match outcome {
@@ -88,7 +88,7 @@ async fn receive(
             let duplicate = matches!(stored, IngestOutcome::Duplicate { .. });
             metrics.received(
                 tenant_name,
-                &event_type,
+                event_type,
                 if duplicate { "duplicate" } else { "stored" },
             );
             if duplicate {
