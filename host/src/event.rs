@@ -117,12 +117,8 @@ pub struct Parsed {
 impl Event {
     pub fn event_type(&self) -> &str {
         match self {
-            Event::MessageReceived(_) => "message_received",
-            Event::MessageSent(_) => "message_sent",
-            Event::AckUpdate(_) => "ack_update",
-            Event::MessageReaction(_) => "message_reaction",
-            Event::TestWebhook(_) => "test_webhook",
             Event::Unknown { event_type } => event_type,
+            known => known.type_label(),
         }
     }
 
