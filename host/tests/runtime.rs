@@ -825,15 +825,24 @@ fn copying_the_same_file_again_while_it_compiles_keeps_its_compile() {
         server_with_held_compile("[admin]\ntoken = \"t\"\n[tenants.default]", |_| {}, "again");
     let file = s.plugins_dir().join("again.wasm");
     let bytes = std::fs::read(&file).unwrap();
+    let alive = || std::path::Path::new(&format!("/proc/{child}")).exists();
+    // Copied over in place: first seen half-written (a slow copy), then
+    // whole. Each pause is long enough for the watcher to list the folder
+    // (it settles 100 ms) and for a cancelled child to be killed and reaped.
     std::thread::sleep(Duration::from_millis(20));
-    std::fs::write(&file, &bytes).unwrap();
-    // Long enough for the watcher to list the folder (it settles 100 ms)
-    // and for a cancelled child to be killed and reaped.
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let alive = std::path::Path::new(&format!("/proc/{child}")).exists();
+    let alive_half = alive();
+    std::fs::write(&file, &bytes).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let alive_whole = alive();
     // SAFETY: resumes the process this test's server started and stopped.
     unsafe { libc::kill(child, libc::SIGCONT) };
-    assert!(alive, "the compile was dropped for an unchanged file");
+    assert!(
+        alive_half,
+        "the compile was dropped for a half-written file"
+    );
+    assert!(alive_whole, "the compile was dropped for an unchanged file");
     let want = hookhost::runtime::plugin::hash(&bytes);
     assert_loaded_with(&s, "again", &want);
 }

@@ -48,6 +48,32 @@ pub fn hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Whether `bytes` look like a whole plugin file: every section, nested
+/// module and component ends where its size says, and the top level exports
+/// the handler (which the toolchains write last), without anything being
+/// validated (a few milliseconds for an 18 MB component). A file still
+/// being written (`cp` over a plugin) is cut short and fails this.
+pub fn looks_complete(bytes: &[u8]) -> bool {
+    use wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    let mut handler = false;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Err(_) => return false,
+            Ok(Payload::ModuleSection { .. } | Payload::ComponentSection { .. }) => depth += 1,
+            Ok(Payload::End(offset)) if depth == 0 => return handler && offset == bytes.len(),
+            Ok(Payload::End(_)) => depth -= 1,
+            Ok(Payload::ComponentExportSection(exports)) if depth == 0 => {
+                handler |= exports
+                    .into_iter()
+                    .any(|e| e.is_ok_and(|e| e.name.name.starts_with("hookhost:plugin/handler@")));
+            }
+            Ok(_) => {}
+        }
+    }
+    false
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("not a valid component: {0}")]
@@ -110,4 +136,31 @@ pub fn interface_names(engine: &wasmtime::Engine, c: &Component) -> (Vec<String>
     let imports = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
     let exports = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
     (imports, exports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::looks_complete;
+
+    #[test]
+    fn a_cut_short_component_does_not_look_complete() {
+        // A component holding a core module and exporting the handler last,
+        // as the toolchains write them.
+        let whole = wat::parse_str(
+            r#"(component
+                (core module $m (func (export "f") (result i32) i32.const 7))
+                (core instance (instantiate $m))
+                (instance $h)
+                (export "hookhost:plugin/handler@0.1.0" (instance $h)))"#,
+        )
+        .unwrap();
+        assert!(looks_complete(&whole));
+        for cut in [0, 8, whole.len() / 2, whole.len() - 1] {
+            assert!(!looks_complete(&whole[..cut]), "cut at {cut}");
+        }
+        let mut longer = whole.clone();
+        longer.push(0);
+        assert!(!looks_complete(&longer));
+        assert!(!looks_complete(b"not wasm at all"));
+    }
 }

@@ -552,7 +552,9 @@ impl Registry {
         }
         // A file compiling now that was removed, or replaced by other
         // content, has its compile dropped; a file only touched (the same
-        // bytes, a new mtime) goes on compiling.
+        // bytes, a new mtime) goes on compiling, and so does one seen
+        // half-written (copied over in place): the next listing, when the
+        // copy ends, judges it.
         let changed: Vec<_> = self
             .state
             .read()
@@ -565,9 +567,11 @@ impl Registry {
             })
             .collect();
         for (name, file, hash) in changed {
-            let same = file.as_ref().is_some_and(|(path, _)| {
-                std::fs::read(path).is_ok_and(|bytes| plugin::hash(&bytes) == hash)
-            });
+            let bytes = file.as_ref().and_then(|(path, _)| std::fs::read(path).ok());
+            let same = bytes.as_ref().is_some_and(|b| plugin::hash(b) == hash);
+            let partial = bytes
+                .as_ref()
+                .is_some_and(|b| !same && !plugin::looks_complete(b));
             let mut st = self.state.write().unwrap();
             let Some(c) = st.compiling.get_mut(&name).filter(|c| c.hash == hash) else {
                 continue;
@@ -575,6 +579,7 @@ impl Registry {
             match file {
                 // Seen: not read again at the next listing.
                 Some((_, stamp)) if same => c.stamp = stamp,
+                Some(_) if partial => {}
                 _ => c.cancel.store(true, Ordering::Relaxed),
             }
         }
