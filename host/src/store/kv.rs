@@ -88,15 +88,7 @@ impl Store {
     /// For the metrics: every (tenant, plugin) that ever held keys, also
     /// those that hold none now (their gauges go back to 0).
     pub fn kv_usage_all(&self) -> Result<Vec<Usage>, StoreError> {
-        self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT tenant, plugin, keys, bytes FROM kv_usage ORDER BY tenant, plugin",
-            )?;
-            let rows = st
-                .query_map([], usage_row)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
+        self.read(|c| usage_rows(c, None, true))
     }
 
     /// For the admin API: a plugin's keys with their sizes.
@@ -148,12 +140,20 @@ pub enum Selection {
 
 /// Each (tenant, plugin) that holds keys, or only `tenant`'s.
 pub fn usage(c: &Connection, tenant: Option<&str>) -> Result<Vec<Usage>, StoreError> {
+    usage_rows(c, tenant, false)
+}
+
+fn usage_rows(
+    c: &Connection,
+    tenant: Option<&str>,
+    with_empty: bool,
+) -> Result<Vec<Usage>, StoreError> {
     let mut st = c.prepare_cached(
         "SELECT tenant, plugin, keys, bytes FROM kv_usage
-         WHERE keys > 0 AND (?1 IS NULL OR tenant = ?1) ORDER BY tenant, plugin",
+         WHERE (?2 OR keys > 0) AND (?1 IS NULL OR tenant = ?1) ORDER BY tenant, plugin",
     )?;
     let rows = st
-        .query_map([tenant], usage_row)?
+        .query_map(params![tenant, with_empty], usage_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
