@@ -18,7 +18,8 @@ fn q(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// A path segment (tenant and plugin names are plain, but say so).
+/// A path segment, escaped like a query value but with `%20` for a space
+/// (`+` means a space only in a query).
 fn seg(s: &str) -> String {
     q(s).replace('+', "%20")
 }
