@@ -847,6 +847,38 @@ fn copying_the_same_file_again_while_it_compiles_keeps_its_compile() {
     assert_loaded_with(&s, "again", &want);
 }
 
+/// A plugin copied into the folder in place is loaded once the copy ends,
+/// not reported broken while half of it is there; a file left cut short is
+/// reported after a few seconds.
+#[test]
+fn a_plugin_file_seen_half_written_waits_for_its_copy_to_end() {
+    let s = TestServer::start(
+        "[admin]\ntoken = \"t\"\n[tenants.default]\nplugins = [\"slow\", \"cut\"]",
+    );
+    let bytes = std::fs::read(test_plugins().join("probe.wasm")).unwrap();
+    let half = &bytes[..bytes.len() / 2];
+    std::fs::create_dir_all(s.plugins_dir()).unwrap();
+    let slow = s.plugins_dir().join("slow.wasm");
+    std::fs::write(&slow, half).unwrap();
+    std::fs::write(s.plugins_dir().join("cut.wasm"), half).unwrap();
+    // Longer than the watcher's settling and a rescan.
+    std::thread::sleep(Duration::from_millis(2500));
+    let status = plugin_status(&s, "t", "slow");
+    assert_eq!(status["status"], "queued", "{status}");
+    assert!(status["last_error"].is_null(), "{status}");
+    // The copy ends: loaded.
+    std::fs::write(&slow, &bytes).unwrap();
+    assert_loaded_with(&s, "slow", &hookhost::runtime::plugin::hash(&bytes));
+    // Never finished: tried as it is, and the reason given.
+    assert!(
+        wait_until(SETTLE, || plugin_status(&s, "t", "cut")["status"]
+            == "failed"),
+        "{}",
+        plugin_status(&s, "t", "cut")
+    );
+    assert!(plugin_status(&s, "t", "cut")["last_error"].is_string());
+}
+
 /// A sidecar assigns tenants; a broken one is reported and the previous
 /// one stays in force until the file is fixed.
 #[test]

@@ -21,6 +21,9 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 const RESCAN: Duration = Duration::from_secs(2);
+/// How long a plugin file that looks half-written (copied over in place)
+/// is left for its copy to end before it is tried, and reported, as it is.
+const COPY_GRACE: Duration = Duration::from_secs(5);
 
 /// A plugin file's size and modification time, as last looked at.
 type Stamp = (u64, SystemTime);
@@ -653,6 +656,18 @@ impl Registry {
                 st.errors.remove(name);
                 return;
             }
+        }
+        // Written a moment ago and cut short: most likely a copy still
+        // going on. Read again at the next scan (the stamp is not kept),
+        // rather than compiled and reported broken.
+        let recent = stamp.1.elapsed().is_ok_and(|age| age < COPY_GRACE);
+        if recent && !plugin::looks_complete(&bytes) {
+            tracing::debug!(
+                plugin = name,
+                size = bytes.len(),
+                "plugin file looks half-written; waiting for the copy to end"
+            );
+            return;
         }
         tracing::info!(
             plugin = name,
