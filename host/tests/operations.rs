@@ -1562,6 +1562,13 @@ fn cli_kv_shows_a_plugins_data_and_deletes_what_the_operator_names() {
         .concat());
         assert_eq!(missing.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&missing.stderr).contains("no key `seen/none`"));
+        // A table cut at its limit says so.
+        let cut = kv(&["list", "default", "recorder", "--limit", "2"], place);
+        assert_eq!(cut.lines().count(), 4, "{cut}");
+        assert!(
+            cut.ends_with("(the first 2 keys: --limit or --prefix for the others)\n"),
+            "{cut}"
+        );
         // Another prefix lists nothing; the table says so.
         assert_eq!(
             kv(

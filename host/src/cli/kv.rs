@@ -94,6 +94,9 @@ pub fn list(
         for r in &rows {
             println!("{:>8}  {}", r.bytes, r.key);
         }
+        if rows.len() as u64 == limit {
+            println!("(the first {limit} keys: --limit or --prefix for the others)");
+        }
     }
     Ok(0)
 }
