@@ -45,27 +45,7 @@ fn plugin_interface(name: &str) -> Option<(&str, &str)> {
 /// types (and WASI interfaces this host does not link) are checked when the
 /// plugin loads, or by `hookhost plugin check`.
 fn world_problem(bytes: &[u8]) -> Option<String> {
-    use wasmparser::{Parser, Payload};
-    let (mut imports, mut exports) = (Vec::new(), Vec::new());
-    let mut depth = 0usize;
-    for payload in Parser::new(0).parse_all(bytes) {
-        match payload.ok()? {
-            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
-            Payload::End(_) if depth == 0 => break,
-            Payload::End(_) => depth -= 1,
-            Payload::ComponentImportSection(r) if depth == 0 => {
-                for i in r {
-                    imports.push(i.ok()?.name.name.to_string());
-                }
-            }
-            Payload::ComponentExportSection(r) if depth == 0 => {
-                for e in r {
-                    exports.push(e.ok()?.name.name.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
+    let (imports, exports) = crate::runtime::plugin::top_level_names(bytes)?;
     let handler = exports
         .iter()
         .filter_map(|e| plugin_interface(e))

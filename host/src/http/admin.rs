@@ -1,6 +1,6 @@
 //! `/admin/*`: events with their deliveries, pruning, dead letters, retry,
-//! replay, plugins and their key-value data (`kv.rs`), behind a bearer token (off when no token is
-//! configured).
+//! replay, plugins and their key-value data (`kv.rs`), behind a bearer
+//! token (off when no token is configured).
 
 use super::{AppError, AppState};
 use crate::store::{self, Store};

@@ -48,30 +48,47 @@ pub fn hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Whether `bytes` look like a whole plugin file: every section, nested
-/// module and component ends where its size says, and the top level exports
-/// the handler (which the toolchains write last), without anything being
-/// validated (a few milliseconds for an 18 MB component). A file still
-/// being written (`cp` over a plugin) is cut short and fails this.
-pub fn looks_complete(bytes: &[u8]) -> bool {
+/// A component's top-level import and export names, read without
+/// compiling or validating it; `None` when the binary does not parse to its
+/// end (not WebAssembly, or cut short: every section, nested module and
+/// component must end where its size says).
+pub fn top_level_names(bytes: &[u8]) -> Option<(Vec<String>, Vec<String>)> {
     use wasmparser::{Parser, Payload};
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
     let mut depth = 0usize;
-    let mut handler = false;
     for payload in Parser::new(0).parse_all(bytes) {
-        match payload {
-            Err(_) => return false,
-            Ok(Payload::ModuleSection { .. } | Payload::ComponentSection { .. }) => depth += 1,
-            Ok(Payload::End(offset)) if depth == 0 => return handler && offset == bytes.len(),
-            Ok(Payload::End(_)) => depth -= 1,
-            Ok(Payload::ComponentExportSection(exports)) if depth == 0 => {
-                handler |= exports
-                    .into_iter()
-                    .any(|e| e.is_ok_and(|e| e.name.name.starts_with("hookhost:plugin/handler@")));
+        match payload.ok()? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(offset) if depth == 0 => {
+                return (offset == bytes.len()).then_some((imports, exports))
             }
-            Ok(_) => {}
+            Payload::End(_) => depth -= 1,
+            Payload::ComponentImportSection(r) if depth == 0 => {
+                for i in r {
+                    imports.push(i.ok()?.name.name.to_string());
+                }
+            }
+            Payload::ComponentExportSection(r) if depth == 0 => {
+                for e in r {
+                    exports.push(e.ok()?.name.name.to_string());
+                }
+            }
+            _ => {}
         }
     }
-    false
+    None
+}
+
+/// Whether `bytes` look like a whole plugin file: it parses to its end
+/// and exports the handler (which the toolchains write last); a few
+/// milliseconds for an 18 MB component. A file still being written (`cp`
+/// over a plugin) is cut short and fails this.
+pub fn looks_complete(bytes: &[u8]) -> bool {
+    top_level_names(bytes).is_some_and(|(_, exports)| {
+        exports
+            .iter()
+            .any(|e| e.starts_with("hookhost:plugin/handler@"))
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
