@@ -1,7 +1,7 @@
 //! `hookhost kv`: the plugins' key-value data, through a running server's
 //! admin API (`--url`) or the data directory.
 
-use super::remote::{agent, remote};
+use super::remote::{remote, remote_bytes};
 use super::Target;
 use crate::store::{self, KvEntry, KvSelection, KvUsage};
 use anyhow::Context;
@@ -104,35 +104,14 @@ pub fn list(
 /// Writes the value's bytes to standard output as they are stored; exit
 /// code 1 when there is no such key.
 pub fn get(t: &Target, tenant: &str, plugin: &str, key: &str) -> anyhow::Result<i32> {
-    let value = if let Some(url) = &t.url {
-        let url = format!(
-            "{}/admin/kv/{}/{}/value?key={}",
-            url.trim_end_matches('/'),
+    let value = if t.url.is_some() {
+        let path = format!(
+            "/admin/kv/{}/{}/value?key={}",
             seg(tenant),
             seg(plugin),
             q(key)
         );
-        let mut resp = agent()
-            .get(&url)
-            .header(
-                "Authorization",
-                &format!("Bearer {}", t.token.as_deref().unwrap_or_default()),
-            )
-            .call()
-            .with_context(|| format!("GET {url}"))?;
-        let status = resp.status().as_u16();
-        if status == 200 {
-            Some(resp.body_mut().read_to_vec()?)
-        } else {
-            let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
-            let message = v["error"].as_str().unwrap_or("request failed");
-            // The route's own 404 (an admin API that is off says more).
-            if status == 404 && message == "not found" {
-                None
-            } else {
-                anyhow::bail!("{status}: {message}")
-            }
-        }
+        remote_bytes(t, &path)?
     } else {
         store::kv_value(
             &store::open_read_only_current(&t.data_dir)?,

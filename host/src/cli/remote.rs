@@ -12,19 +12,33 @@ pub(super) struct Refused {
     pub message: String,
 }
 
+fn url_and_auth(t: &Target, path: &str) -> (String, String) {
+    let url = format!(
+        "{}{}",
+        t.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+        path
+    );
+    let auth = format!("Bearer {}", t.token.as_deref().unwrap_or_default());
+    (url, auth)
+}
+
+/// The server's error answer, `{"error": "..."}`.
+fn refused(status: u16, mut resp: ureq::http::Response<ureq::Body>) -> Refused {
+    let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+    Refused {
+        status,
+        message: v["error"].as_str().unwrap_or("request failed").into(),
+    }
+}
+
 pub(super) fn remote(
     t: &Target,
     method: &str,
     path: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let url = format!(
-        "{}{}",
-        t.url.as_deref().unwrap_or_default().trim_end_matches('/'),
-        path
-    );
+    let (url, auth) = url_and_auth(t, path);
     let agent = agent();
-    let auth = format!("Bearer {}", t.token.as_deref().unwrap_or_default());
     let mut resp = match method {
         "POST" => agent
             .post(&url)
@@ -34,15 +48,28 @@ pub(super) fn remote(
     }
     .with_context(|| format!("{method} {url}"))?;
     let status = resp.status().as_u16();
-    let v: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
     if !(200..300).contains(&status) {
-        return Err(Refused {
-            status,
-            message: v["error"].as_str().unwrap_or("request failed").into(),
-        }
-        .into());
+        return Err(refused(status, resp).into());
     }
-    Ok(v)
+    Ok(resp.body_mut().read_json().unwrap_or(Value::Null))
+}
+
+/// A GET whose answer is raw bytes; `None` for the route's own 404 ("not
+/// found"; an admin API that is off says more, and is an error).
+pub(super) fn remote_bytes(t: &Target, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let (url, auth) = url_and_auth(t, path);
+    let mut resp = agent()
+        .get(&url)
+        .header("Authorization", &auth)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    match resp.status().as_u16() {
+        200 => Ok(Some(resp.body_mut().read_to_vec()?)),
+        status => match refused(status, resp) {
+            r if r.status == 404 && r.message == "not found" => Ok(None),
+            r => Err(r.into()),
+        },
+    }
 }
 
 /// An HTTP client for the CLI: error statuses are answers to read, not
