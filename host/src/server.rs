@@ -26,6 +26,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let live = Live::new(&config, source)?;
+    crate::store::check_not_newer(&config.server.data_dir)?;
     let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
     let metrics = Arc::new(Metrics::default());
     let wake = Arc::new(Notify::new());

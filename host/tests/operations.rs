@@ -1747,3 +1747,76 @@ fn cli_kv_names_a_store_an_older_server_made_and_a_change_upgrades_it() {
         vec![serde_json::json!({"tenant": "acme", "plugin": "auto-reply", "keys": 2, "bytes": 20})]
     );
 }
+
+#[test]
+fn a_store_a_newer_hookhost_upgraded_is_neither_served_read_nor_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    {
+        let store =
+            hookhost::store::Store::open(&data, (&hookhost::config::StoreConfig::default()).into());
+        store
+            .kv_set("acme", "auto-reply", "k".into(), b"x".to_vec(), 100, 1000)
+            .unwrap();
+        store.close();
+        // A release far ahead of this one upgraded it.
+        let c = rusqlite::Connection::open(data.join("hookhost.sqlite")).unwrap();
+        c.execute_batch("PRAGMA user_version = 999;").unwrap();
+    }
+    let place = ["--data-dir", data.to_str().unwrap()];
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success());
+        let said = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            said.contains("schema version 999, newer than this hookhost's")
+                && said.contains("restore a backup"),
+            "{said}"
+        );
+    };
+    refused(run(&[&["events", "list"], &place[..]].concat()));
+    refused(run(&[&["kv", "usage"], &place[..]].concat()));
+    refused(run(&[&["replay", "1"], &place[..]].concat()));
+    refused(run(&[
+        &["kv", "delete", "acme", "auto-reply", "k"],
+        &place[..],
+    ]
+    .concat()));
+
+    // The server does not start on it (bounded: a server that did start is
+    // killed and the test fails).
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--plugins-dir"])
+        .arg(&plugins)
+        .args(place)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut exited = None;
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    refused(child.wait_with_output().unwrap());
+    assert!(exited.is_some(), "the server kept running on a newer store");
+
+    // Nothing was changed: the version and the data are as they were.
+    let c = rusqlite::Connection::open(data.join("hookhost.sqlite")).unwrap();
+    let version: i64 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 999);
+    let keys: i64 = c
+        .query_row("SELECT count(*) FROM kv", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 1);
+}
+

@@ -42,7 +42,7 @@ pub fn usage(t: &Target, tenant: Option<&str>, json: bool) -> anyhow::Result<i32
         };
         rows(&remote(t, "GET", &path, None)?, "usage")?
     } else {
-        store::kv_usage(&store::open_read_only_current(&t.data_dir)?, tenant)?
+        store::kv_usage(&store::open_read_only(&t.data_dir)?, tenant)?
     };
     if print_json(&rows, json)? {
         return Ok(0);
@@ -81,7 +81,7 @@ pub fn list(
         );
         rows(&remote(t, "GET", &path, None)?, "keys")?
     } else {
-        let c = store::open_read_only_current(&t.data_dir)?;
+        let c = store::open_read_only(&t.data_dir)?;
         store::kv_entries(&c, tenant, plugin, prefix, limit)?
     };
     if print_json(&rows, json)? {
@@ -113,12 +113,7 @@ pub fn get(t: &Target, tenant: &str, plugin: &str, key: &str) -> anyhow::Result<
         );
         remote_bytes(t, &path)?
     } else {
-        store::kv_value(
-            &store::open_read_only_current(&t.data_dir)?,
-            tenant,
-            plugin,
-            key,
-        )?
+        store::kv_value(&store::open_read_only(&t.data_dir)?, tenant, plugin, key)?
     };
     match value {
         Some(v) => {

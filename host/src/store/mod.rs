@@ -125,7 +125,7 @@ fn init(path: &Path, opts: &StoreOptions) -> Result<Connection, StoreError> {
         })?;
     }
     let mut c = open_connection(path, opts, true)?;
-    schema::migrate(&mut c)?;
+    schema::migrate(&mut c, path)?;
     ledger::requeue_running(&c)?;
     Ok(c)
 }
@@ -301,21 +301,51 @@ fn open_existing(data_dir: &Path, write: bool) -> Result<Connection, StoreError>
         max_size_mb: 0,
     };
     let c = open_connection(&path, &opts, write)?;
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = schema::version(&c)?;
     if version == 0 {
         return Err(StoreError::Unavailable(format!(
             "{} is not a hookhost store, or its server has not created it yet",
             path.display()
         )));
     }
+    if version > schema::latest() {
+        return Err(schema::newer(&path, version));
+    }
+    if !write && version < schema::latest() {
+        // A read-only command does not upgrade the store, and reads what
+        // only this build's schema has.
+        return Err(StoreError::Unavailable(format!(
+            "{} has schema version {version}, older than this hookhost's {}: \
+             start this version's `hookhost serve` on it (it upgrades the store at start)",
+            path.display(),
+            schema::latest()
+        )));
+    }
     Ok(c)
+}
+
+/// Refuses a store that a newer hookhost has upgraded (see
+/// [`schema::newer`]); a missing or unreadable store is left to
+/// [`Store::open`], which keeps the server up and answers 503.
+pub fn check_not_newer(data_dir: &Path) -> Result<(), StoreError> {
+    let path = data_dir.join(STORE_FILE);
+    if !path.exists() {
+        return Ok(());
+    }
+    let Ok(c) = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return Ok(());
+    };
+    match schema::version(&c) {
+        Ok(v) if v > schema::latest() => Err(schema::newer(&path, v)),
+        _ => Ok(()),
+    }
 }
 
 /// Opens an existing store for the offline CLI commands that change the
 /// ledger (replay, retry). SQLite serialises them with a running server.
 pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
     let mut c = open_existing(data_dir, true)?;
-    schema::migrate(&mut c)?;
+    schema::migrate(&mut c, &data_dir.join(STORE_FILE))?;
     Ok(c)
 }
 
@@ -375,24 +405,9 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, Store
     Ok(written)
 }
 
-/// Opens an existing store read-only, for the offline CLI commands.
+/// Opens an existing store read-only, for the offline CLI commands. Its
+/// schema must be this build's: an older store is upgraded by this
+/// version's server (or a command that changes the store), not here.
 pub fn open_read_only(data_dir: &Path) -> Result<Connection, StoreError> {
     open_existing(data_dir, false)
-}
-
-/// [`open_read_only`] for a command that reads what only this build's
-/// schema has: a store an older server still runs on is named as such
-/// (a read-only command does not upgrade it).
-pub fn open_read_only_current(data_dir: &Path) -> Result<Connection, StoreError> {
-    let c = open_read_only(data_dir)?;
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version < schema::latest() {
-        return Err(StoreError::Unavailable(format!(
-            "{} has schema version {version}, older than this hookhost's {}: \
-             start this version's `hookhost serve` on it (it upgrades the store at start)",
-            data_dir.join(STORE_FILE).display(),
-            schema::latest()
-        )));
-    }
-    Ok(c)
 }

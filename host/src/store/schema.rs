@@ -1,7 +1,9 @@
 //! Schema migrations, applied in order at start. A released migration is
 //! never edited: changes are new entries at the end of `MIGRATIONS`.
 
+use super::StoreError;
 use rusqlite::Connection;
+use std::path::Path;
 
 const MIGRATIONS: &[&str] = &[
     // 1: inbox, delivery ledger, sends, plugin key-value, meta.
@@ -130,14 +132,35 @@ pub fn latest() -> i64 {
     MIGRATIONS.len() as i64
 }
 
-pub fn migrate(c: &mut Connection) -> rusqlite::Result<()> {
+/// The schema version of the store at `c`; 0 for an empty database.
+pub fn version(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// A store written by a newer hookhost: its schema may hold what this build
+/// would misread or undo, so it is neither read nor written.
+pub fn newer(path: &Path, version: i64) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{} has schema version {version}, newer than this hookhost's {}: \
+         run the hookhost release that upgraded it (or a later one), \
+         or restore a backup taken before that upgrade",
+        path.display(),
+        latest()
+    ))
+}
+
+/// Applies the migrations the store at `c` (the file `path`) lacks.
+pub fn migrate(c: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = version(&tx)?;
+    if version > latest() {
+        return Err(newer(path, version));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
-    tx.commit()
+    Ok(tx.commit()?)
 }
 
 #[cfg(test)]
@@ -157,7 +180,7 @@ mod tests {
                                    ('t', 'q', 'k', x'010203');",
         )
         .unwrap();
-        migrate(&mut c).unwrap();
+        migrate(&mut c, Path::new(":memory:")).unwrap();
         let usage = |plugin: &str| -> (i64, i64) {
             c.query_row(
                 "SELECT keys, bytes FROM kv_usage WHERE tenant = 't' AND plugin = ?1",
