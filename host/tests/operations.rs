@@ -1820,3 +1820,83 @@ fn a_store_a_newer_hookhost_upgraded_is_neither_served_read_nor_changed() {
     assert_eq!(keys, 1);
 }
 
+/// A range replay through the server goes in parts; when a later part
+/// fails, the CLI does not ask again by itself (deliveries finished in
+/// between would run once more) and says where to go on from. The server
+/// here is a local HTTP server that answers the first part and fails the
+/// second, recording what it was asked.
+#[test]
+fn a_range_replay_whose_later_part_fails_says_where_to_go_on() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<serde_json::Value>::new()));
+    let record = asked.clone();
+    std::thread::spawn(move || {
+        let answers = [
+            (
+                "200 OK",
+                r#"{"events":500,"deliveries":700,"running":2,"more":true,"resume_after":500}"#,
+            ),
+            (
+                "503 Service Unavailable",
+                r#"{"error":"store unavailable"}"#,
+            ),
+            (
+                "200 OK",
+                r#"{"events":1,"deliveries":1,"running":0,"more":false}"#,
+            ),
+        ];
+        for (status, body) in answers {
+            let Ok((stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = BufReader::new(stream);
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut request = vec![0; length];
+            let _ = reader.read_exact(&mut request);
+            record
+                .lock()
+                .unwrap()
+                .push(serde_json::from_slice(&request).unwrap_or_default());
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let out = run(&[
+        "replay",
+        "--from",
+        "1",
+        "--tenant",
+        "a",
+        "--url",
+        &format!("http://{addr}"),
+        "--token",
+        TOKEN,
+    ]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("700 deliveries queued before event 501; `replay --from 501` goes on")
+            && said.contains("503: store unavailable"),
+        "{said}"
+    );
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert_eq!(asked[0]["from"], 1);
+    assert_eq!(asked[0]["tenant"], "a");
+    assert_eq!(asked[1]["from"], 501);
+    assert_eq!(asked[1]["tenant"], "a");
+}
