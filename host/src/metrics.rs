@@ -9,8 +9,9 @@ use std::sync::{Mutex, RwLock};
 
 type Labels = Vec<(&'static str, String)>;
 
-#[derive(Default)]
 pub struct Metrics {
+    /// `hookhost_webhook_seconds`: observed at every webhook request.
+    pub webhook_seconds: Fixed,
     /// `hookhost_events_received_total`, counted on every request: keyed
     /// by "tenant\0event_type\0outcome" so a known series is counted with a
     /// shared lock and no allocation.
@@ -18,6 +19,83 @@ pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            webhook_seconds: Fixed::new(
+                "hookhost_webhook_seconds",
+                "Time to answer a webhook request once its body is read: signature, parse and the durable commit.",
+                LATENCY_BUCKETS,
+                1e9,
+            ),
+            received: Default::default(),
+            counters: Default::default(),
+            gauges: Default::default(),
+            histograms: Default::default(),
+        }
+    }
+}
+
+/// Buckets for request and commit times, in seconds.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram without labels, observed without a lock (one atomic add per
+/// observation and one for the sum; buckets are summed up when rendered),
+/// for what is observed on every request or commit.
+pub struct Fixed {
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64],
+    /// One per bound, then the observations above the last.
+    counts: Box<[AtomicU64]>,
+    /// The sum, in units of `1 / scale`.
+    sum: AtomicU64,
+    scale: f64,
+}
+
+impl Fixed {
+    /// `scale`: the sum is kept as an integer of `v * scale` (1e9 for
+    /// seconds: nanoseconds; 1 for counts).
+    pub fn new(name: &'static str, help: &'static str, bounds: &'static [f64], scale: f64) -> Self {
+        Fixed {
+            name,
+            help,
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0),
+            scale,
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum
+            .fetch_add((v.max(0.0) * self.scale).round() as u64, Ordering::Relaxed);
+    }
+
+    /// Appends the histogram in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let name = self.name;
+        let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} histogram", self.help);
+        let mut total = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            total += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {total}");
+        }
+        total += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {total}");
+        let sum = self.sum.load(Ordering::Relaxed) as f64 / self.scale;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {total}");
+    }
 }
 
 const BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -212,6 +290,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
+        self.webhook_seconds.render(&mut out);
         let mut counters = self.counters.lock().unwrap().clone();
         for (key, n) in self.received.read().unwrap().iter() {
             let mut parts = key.split('\0').map(String::from);
@@ -275,7 +354,26 @@ fn fmt_labels(l: &Labels, le: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::Metrics;
+    use super::{Fixed, Metrics};
+
+    #[test]
+    fn a_fixed_histogram_renders_cumulative_buckets_count_and_sum() {
+        let h = Fixed::new("t_seconds", "Test.", &[0.001, 0.01], 1e9);
+        for v in [0.0005, 0.001, 0.002, 0.5] {
+            h.observe(v);
+        }
+        let mut text = String::new();
+        h.render(&mut text);
+        assert_eq!(
+            text,
+            "# HELP t_seconds Test.\n# TYPE t_seconds histogram\n\
+             t_seconds_bucket{le=\"0.001\"} 2\n\
+             t_seconds_bucket{le=\"0.01\"} 3\n\
+             t_seconds_bucket{le=\"+Inf\"} 4\n\
+             t_seconds_sum 0.5035\n\
+             t_seconds_count 4\n"
+        );
+    }
 
     #[test]
     fn received_counts_each_series_and_keeps_odd_labels_whole() {

@@ -140,6 +140,21 @@ fn metrics_reflect_a_known_sequence_exactly() {
         Some("3".into())
     );
     assert!(text.contains("# TYPE hookhost_instantiate_seconds histogram"));
+    // Every webhook request above was timed, whatever its answer.
+    for line in [
+        "hookhost_webhook_seconds_count ",
+        "hookhost_webhook_seconds_bucket{le=\"+Inf\"} ",
+    ] {
+        assert_eq!(metric(text, line), Some("11".into()), "{line}\n{text}");
+    }
+    // The writer's batches: each timed, and the seven events' writes
+    // (a duplicate's included) among what they committed.
+    let number = |line: &str| -> f64 { metric(text, line).unwrap().parse().unwrap() };
+    let batches = number("hookhost_store_batch_writes_count ");
+    assert!(batches >= 1.0, "{text}");
+    assert_eq!(number("hookhost_store_batch_seconds_count "), batches);
+    assert!(number("hookhost_store_batch_writes_sum ") >= 7.0, "{text}");
+    assert!(number("hookhost_store_batch_seconds_sum ") > 0.0, "{text}");
     // Gauges are refreshed by the dispatcher every second.
     assert!(wait_until(SETTLE, || {
         let t = metrics_text(&s.url("/metrics"));

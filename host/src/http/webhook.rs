@@ -44,6 +44,9 @@ async fn receive(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Ack>, AppError> {
     let metrics = &state.metrics;
+    // Observed when the answer is ready, or when the request is given up
+    // (its timeout dropped this future).
+    let _timer = Timer(std::time::Instant::now(), metrics);
     let outcome = async {
         let body = body.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -126,5 +129,16 @@ async fn receive(
             metrics.received(t, "-", label);
             Err(e)
         }
+    }
+}
+
+/// Observes `hookhost_webhook_seconds` when dropped.
+struct Timer<'a>(std::time::Instant, &'a crate::metrics::Metrics);
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        self.1
+            .webhook_seconds
+            .observe(self.0.elapsed().as_secs_f64());
     }
 }

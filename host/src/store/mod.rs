@@ -142,6 +142,7 @@ struct Inner {
     tx: Mutex<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<writer::Stats>,
 }
 
 impl Store {
@@ -159,10 +160,12 @@ impl Store {
             }
         };
         let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(writer::Stats::default());
         let w = Writer {
             path: path.clone(),
             opts: opts.clone(),
             rx,
+            stats: stats.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -175,6 +178,7 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(handle)),
+                stats,
             }),
         }
     }
@@ -263,6 +267,13 @@ impl Store {
             pool.push(conn);
         }
         r
+    }
+
+    /// Appends the writer's histograms (each batch's time and size) to a
+    /// Prometheus text.
+    pub fn render_metrics(&self, out: &mut String) {
+        self.inner.stats.batch_seconds.render(out);
+        self.inner.stats.batch_writes.render(out);
     }
 
     /// A real write, for readiness checks.

@@ -5,9 +5,10 @@
 //! its caller hears back only after the batch's COMMIT succeeded.
 
 use super::{StoreError, StoreOptions};
+use crate::metrics::{Fixed, LATENCY_BUCKETS};
 use rusqlite::Connection;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 /// One unit of work for the writer.
@@ -98,6 +99,32 @@ pub(super) struct Writer {
     pub path: PathBuf,
     pub opts: StoreOptions,
     pub rx: mpsc::Receiver<Box<dyn WriteOp>>,
+    pub stats: Arc<Stats>,
+}
+
+/// What the writer's batches take: a slow disk shows here first.
+pub(super) struct Stats {
+    pub batch_seconds: Fixed,
+    pub batch_writes: Fixed,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            batch_seconds: Fixed::new(
+                "hookhost_store_batch_seconds",
+                "Time to apply and commit one batch of the store's writes, fsync included.",
+                LATENCY_BUCKETS,
+                1e9,
+            ),
+            batch_writes: Fixed::new(
+                "hookhost_store_batch_writes",
+                "Writes (events, delivery changes, key-value sets) committed together in one batch.",
+                &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0],
+                1.0,
+            ),
+        }
+    }
 }
 
 impl Writer {
@@ -137,7 +164,12 @@ impl Writer {
                 }
                 continue;
             };
+            let started = Instant::now();
             let outcome = commit_batch(c, &mut batch);
+            self.stats
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.stats.batch_writes.observe(batch.len() as f64);
             if let Err(e) = &outcome {
                 tracing::warn!(error = %e, ops = batch.len(), "store batch failed");
             }
