@@ -165,7 +165,22 @@ impl Writer {
                 continue;
             };
             let started = Instant::now();
-            let outcome = commit_batch(c, &mut batch);
+            // A panic in an operation (a bug) fails its batch, not the
+            // writer: without this every later write would answer 503
+            // until a restart.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                commit_batch(c, &mut batch)
+            }))
+            .unwrap_or_else(|_| {
+                let _ = c.execute_batch("ROLLBACK");
+                tracing::error!(
+                    ops = batch.len(),
+                    "a store operation panicked; its batch was rolled back"
+                );
+                Err(StoreError::Unavailable(
+                    "internal error in the store writer".into(),
+                ))
+            });
             self.stats
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -215,4 +230,54 @@ fn file_identity(p: &std::path::Path) -> Option<(u64, u64)> {
 #[cfg(not(unix))]
 fn file_identity(p: &std::path::Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|_| (0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::StoreConfig;
+    use crate::store::{NewEvent, Store, StoreError};
+
+    fn event(key: &str) -> NewEvent {
+        NewEvent {
+            tenant: "t".into(),
+            key: key.into(),
+            event_type: "message".into(),
+            ordering_key: "c".into(),
+            body: b"{}".to_vec(),
+            received_at: 0,
+        }
+    }
+
+    #[test]
+    fn an_operation_that_panics_fails_its_batch_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let panicked = store.write_blocking(|c| -> Result<(), StoreError> {
+            c.execute("INSERT INTO meta (key, value) VALUES ('half', 1)", [])?;
+            panic!("a bug in an operation");
+        });
+        assert!(
+            matches!(&panicked, Err(StoreError::Unavailable(m)) if m.contains("internal error")),
+            "{panicked:?}"
+        );
+        // What it wrote before the panic was rolled back; the writer still
+        // commits.
+        let stored = rt.block_on(store.ingest(event("after")));
+        assert!(stored.is_ok(), "{stored:?}");
+        let half: i64 = store
+            .read(|c| {
+                Ok(
+                    c.query_row("SELECT count(*) FROM meta WHERE key = 'half'", [], |r| {
+                        r.get(0)
+                    })?,
+                )
+            })
+            .unwrap();
+        assert_eq!(half, 0);
+        assert_eq!(store.events_after(None, 0, 10).unwrap().len(), 1);
+        store.close();
+    }
 }
