@@ -234,6 +234,50 @@ struct Measured {
     load: LoadResult,
     cpu_ms: f64,
     rss_mb: f64,
+    /// hookhost's group commits during the load (none for bare axum).
+    batches: Option<Batches>,
+}
+
+/// The store writer's batches between two scrapes of `/metrics`.
+#[derive(Clone, Copy)]
+struct Batches {
+    count: f64,
+    writes: f64,
+    seconds: f64,
+}
+
+impl Batches {
+    fn read(addr: SocketAddr) -> Batches {
+        let text = get_text(addr, "/metrics");
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Batches {
+            count: value("hookhost_store_batch_writes_count "),
+            writes: value("hookhost_store_batch_writes_sum "),
+            seconds: value("hookhost_store_batch_seconds_sum "),
+        }
+    }
+
+    fn since(self, before: Batches) -> Batches {
+        Batches {
+            count: self.count - before.count,
+            writes: self.writes - before.writes,
+            seconds: self.seconds - before.seconds,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let n = self.count.max(1.0);
+        format!(
+            "{:.0} batches, {:.1} writes and {:.2} ms each",
+            self.count,
+            self.writes / n,
+            1000.0 * self.seconds / n
+        )
+    }
 }
 
 /// The run with the median throughput.
@@ -296,6 +340,7 @@ pub fn ingest_suite(
                         load,
                         cpu_ms: bare.cpu_ms() - cpu0,
                         rss_mb: bare.peak_rss_mb(),
+                        batches: None,
                     }
                 }
                 _ => {
@@ -309,12 +354,14 @@ pub fn ingest_suite(
                     if which == 2 {
                         wait_loaded(srv.addr, 3);
                     }
+                    let batches0 = Batches::read(srv.addr);
                     let cpu0 = srv.cpu_ms();
                     let load = drive(rt, srv.addr, connections, duration, dups, true);
                     let m = Measured {
                         load,
                         cpu_ms: srv.cpu_ms() - cpu0,
                         rss_mb: srv.peak_rss_mb(),
+                        batches: Some(Batches::read(srv.addr).since(batches0)),
                     };
                     if which == 2 && round + 1 == rounds {
                         drain_note = drain(srv.addr);
@@ -346,12 +393,20 @@ pub fn ingest_suite(
             )
         })
         .collect();
+    let commits = |rs: &[Measured]| {
+        median(rs)
+            .batches
+            .map(|b| b.describe())
+            .unwrap_or_default()
+    };
     out.push_str(&format!(
-        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % less than without. Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note}\n\n",
+        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % less than without. Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}.\n\n",
         100.0 * np / c,
         100.0 * p3 / c,
         100.0 * (1.0 - p3 / np),
         per_round.join("; "),
+        commits(&runs[1]),
+        commits(&runs[2]),
     ));
     Ok(out)
 }
