@@ -393,12 +393,7 @@ pub fn ingest_suite(
             )
         })
         .collect();
-    let commits = |rs: &[Measured]| {
-        median(rs)
-            .batches
-            .map(|b| b.describe())
-            .unwrap_or_default()
-    };
+    let commits = |rs: &[Measured]| median(rs).batches.map(|b| b.describe()).unwrap_or_default();
     out.push_str(&format!(
         "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % less than without. Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}.\n\n",
         100.0 * np / c,
