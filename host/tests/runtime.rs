@@ -1407,3 +1407,56 @@ fn the_child_compiler_dies_with_its_parent() {
         .unwrap_or(0);
     assert_eq!(entries, 0, "a dead parent's child wrote a cache entry");
 }
+
+/// Replies go out over kept-alive connections: with a tenant's deliveries
+/// sending at once (4 by default), every connection goes back to the pool
+/// after its send, so a busy tenant does not open (in production: a TLS
+/// handshake with the gateway) a new connection for every few replies.
+#[test]
+fn concurrent_replies_reuse_the_gateways_connections() {
+    let tp = test_plugins();
+    let whapi = FakeWhapi::start();
+    // Each answer takes 30 ms, so the tenant's four deliveries send at once.
+    whapi
+        .slow_first
+        .store(1000, std::sync::atomic::Ordering::SeqCst);
+    whapi.slow_ms.store(30, std::sync::atomic::Ordering::SeqCst);
+    let s = TestServer::start(&format!(
+        r#"
+[tenants.default]
+plugins = ["replier"]
+rate_limit = {{ per_second = 0, burst = 0 }}
+[tenants.default.whapi]
+base_url = "{}"
+instance_id = "1"
+token = "t"
+[tenants.default.plugin.replier]
+grants = ["log", "kv", "sql", "config", "messaging"]
+settings = {{ reply = "ok" }}
+"#,
+        whapi.url
+    ));
+    deploy(&tp, "probe", &s.plugins_dir(), "replier", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["replier"]
+    )));
+    let n = 40;
+    for i in 0..n {
+        let body = hola_event(&format!("M{i}"), &format!("chat-{i}@s.whatsapp.net"));
+        assert_eq!(post(&s.url("/webhook"), body.as_bytes(), None).status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || whapi.sent().len() >= n),
+        "{} sent; {:?}",
+        whapi.sent().len(),
+        deliveries(&s.data_dir()).first()
+    );
+    let rows = wait_settled(&s.data_dir(), n, SETTLE);
+    assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
+    let connections = whapi.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        connections <= 6,
+        "{connections} connections for {n} replies sent four at a time"
+    );
+}

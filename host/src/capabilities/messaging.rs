@@ -40,11 +40,20 @@ pub enum SendFailure {
     InDoubt(HostError),
 }
 
+/// Connections to the gateway kept open between sends, per tenant.
+const IDLE_CONNECTIONS: usize = 32;
+
 impl Messenger {
     pub fn new(whapi: ResolvedWhapi) -> Messenger {
+        // A tenant's deliveries send at once (4 by default): each
+        // connection goes back to the pool after its send, where ureq's
+        // default of 3 idle per host would close one and open (with TLS) a
+        // new one every few replies.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(15)))
+            .max_idle_connections(IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .build()
             .new_agent();
         Messenger { whapi, agent }

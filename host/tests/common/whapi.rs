@@ -26,6 +26,8 @@ pub struct FakeWhapi {
     pub slow_ms: Arc<AtomicU64>,
     /// Where to post the echo of each accepted message (none: no echo).
     pub echo_to: Arc<Mutex<Option<String>>>,
+    /// TCP connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
 }
 
 impl FakeWhapi {
@@ -40,6 +42,8 @@ impl FakeWhapi {
         let (echo_tx, echo_rx) = mpsc::channel::<String>();
         let target = echo_to.clone();
         std::thread::spawn(move || post_echoes(echo_rx, target));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = connections.clone();
         let (r, f, sf, sm, et) = (
             requests.clone(),
             fail_first.clone(),
@@ -50,6 +54,7 @@ impl FakeWhapi {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (r, f, sf, sm, et) = (r.clone(), f.clone(), sf.clone(), sm.clone(), et.clone());
                 let echo_tx = echo_tx.clone();
                 std::thread::spawn(move || {
@@ -150,6 +155,7 @@ impl FakeWhapi {
             slow_first,
             slow_ms,
             echo_to,
+            connections,
         }
     }
 
