@@ -325,12 +325,7 @@ fn open_existing(data_dir: &Path, write: bool) -> Result<Connection, StoreError>
     if !write && version < schema::latest() {
         // A read-only command does not upgrade the store, and reads what
         // only this build's schema has.
-        return Err(StoreError::Unavailable(format!(
-            "{} has schema version {version}, older than this hookhost's {}: \
-             start this version's `hookhost serve` on it (it upgrades the store at start)",
-            path.display(),
-            schema::latest()
-        )));
+        return Err(schema::older(&path, version));
     }
     Ok(c)
 }

@@ -149,6 +149,17 @@ pub fn newer(path: &Path, version: i64) -> StoreError {
     ))
 }
 
+/// A store an older hookhost still runs on, for a command that does not
+/// upgrade it.
+pub fn older(path: &Path, version: i64) -> StoreError {
+    StoreError::Unavailable(format!(
+        "{} has schema version {version}, older than this hookhost's {}: \
+         start this version's `hookhost serve` on it (it upgrades the store at start)",
+        path.display(),
+        latest()
+    ))
+}
+
 /// Applies the migrations the store at `c` (the file `path`) lacks.
 pub fn migrate(c: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
