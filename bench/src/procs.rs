@@ -2,6 +2,7 @@
 //! binary with `--bare-server`) and `hookhost serve`.
 
 use crate::load::{self, LoadResult, LoadSpec};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,11 @@ impl Server {
     /// CPU time (user + system) the server has used so far, in ms.
     pub fn cpu_ms(&self) -> f64 {
         crate::store::process_cpu_ms(self.child.id())
+    }
+
+    /// CPU time of the server's live threads so far, in ms, by thread name.
+    pub fn threads_cpu_ms(&self) -> BTreeMap<String, f64> {
+        crate::store::threads_cpu_ms(&self.child.id().to_string())
     }
 
     /// Peak resident set size (VmHWM), in MiB.
@@ -236,6 +242,51 @@ struct Measured {
     rss_mb: f64,
     /// hookhost's group commits during the load (none for bare axum).
     batches: Option<Batches>,
+    /// hookhost's CPU during the load by thread (empty for bare axum).
+    threads: Threads,
+}
+
+/// A server's CPU time during the load, by thread name, in ms.
+#[derive(Default)]
+struct Threads(BTreeMap<String, f64>);
+
+impl Threads {
+    fn since(after: BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> Threads {
+        Threads(
+            after
+                .into_iter()
+                .map(|(name, ms)| {
+                    let d = ms - before.get(&name).copied().unwrap_or(0.0);
+                    (name, d)
+                })
+                .collect(),
+        )
+    }
+
+    /// "request threads 21.0, store writer 14.2, …" in µs per request; the
+    /// rest is threads that ended during the load (blocking-pool threads).
+    fn describe(&self, total_ms: f64, requests: u64) -> String {
+        let per = |ms: f64| ms * 1000.0 / requests.max(1) as f64;
+        let parts = [
+            ("hookhost-http", "request threads"),
+            ("store-writer", "store writer"),
+            ("dispatcher", "dispatcher"),
+            // Thread names are cut to 15 bytes.
+            ("hookhost-delive", "deliveries"),
+        ];
+        let mut named = 0.0;
+        let mut out = Vec::new();
+        for (thread, label) in parts {
+            if let Some(&ms) = self.0.get(thread) {
+                named += ms;
+                if ms > 0.0 {
+                    out.push(format!("{label} {:.1}", per(ms)));
+                }
+            }
+        }
+        out.push(format!("other {:.1}", per((total_ms - named).max(0.0))));
+        out.join(", ")
+    }
 }
 
 /// The store writer's batches between two scrapes of `/metrics`.
@@ -341,6 +392,7 @@ pub fn ingest_suite(
                         cpu_ms: bare.cpu_ms() - cpu0,
                         rss_mb: bare.peak_rss_mb(),
                         batches: None,
+                        threads: Threads::default(),
                     }
                 }
                 _ => {
@@ -355,6 +407,7 @@ pub fn ingest_suite(
                         wait_loaded(srv.addr, 3);
                     }
                     let batches0 = Batches::read(srv.addr);
+                    let threads0 = srv.threads_cpu_ms();
                     let cpu0 = srv.cpu_ms();
                     let load = drive(rt, srv.addr, connections, duration, dups, true);
                     let m = Measured {
@@ -362,6 +415,7 @@ pub fn ingest_suite(
                         cpu_ms: srv.cpu_ms() - cpu0,
                         rss_mb: srv.peak_rss_mb(),
                         batches: Some(Batches::read(srv.addr).since(batches0)),
+                        threads: Threads::since(srv.threads_cpu_ms(), &threads0),
                     };
                     if which == 2 && round + 1 == rounds {
                         drain_note = drain(srv.addr);
@@ -394,14 +448,20 @@ pub fn ingest_suite(
         })
         .collect();
     let commits = |rs: &[Measured]| median(rs).batches.map(|b| b.describe()).unwrap_or_default();
+    let threads = |rs: &[Measured]| {
+        let m = median(rs);
+        m.threads.describe(m.cpu_ms, m.load.requests)
+    };
     out.push_str(&format!(
-        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % less than without. Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}.\n\n",
+        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % less than without. Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}. Server CPU in µs per request by thread: without plugins {}; with them {}.\n\n",
         100.0 * np / c,
         100.0 * p3 / c,
         100.0 * (1.0 - p3 / np),
         per_round.join("; "),
         commits(&runs[1]),
         commits(&runs[2]),
+        threads(&runs[1]),
+        threads(&runs[2]),
     ));
     Ok(out)
 }

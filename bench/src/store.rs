@@ -80,17 +80,23 @@ pub fn process_cpu_ms(pid: u32) -> f64 {
 
 /// CPU time in ms used so far by this process's threads named `name`.
 fn thread_cpu_ms(name: &str) -> f64 {
-    let mut total = 0.0;
-    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+    threads_cpu_ms("self").get(name).copied().unwrap_or(0.0)
+}
+
+/// CPU time in ms used so far by the live threads of process `pid` ("self"
+/// for this one), summed by thread name. Threads that have exited are not
+/// counted (the process total still has them).
+pub fn threads_cpu_ms(pid: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
             let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-            if comm.trim() == name {
-                total +=
-                    stat_ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default());
-            }
+            let ticks =
+                stat_ticks(&std::fs::read_to_string(t.path().join("stat")).unwrap_or_default());
+            *by_name.entry(comm.trim().to_string()).or_insert(0.0) += ticks * TICK_MS;
         }
     }
-    total * TICK_MS
+    by_name
 }
 
 /// USER_HZ is 100 on Linux.
