@@ -26,7 +26,7 @@ impl Default for Metrics {
         Metrics {
             webhook_seconds: Fixed::new(
                 "hookhost_webhook_seconds",
-                "Time to answer a webhook request once its body is read: signature, parse and the durable commit.",
+                "Time to answer a webhook request: reading its body, signature, parse and the durable commit.",
                 LATENCY_BUCKETS,
                 1e9,
             ),

@@ -176,6 +176,41 @@ fn metrics_reflect_a_known_sequence_exactly() {
     }));
 }
 
+/// A webhook whose body arrives slowly is timed from its routing, not from
+/// its last byte: `hookhost_webhook_seconds` shows a slow sender.
+#[test]
+fn a_slow_upload_counts_in_the_webhook_answer_time() {
+    use std::io::{Read, Write};
+    let s = TestServer::start("[tenants.default]");
+    let addr = s.url("").trim_start_matches("http://").to_string();
+    let body = samples::ACK_UPDATE.as_bytes();
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        c,
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    c.write_all(rest).unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let text = metrics_text(&s.url("/metrics"));
+    let number = |line: &str| -> f64 { metric(&text, line).unwrap().parse().unwrap() };
+    assert_eq!(number("hookhost_webhook_seconds_count "), 1.0, "{text}");
+    let seconds = number("hookhost_webhook_seconds_sum ");
+    // The timer starts once the headers are read, a little after they were
+    // sent; before it covered the body it read about a millisecond.
+    assert!(
+        seconds >= 0.3,
+        "timed {seconds} s of a 0.4 s upload\n{text}"
+    );
+}
+
 #[test]
 fn admin_refuses_missing_or_wrong_token_and_is_off_without_one() {
     let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));

@@ -70,7 +70,11 @@ pub fn router(state: AppState) -> Router {
     let webhook = Router::new()
         .route("/webhook", post(webhook::default_tenant))
         .route("/webhook/{tenant}", post(webhook::tenant))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes));
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            webhook::timed,
+        ));
     Router::new()
         .merge(webhook)
         .route("/healthz", get(healthz))

@@ -8,8 +8,10 @@ use crate::store::{IngestOutcome, NewEvent};
 use crate::{event, signature};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::Json;
 
 /// The answer to an accepted webhook: `{"ok":true,"duplicate":false,"key":"…"}`.
@@ -44,9 +46,6 @@ async fn receive(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Ack>, AppError> {
     let metrics = &state.metrics;
-    // Observed when the answer is ready, or when the request is given up
-    // (its timeout dropped this future).
-    let _timer = Timer(std::time::Instant::now(), metrics);
     let outcome = async {
         let body = body.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -130,6 +129,15 @@ async fn receive(
             Err(e)
         }
     }
+}
+
+/// Times a webhook request into `hookhost_webhook_seconds`, from the
+/// moment it is routed (before its body is read, so a slow upload counts)
+/// to its answer, or to the moment it is given up (a timeout drops this
+/// future, and the timer with it).
+pub async fn timed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let _timer = Timer(std::time::Instant::now(), &state.metrics);
+    next.run(req).await
 }
 
 /// Observes `hookhost_webhook_seconds` when dropped.
