@@ -15,8 +15,11 @@ setup:
 	@command -v cargo >/dev/null || { echo "cargo is required: https://rustup.rs"; exit 1; }
 	@eval "$$(scripts/setup-toolchain.sh)" && echo "wasm32-wasip2 toolchain: $$HOOKHOST_WASM_MODE"
 
+# The whole workspace, so that the host library is built once with the
+# features the tests and the benchmarks also use (the bench crate turns on
+# hyper's client; building the binary alone would compile the host twice).
 build: setup
-	cargo build --bin hookhost
+	cargo build --workspace
 
 # Sample plugins, compiled into the folder `make run` loads.
 plugins: setup
@@ -37,7 +40,6 @@ test: build plugins test-plugins
 # Figures side by side in one run; see BENCHMARKS.md. BENCH_SECONDS,
 # BENCH_CONNECTIONS, BENCH_DELIVERIES, BENCH_DUPLICATE_PERCENT tune it.
 bench: build plugins
-	cargo build -p hookhost -p hookhost-bench
 	BENCH_PLUGINS_DIR=$(PLUGINS_DIR) $(CARGO_TARGET_DIR)/debug/hookhost-bench
 
 # Fuzz the event parser and the signature check, FUZZ_SECONDS each
