@@ -453,10 +453,11 @@ pub fn ingest_suite(
         m.threads.describe(m.cpu_ms, m.load.requests)
     };
     out.push_str(&format!(
-        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % less than without. Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}. Server CPU in µs per request by thread: without plugins {}; with them {}.\n\n",
+        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % fewer requests per second than without (each request taking {:.0} % more of the machine's time). Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}. Server CPU in µs per request by thread: without plugins {}; with them {}.\n\n",
         100.0 * np / c,
         100.0 * p3 / c,
         100.0 * (1.0 - p3 / np),
+        100.0 * (np / p3 - 1.0),
         per_round.join("; "),
         commits(&runs[1]),
         commits(&runs[2]),
