@@ -743,6 +743,112 @@ grants = ["log", "kv", "config", "messaging"]
     );
 }
 
+/// After an outage (a plugin's bad settings, the gateway down) the
+/// operator retries every dead letter of a plugin at once, or gives a
+/// plugin's up, through the server or on the data directory.
+#[test]
+fn dead_letters_are_retried_and_discarded_in_bulk() {
+    let tp = test_plugins();
+    let s = TestServer::start(&format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[dispatch]\nmax_attempts = 1\n\
+         [tenants.a]\nplugins = [\"fixme\", \"other\"]\n[tenants.b]\nplugins = [\"fixme\", \"other\"]"
+    ));
+    for name in ["fixme", "other"] {
+        deploy(
+            &tp,
+            "probe",
+            &s.plugins_dir(),
+            name,
+            Some("[settings]\nattack = \"panic\"\n"),
+        );
+    }
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["fixme", "other"]
+    )));
+    for (tenant, id) in [("a", "A1"), ("a", "A2"), ("b", "B1")] {
+        let r = post(
+            &s.url(&format!("/webhook/{tenant}")),
+            hola_event(id, id).as_bytes(),
+            None,
+        );
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let rows = wait_settled(&s.data_dir(), 6, SETTLE);
+    assert!(rows.iter().all(|d| d.state == "dead"), "{rows:?}");
+    let state = |tenant: &str, plugin: &str| -> Vec<String> {
+        deliveries(&s.data_dir())
+            .into_iter()
+            .filter(|d| d.tenant == tenant && d.plugin == plugin)
+            .map(|d| d.state)
+            .collect()
+    };
+    // `fixme` is fixed; its dead letters for tenant `a` go back, through
+    // the server.
+    std::fs::write(s.plugins_dir().join("fixme.toml"), "[settings]\n").unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let url = s.url("");
+    let data = s.data_dir();
+    let data = data.to_str().unwrap();
+    let remote = ["dead-letters", "--url", &url, "--token", TOKEN];
+    let out = cli(&[
+        &remote[..],
+        &["retry", "--all", "--tenant", "a", "--plugin", "fixme"],
+    ]
+    .concat());
+    assert_eq!(out.trim(), "retried 2 dead letters (queued again)");
+    assert!(
+        wait_until(SETTLE, || state("a", "fixme") == ["done", "done"]),
+        "{:?}",
+        deliveries(&s.data_dir())
+    );
+    assert_eq!(state("b", "fixme"), ["dead"]);
+    // `other` is given up for every tenant, on the data directory.
+    let out = cli(&[
+        "dead-letters",
+        "--data-dir",
+        data,
+        "discard",
+        "--all",
+        "--plugin",
+        "other",
+    ]);
+    assert_eq!(out.trim(), "discarded 3 dead letters");
+    assert_eq!(state("a", "other"), ["discarded", "discarded"]);
+    assert_eq!(state("b", "other"), ["discarded"]);
+    // A misspelt filter is refused, not read as "all of them".
+    let typo = admin(
+        "POST",
+        &s.url("/admin/dead-letters/retry"),
+        Some(TOKEN),
+        Some(serde_json::json!({ "plugins": "fixme" })),
+    );
+    assert_eq!(typo.status, 422, "{:?}", typo.body);
+    assert_eq!(state("b", "fixme"), ["dead"]);
+    // The admin API with no filter: what is left (`b`'s fixme).
+    let r = admin(
+        "POST",
+        &s.url("/admin/dead-letters/retry"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["retried"], 1);
+    assert!(wait_until(SETTLE, || state("b", "fixme") == ["done"]));
+    let none = cli(&[&remote[..], &["retry", "--all"]].concat());
+    assert_eq!(none.trim(), "retried 0 dead letters (queued again)");
+    // Neither one dead letter nor --all: a clear refusal.
+    for args in [
+        &["retry"][..],
+        &["retry", "1"],
+        &["discard", "--tenant", "a"],
+        &["retry", "1", "fixme", "--all"],
+    ] {
+        let out = run(&[&["dead-letters", "--data-dir", data], args].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
+}
+
 /// Runs `hookhost ARGS`, whatever its outcome.
 fn run(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))

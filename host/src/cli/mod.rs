@@ -304,11 +304,33 @@ pub struct DeliveriesArgs {
 pub enum DeadLettersCommand {
     /// List dead letters (the default).
     List,
-    /// Put a dead letter back in the queue, attempts reset.
-    Retry { seq: i64, plugin: String },
-    /// Give a dead letter up: kept in the ledger as `discarded`, it no
-    /// longer keeps its event from retention.
-    Discard { seq: i64, plugin: String },
+    /// Put a dead letter (SEQ PLUGIN) back in the queue, attempts reset;
+    /// or all of them (--all, narrowed by --tenant and --plugin).
+    Retry(Settle),
+    /// Give a dead letter (SEQ PLUGIN) up, or all of them (--all): kept in
+    /// the ledger as `discarded`, it no longer keeps its event from
+    /// retention.
+    Discard(Settle),
+}
+
+/// One dead letter, or `--all` of them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Settle {
+    /// The event's sequence number.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub seq: Option<i64>,
+    /// The plugin whose delivery of it died.
+    #[arg(value_name = "PLUGIN", required_unless_present = "all")]
+    pub plugin_name: Option<String>,
+    /// Every dead letter (of --tenant, of --plugin when given).
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only this tenant's.
+    #[arg(long, requires = "all")]
+    pub tenant: Option<String>,
+    /// With --all: only this plugin's.
+    #[arg(long = "plugin", value_name = "PLUGIN", requires = "all")]
+    pub only_plugin: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -479,11 +501,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 let all = operate::Page::After(0, 10_000);
                 operate::deliveries(&target, Some("dead"), None, json, all)
             }
-            DeadLettersCommand::Retry { seq, plugin } => {
-                operate::settle_dead(&target, seq, &plugin, store::DeadLetter::Retry)
+            DeadLettersCommand::Retry(which) => {
+                operate::settle(&target, which, store::DeadLetter::Retry)
             }
-            DeadLettersCommand::Discard { seq, plugin } => {
-                operate::settle_dead(&target, seq, &plugin, store::DeadLetter::Discard)
+            DeadLettersCommand::Discard(which) => {
+                operate::settle(&target, which, store::DeadLetter::Discard)
             }
         },
         Command::Replay {

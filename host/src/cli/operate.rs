@@ -161,7 +161,60 @@ pub fn deliveries(
     Ok(0)
 }
 
-pub fn settle_dead(
+/// `dead-letters retry|discard`: one dead letter, or `--all` of them.
+pub fn settle(t: &Target, which: super::Settle, action: store::DeadLetter) -> anyhow::Result<i32> {
+    match (which.all, which.seq, which.plugin_name) {
+        (false, Some(seq), Some(plugin)) => settle_dead(t, seq, &plugin, action),
+        (true, _, _) => settle_all(
+            t,
+            store::DeadFilter {
+                tenant: which.tenant,
+                plugin: which.only_plugin,
+            },
+            action,
+        ),
+        _ => anyhow::bail!("give SEQ and PLUGIN, or --all"),
+    }
+}
+
+fn settle_all(
+    t: &Target,
+    filter: store::DeadFilter,
+    action: store::DeadLetter,
+) -> anyhow::Result<i32> {
+    let (verb, done) = match action {
+        store::DeadLetter::Retry => ("retry", "retried"),
+        store::DeadLetter::Discard => ("discard", "discarded"),
+    };
+    let n = if t.url.is_some() {
+        let body = serde_json::json!({ "tenant": filter.tenant, "plugin": filter.plugin });
+        remote(
+            t,
+            "POST",
+            &format!("/admin/dead-letters/{verb}"),
+            Some(body),
+        )?[done]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("the server did not say how many were {done}"))?
+            as usize
+    } else {
+        let c = store::open_for_update(&t.data_dir)?;
+        store::settle_dead_all(&c, &filter, action)?
+    };
+    let letters = if n == 1 {
+        "dead letter"
+    } else {
+        "dead letters"
+    };
+    let queued = match action {
+        store::DeadLetter::Retry => " (queued again)",
+        store::DeadLetter::Discard => "",
+    };
+    println!("{done} {n} {letters}{queued}");
+    Ok(0)
+}
+
+fn settle_dead(
     t: &Target,
     seq: i64,
     plugin: &str,

@@ -23,6 +23,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/events/{seq}/replay", post(replay))
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/dead-letters", get(dead_letters))
+        .route("/admin/dead-letters/retry", post(retry_all))
+        .route("/admin/dead-letters/discard", post(discard_all))
         .route("/admin/dead-letters/{seq}/{plugin}/retry", post(retry))
         .route("/admin/dead-letters/{seq}/{plugin}/discard", post(discard))
         .route("/admin/plugins", get(plugins))
@@ -213,6 +215,51 @@ async fn settle(
     Ok(Json(
         json!({ "ok": true, "event_seq": seq, "plugin": plugin }),
     ))
+}
+
+/// Which dead letters a bulk retry or discard takes; none given: all.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeadBody {
+    tenant: Option<String>,
+    plugin: Option<String>,
+}
+
+async fn retry_all(
+    state: State<AppState>,
+    body: Option<Json<DeadBody>>,
+) -> Result<Json<Value>, AppError> {
+    settle_all(state, body, store::DeadLetter::Retry).await
+}
+
+async fn discard_all(
+    state: State<AppState>,
+    body: Option<Json<DeadBody>>,
+) -> Result<Json<Value>, AppError> {
+    settle_all(state, body, store::DeadLetter::Discard).await
+}
+
+async fn settle_all(
+    State(state): State<AppState>,
+    body: Option<Json<DeadBody>>,
+    action: store::DeadLetter,
+) -> Result<Json<Value>, AppError> {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let filter = store::DeadFilter {
+        tenant: body.tenant,
+        plugin: body.plugin,
+    };
+    let n = state
+        .store
+        .settle_dead_all(filter, action)
+        .await
+        .map_err(store_error)?;
+    state.wake.notify_one();
+    let key = match action {
+        store::DeadLetter::Retry => "retried",
+        store::DeadLetter::Discard => "discarded",
+    };
+    Ok(Json(json!({ key: n })))
 }
 
 #[derive(Deserialize, Default)]

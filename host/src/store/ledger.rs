@@ -506,6 +506,36 @@ pub fn settle_dead(
     Ok(())
 }
 
+/// Which dead letters a bulk retry or discard takes: all of them, or a
+/// tenant's, a plugin's, or one plugin's of one tenant.
+#[derive(Debug, Clone, Default)]
+pub struct DeadFilter {
+    pub tenant: Option<String>,
+    pub plugin: Option<String>,
+}
+
+/// Retries or discards every dead letter `filter` takes, in one statement
+/// (one transaction). Returns how many.
+pub fn settle_dead_all(
+    c: &Connection,
+    filter: &DeadFilter,
+    action: DeadLetter,
+) -> Result<usize, StoreError> {
+    let set = match action {
+        DeadLetter::Retry => "state = 'pending', attempts = 0, next_at = 0",
+        DeadLetter::Discard => "state = 'discarded'",
+    };
+    // `state = 'dead'` written out, so that the partial index of dead
+    // letters serves it rather than a walk of the whole ledger.
+    Ok(c.execute(
+        &format!(
+            "UPDATE deliveries SET {set}, updated_at = ?3
+             WHERE state = 'dead' AND (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR plugin = ?2)"
+        ),
+        params![filter.tenant, filter.plugin, now_ms()],
+    )?)
+}
+
 /// Plugins that have a delivery row for `seq`.
 pub fn delivered_plugins(c: &Connection, seq: i64) -> Result<Vec<String>, StoreError> {
     let mut st =
@@ -541,6 +571,15 @@ impl Store {
         action: DeadLetter,
     ) -> Result<(), StoreError> {
         self.write(move |c| settle_dead(c, seq, &plugin, action))
+            .await
+    }
+
+    pub async fn settle_dead_all(
+        &self,
+        filter: DeadFilter,
+        action: DeadLetter,
+    ) -> Result<usize, StoreError> {
+        self.write_statement(move |c| settle_dead_all(c, &filter, action))
             .await
     }
 }

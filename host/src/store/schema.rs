@@ -125,6 +125,11 @@ const MIGRATIONS: &[&str] = &[
             WHERE tenant = old.tenant AND plugin = old.plugin;
     END;
     "#,
+    // 8: dead letters found without walking the ledger, for retrying or
+    // discarding them all (or a tenant's, or a plugin's) at once.
+    r#"
+    CREATE INDEX deliveries_dead ON deliveries (tenant, plugin) WHERE state = 'dead';
+    "#,
 ];
 
 /// The schema version this build writes (`PRAGMA user_version`).
