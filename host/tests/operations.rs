@@ -783,15 +783,48 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
             .map(|d| d.state)
             .collect()
     };
+    // Listed by tenant and plugin, on the data directory and through the
+    // server, before deciding.
+    let data = s.data_dir();
+    let data = data.to_str().unwrap();
+    let url = s.url("");
+    let remote = ["--url", &url, "--token", TOKEN];
+    let local = json_lines(&cli(&[
+        "dead-letters",
+        "--data-dir",
+        data,
+        "--json",
+        "list",
+        "--tenant",
+        "a",
+        "--plugin",
+        "fixme",
+    ]));
+    assert_eq!(local.len(), 2, "{local:?}");
+    assert!(local
+        .iter()
+        .all(|d| d["tenant"] == "a" && d["plugin"] == "fixme"));
+    let b = json_lines(&cli(&[
+        &["deliveries"],
+        &remote[..],
+        &["--json", "--tenant", "b"],
+    ]
+    .concat()));
+    assert_eq!(b.len(), 2, "{b:?}");
+    assert!(b.iter().all(|d| d["tenant"] == "b"));
+    let other = admin(
+        "GET",
+        &s.url("/admin/dead-letters?plugin=other"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(other.body["dead_letters"].as_array().unwrap().len(), 3);
     // `fixme` is fixed; its dead letters for tenant `a` go back, through
     // the server.
     std::fs::write(s.plugins_dir().join("fixme.toml"), "[settings]\n").unwrap();
     std::thread::sleep(Duration::from_millis(2500));
-    let url = s.url("");
-    let data = s.data_dir();
-    let data = data.to_str().unwrap();
-    let remote = ["dead-letters", "--url", &url, "--token", TOKEN];
     let out = cli(&[
+        &["dead-letters"],
         &remote[..],
         &["retry", "--all", "--tenant", "a", "--plugin", "fixme"],
     ]
@@ -835,7 +868,7 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["retried"], 1);
     assert!(wait_until(SETTLE, || state("b", "fixme") == ["done"]));
-    let none = cli(&[&remote[..], &["retry", "--all"]].concat());
+    let none = cli(&[&["dead-letters"], &remote[..], &["retry", "--all"]].concat());
     assert_eq!(none.trim(), "retried 0 dead letters (queued again)");
     // Neither one dead letter nor --all: a clear refusal.
     for args in [

@@ -291,6 +291,12 @@ pub struct DeliveriesArgs {
     /// Only this event (its sequence number).
     #[arg(long)]
     pub event: Option<i64>,
+    /// Only this tenant's.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only this plugin's.
+    #[arg(long)]
+    pub plugin: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[arg(long, default_value_t = 1000)]
@@ -302,8 +308,13 @@ pub struct DeliveriesArgs {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum DeadLettersCommand {
-    /// List dead letters (the default).
-    List,
+    /// List dead letters (the default), of --tenant and --plugin when given.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        plugin: Option<String>,
+    },
     /// Put a dead letter (SEQ PLUGIN) back in the queue, attempts reset;
     /// or all of them (--all, narrowed by --tenant and --plugin).
     Retry(Settle),
@@ -490,16 +501,31 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 Some(n) => operate::Page::Last(n),
                 None => operate::Page::After(0, a.limit),
             };
-            operate::deliveries(&a.target, a.state.as_deref(), a.event, a.json, page)
+            let filter = store::DeliveryFilter {
+                event: a.event,
+                state: a.state,
+                tenant: a.tenant,
+                plugin: a.plugin,
+            };
+            operate::deliveries(&a.target, filter, a.json, page)
         }
         Command::DeadLetters {
             command,
             target,
             json,
-        } => match command.unwrap_or(DeadLettersCommand::List) {
-            DeadLettersCommand::List => {
+        } => match command.unwrap_or(DeadLettersCommand::List {
+            tenant: None,
+            plugin: None,
+        }) {
+            DeadLettersCommand::List { tenant, plugin } => {
                 let all = operate::Page::After(0, 10_000);
-                operate::deliveries(&target, Some("dead"), None, json, all)
+                let dead = store::DeliveryFilter {
+                    state: Some("dead".into()),
+                    tenant,
+                    plugin,
+                    ..Default::default()
+                };
+                operate::deliveries(&target, dead, json, all)
             }
             DeadLettersCommand::Retry(which) => {
                 operate::settle(&target, which, store::DeadLetter::Retry)

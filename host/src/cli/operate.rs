@@ -119,7 +119,7 @@ pub fn event_show(t: &Target, seq: i64) -> anyhow::Result<i32> {
     } else {
         let c = store::open_read_only(&t.data_dir)?;
         let ev = store::get_event(&c, seq)?.with_context(|| format!("no event {seq}"))?;
-        let dels = store::list_deliveries(&c, Some(seq), None, 1000)?;
+        let dels = store::list_deliveries(&c, &store::DeliveryFilter::event(seq), 1000)?;
         let body: Value = serde_json::from_slice(&ev.body).unwrap_or(Value::Null);
         serde_json::json!({ "event": ev, "body": body, "deliveries": dels })
     };
@@ -129,35 +129,43 @@ pub fn event_show(t: &Target, seq: i64) -> anyhow::Result<i32> {
 
 pub fn deliveries(
     t: &Target,
-    state: Option<&str>,
-    event: Option<i64>,
+    filter: store::DeliveryFilter,
     json: bool,
     page: Page,
 ) -> anyhow::Result<i32> {
+    let dead = filter.state.as_deref() == Some("dead");
     let rows = if t.url.is_some() {
-        let mut q = match page {
-            Page::After(_, limit) => format!("?limit={limit}"),
-            Page::Last(n) => format!("?last={n}"),
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        match page {
+            Page::After(_, limit) => q.append_pair("limit", &limit.to_string()),
+            Page::Last(n) => q.append_pair("last", &n.to_string()),
         };
-        if let Some(s) = state {
-            q.push_str(&format!("&state={s}"));
+        if let Some(e) = filter.event {
+            q.append_pair("event", &e.to_string());
         }
-        if let Some(e) = event {
-            q.push_str(&format!("&event={e}"));
+        for (key, value) in [
+            ("state", &filter.state),
+            ("tenant", &filter.tenant),
+            ("plugin", &filter.plugin),
+        ] {
+            if let Some(v) = value {
+                q.append_pair(key, v);
+            }
         }
-        remote(t, "GET", &format!("/admin/deliveries{q}"), None)?["deliveries"]
+        let q = q.finish();
+        remote(t, "GET", &format!("/admin/deliveries?{q}"), None)?["deliveries"]
             .as_array()
             .cloned()
             .unwrap_or_default()
     } else {
         let c = store::open_read_only(&t.data_dir)?;
         let rows: Vec<DeliveryRow> = match page {
-            Page::After(_, limit) => store::list_deliveries(&c, event, state, limit)?,
-            Page::Last(n) => store::list_last_deliveries(&c, event, state, n)?,
+            Page::After(_, limit) => store::list_deliveries(&c, &filter, limit)?,
+            Page::Last(n) => store::list_last_deliveries(&c, &filter, n)?,
         };
         to_values(&rows)
     };
-    print_deliveries(&rows, json, state == Some("dead"));
+    print_deliveries(&rows, json, dead);
     Ok(0)
 }
 

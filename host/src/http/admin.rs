@@ -118,7 +118,10 @@ async fn event(
     Path(seq): Path<i64>,
 ) -> Result<Json<Value>, AppError> {
     let (ev, dels) = blocking(&state.store, move |s| {
-        Ok((s.event(seq)?, s.deliveries(Some(seq), None, 1000)?))
+        Ok((
+            s.event(seq)?,
+            s.deliveries(&store::DeliveryFilter::event(seq), 1000)?,
+        ))
     })
     .await?;
     let ev = ev.ok_or(AppError::NotFound)?;
@@ -132,6 +135,8 @@ async fn event(
 struct DeliveriesQuery {
     state: Option<String>,
     event: Option<i64>,
+    tenant: Option<String>,
+    plugin: Option<String>,
     limit: Option<i64>,
     /// The newest N instead (oldest first), ignoring `limit`.
     last: Option<i64>,
@@ -142,12 +147,25 @@ async fn deliveries(
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<Json<Value>, AppError> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let filter = store::DeliveryFilter {
+        event: q.event,
+        state: q.state,
+        tenant: q.tenant,
+        plugin: q.plugin,
+    };
     let rows = blocking(&state.store, move |s| match q.last {
-        Some(n) => s.last_deliveries(q.event, q.state.as_deref(), n.clamp(1, 100_000)),
-        None => s.deliveries(q.event, q.state.as_deref(), limit),
+        Some(n) => s.last_deliveries(&filter, n.clamp(1, 100_000)),
+        None => s.deliveries(&filter, limit),
     })
     .await?;
     Ok(Json(json!({ "deliveries": rows })))
+}
+
+/// `?tenant=&plugin=` of the dead letters' listing.
+#[derive(Deserialize)]
+struct DeadQuery {
+    tenant: Option<String>,
+    plugin: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -185,8 +203,17 @@ async fn prune(
     })))
 }
 
-async fn dead_letters(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
-    let rows = blocking(&state.store, |s| s.deliveries(None, Some("dead"), 10_000)).await?;
+async fn dead_letters(
+    State(state): State<AppState>,
+    Query(q): Query<DeadQuery>,
+) -> Result<Json<Value>, AppError> {
+    let filter = store::DeliveryFilter {
+        state: Some("dead".into()),
+        tenant: q.tenant,
+        plugin: q.plugin,
+        ..Default::default()
+    };
+    let rows = blocking(&state.store, move |s| s.deliveries(&filter, 10_000)).await?;
     Ok(Json(json!({ "dead_letters": rows })))
 }
 

@@ -291,59 +291,75 @@ impl Store {
 
     pub fn deliveries(
         &self,
-        event_seq: Option<i64>,
-        state: Option<&str>,
+        filter: &DeliveryFilter,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.read(|c| list_deliveries(c, event_seq, state, limit))
+        self.read(|c| list_deliveries(c, filter, limit))
     }
 
     pub fn last_deliveries(
         &self,
-        event_seq: Option<i64>,
-        state: Option<&str>,
+        filter: &DeliveryFilter,
         limit: i64,
     ) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.read(|c| list_last_deliveries(c, event_seq, state, limit))
+        self.read(|c| list_last_deliveries(c, filter, limit))
+    }
+}
+
+/// Which deliveries a listing shows; `None` takes any.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// The event's sequence number.
+    pub event: Option<i64>,
+    pub state: Option<String>,
+    pub tenant: Option<String>,
+    pub plugin: Option<String>,
+}
+
+impl DeliveryFilter {
+    pub fn event(seq: i64) -> DeliveryFilter {
+        DeliveryFilter {
+            event: Some(seq),
+            ..Default::default()
+        }
     }
 }
 
 pub fn list_deliveries(
     c: &Connection,
-    event_seq: Option<i64>,
-    state: Option<&str>,
+    filter: &DeliveryFilter,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
-    select_deliveries(c, event_seq, state, limit, "ORDER BY event_seq, plugin")
+    select_deliveries(c, filter, limit, "ORDER BY event_seq, plugin")
 }
 
 /// [`list_deliveries`], the newest `limit` (still oldest first).
 pub fn list_last_deliveries(
     c: &Connection,
-    event_seq: Option<i64>,
-    state: Option<&str>,
+    filter: &DeliveryFilter,
     limit: i64,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
     let order = "ORDER BY event_seq DESC, plugin DESC";
-    let mut rows = select_deliveries(c, event_seq, state, limit, order)?;
+    let mut rows = select_deliveries(c, filter, limit, order)?;
     rows.reverse();
     Ok(rows)
 }
 
 fn select_deliveries(
     c: &Connection,
-    event_seq: Option<i64>,
-    state: Option<&str>,
+    filter: &DeliveryFilter,
     limit: i64,
     order: &str,
 ) -> Result<Vec<DeliveryRow>, StoreError> {
     let mut st = c.prepare_cached(&format!(
         "SELECT event_seq, plugin, tenant, state, attempts, next_at, last_error, plugin_hash, updated_at
          FROM deliveries WHERE (?1 IS NULL OR event_seq = ?1) AND (?2 IS NULL OR state = ?2)
+             AND (?4 IS NULL OR tenant = ?4) AND (?5 IS NULL OR plugin = ?5)
          {order} LIMIT ?3"
     ))?;
+    let f = filter;
     let rows = st
-        .query_map(params![event_seq, state, limit], |r| {
+        .query_map(params![f.event, f.state, limit, f.tenant, f.plugin], |r| {
             Ok(DeliveryRow {
                 event_seq: r.get(0)?,
                 plugin: r.get(1)?,

@@ -216,7 +216,9 @@ pub fn deploy(from: &Path, plugin: &str, dir: &Path, name: &str, sidecar: Option
 /// Deliveries from the ledger: (event seq, plugin, state, attempts, last error, hash).
 pub fn deliveries(data_dir: &Path) -> Vec<hookhost::store::DeliveryRow> {
     match hookhost::store::open_read_only(data_dir) {
-        Ok(c) => hookhost::store::list_deliveries(&c, None, None, 1_000_000).unwrap_or_default(),
+        Ok(c) => {
+            hookhost::store::list_deliveries(&c, &Default::default(), 1_000_000).unwrap_or_default()
+        }
         Err(_) => vec![],
     }
 }
