@@ -1909,8 +1909,9 @@ fn cli_kv_names_a_store_an_older_server_made_and_a_change_upgrades_it() {
         store.close();
         let c = rusqlite::Connection::open(data.join("hookhost.sqlite")).unwrap();
         c.execute_batch(
-            "DROP TRIGGER kv_usage_insert; DROP TRIGGER kv_usage_update;
-             DROP TRIGGER kv_usage_delete; DROP TABLE kv_usage; PRAGMA user_version = 6;",
+            "DROP INDEX deliveries_dead; DROP TRIGGER kv_usage_insert;
+             DROP TRIGGER kv_usage_update; DROP TRIGGER kv_usage_delete; DROP TABLE kv_usage;
+             PRAGMA user_version = 6;",
         )
         .unwrap();
     }
