@@ -819,6 +819,13 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
         None,
     );
     assert_eq!(other.body["dead_letters"].as_array().unwrap().len(), 3);
+    let misspelt = admin(
+        "GET",
+        &s.url("/admin/dead-letters?plugn=other"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(misspelt.status, 400, "{:?}", misspelt.body);
     // `fixme` is fixed; its dead letters for tenant `a` go back, through
     // the server.
     std::fs::write(s.plugins_dir().join("fixme.toml"), "[settings]\n").unwrap();

@@ -161,13 +161,6 @@ async fn deliveries(
     Ok(Json(json!({ "deliveries": rows })))
 }
 
-/// `?tenant=&plugin=` of the dead letters' listing.
-#[derive(Deserialize)]
-struct DeadQuery {
-    tenant: Option<String>,
-    plugin: Option<String>,
-}
-
 #[derive(Deserialize)]
 struct PruneBody {
     /// `"30d"`, `"12h"`…
@@ -205,7 +198,7 @@ async fn prune(
 
 async fn dead_letters(
     State(state): State<AppState>,
-    Query(q): Query<DeadQuery>,
+    Query(q): Query<store::DeadFilter>,
 ) -> Result<Json<Value>, AppError> {
     let filter = store::DeliveryFilter {
         state: Some("dead".into()),
@@ -244,38 +237,27 @@ async fn settle(
     ))
 }
 
-/// Which dead letters a bulk retry or discard takes; none given: all.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct DeadBody {
-    tenant: Option<String>,
-    plugin: Option<String>,
-}
-
 async fn retry_all(
     state: State<AppState>,
-    body: Option<Json<DeadBody>>,
+    body: Option<Json<store::DeadFilter>>,
 ) -> Result<Json<Value>, AppError> {
     settle_all(state, body, store::DeadLetter::Retry).await
 }
 
 async fn discard_all(
     state: State<AppState>,
-    body: Option<Json<DeadBody>>,
+    body: Option<Json<store::DeadFilter>>,
 ) -> Result<Json<Value>, AppError> {
     settle_all(state, body, store::DeadLetter::Discard).await
 }
 
 async fn settle_all(
     State(state): State<AppState>,
-    body: Option<Json<DeadBody>>,
+    body: Option<Json<store::DeadFilter>>,
     action: store::DeadLetter,
 ) -> Result<Json<Value>, AppError> {
-    let body = body.map(|b| b.0).unwrap_or_default();
-    let filter = store::DeadFilter {
-        tenant: body.tenant,
-        plugin: body.plugin,
-    };
+    // No body: every dead letter.
+    let filter = body.map(|b| b.0).unwrap_or_default();
     let n = state
         .store
         .settle_dead_all(filter, action)

@@ -522,9 +522,11 @@ pub fn settle_dead(
     Ok(())
 }
 
-/// Which dead letters a bulk retry or discard takes: all of them, or a
-/// tenant's, a plugin's, or one plugin's of one tenant.
-#[derive(Debug, Clone, Default)]
+/// Which dead letters a bulk retry or discard (or a listing) takes: all of
+/// them, or a tenant's, a plugin's, or one plugin's of one tenant. A
+/// misspelt field is refused rather than read as "all".
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeadFilter {
     pub tenant: Option<String>,
     pub plugin: Option<String>,
