@@ -251,6 +251,21 @@ fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
             m.set("hookhost_kv_quota_used_ratio", labels, ratio);
         }
     }
+    // Dead letters waiting for the operator: a pair's series goes once its
+    // last dead letter is retried or discarded.
+    if let Ok(rows) = inner.store.dead_counts() {
+        let m = &inner.metrics;
+        let current: Vec<_> = rows
+            .into_iter()
+            .map(|(tenant, plugin, n)| (vec![("tenant", tenant), ("plugin", plugin)], n))
+            .collect();
+        m.remove_gauges("hookhost_dead_letters", |l| {
+            current.iter().any(|(labels, _)| labels == l)
+        });
+        for (labels, n) in current {
+            m.set("hookhost_dead_letters", labels, n as f64);
+        }
+    }
     if let Ok((bytes, free)) = inner.store.size() {
         inner
             .metrics

@@ -199,6 +199,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "gauge",
         "The larger of keys / kv_keys and bytes / kv_bytes: 1 is a full quota.",
     ),
+    (
+        "hookhost_dead_letters",
+        "gauge",
+        "Dead letters waiting for a retry or a discard.",
+    ),
 ];
 
 impl Metrics {

@@ -776,6 +776,19 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
     }
     let rows = wait_settled(&s.data_dir(), 6, SETTLE);
     assert!(rows.iter().all(|d| d.state == "dead"), "{rows:?}");
+    // Counted for the operator's alert, per tenant and plugin.
+    let dead_gauge = |tenant: &str, plugin: &str| {
+        metric(
+            &metrics_text(&s.url("/metrics")),
+            &format!("hookhost_dead_letters{{tenant=\"{tenant}\",plugin=\"{plugin}\"}} "),
+        )
+    };
+    assert!(wait_until(SETTLE, || {
+        dead_gauge("a", "fixme") == Some("2".into())
+            && dead_gauge("a", "other") == Some("2".into())
+            && dead_gauge("b", "fixme") == Some("1".into())
+            && dead_gauge("b", "other") == Some("1".into())
+    }));
     let state = |tenant: &str, plugin: &str| -> Vec<String> {
         deliveries(&s.data_dir())
             .into_iter()
@@ -877,6 +890,9 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
     assert!(wait_until(SETTLE, || state("b", "fixme") == ["done"]));
     let none = cli(&[&["dead-letters"], &remote[..], &["retry", "--all"]].concat());
     assert_eq!(none.trim(), "retried 0 dead letters (queued again)");
+    // None left: the gauge's series are gone, and the alert resolves.
+    assert!(wait_until(SETTLE, || !metrics_text(&s.url("/metrics"))
+        .contains("hookhost_dead_letters{")));
     // Neither one dead letter nor --all: a clear refusal.
     for args in [
         &["retry"][..],

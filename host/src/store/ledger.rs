@@ -219,6 +219,21 @@ impl Store {
         })
     }
 
+    /// Dead letters waiting for the operator, per (tenant, plugin) that
+    /// has any (read from the partial index of dead letters).
+    pub fn dead_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.read(|c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT tenant, plugin, count(*) FROM deliveries INDEXED BY deliveries_dead
+                     WHERE state = 'dead' GROUP BY tenant, plugin",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     /// The newest event's seq and the number of open deliveries.
     pub fn backlog(&self) -> Result<(i64, i64), StoreError> {
         self.read(|c| {
