@@ -797,21 +797,21 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
             .collect()
     };
     // Listed by tenant and plugin, on the data directory and through the
-    // server, before deciding.
+    // server, before deciding (the options before or after the action).
     let data = s.data_dir();
     let data = data.to_str().unwrap();
     let url = s.url("");
     let remote = ["--url", &url, "--token", TOKEN];
     let local = json_lines(&cli(&[
         "dead-letters",
-        "--data-dir",
-        data,
-        "--json",
         "list",
         "--tenant",
         "a",
         "--plugin",
         "fixme",
+        "--json",
+        "--data-dir",
+        data,
     ]));
     assert_eq!(local.len(), 2, "{local:?}");
     assert!(local

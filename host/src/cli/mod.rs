@@ -83,7 +83,8 @@ pub enum Command {
         command: Option<DeadLettersCommand>,
         #[command(flatten)]
         target: Target,
-        #[arg(long)]
+        /// One JSON object a line (the listing).
+        #[arg(long, global = true)]
         json: bool,
     },
     /// Run an event (SEQ) or a range (--from) through its plugins again.
@@ -234,13 +235,23 @@ pub struct SendArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Target {
     /// Data directory (used without --url).
-    #[arg(long, env = "HOOKHOST_DATA_DIR", default_value = "hookhost-data")]
+    #[arg(
+        long,
+        env = "HOOKHOST_DATA_DIR",
+        default_value = "hookhost-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// A running server, e.g. http://127.0.0.1:3000 (its admin API).
-    #[arg(long, env = "HOOKHOST_URL")]
+    #[arg(long, env = "HOOKHOST_URL", global = true)]
     pub url: Option<String>,
     /// The admin token of that server.
-    #[arg(long, env = "HOOKHOST_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "HOOKHOST_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
 }
 
