@@ -190,10 +190,7 @@ fn settle_all(
     filter: store::DeadFilter,
     action: store::DeadLetter,
 ) -> anyhow::Result<i32> {
-    let (verb, done) = match action {
-        store::DeadLetter::Retry => ("retry", "retried"),
-        store::DeadLetter::Discard => ("discard", "discarded"),
-    };
+    let (verb, done) = (action.verb(), action.done());
     let n = if t.url.is_some() {
         let body = serde_json::json!({ "tenant": filter.tenant, "plugin": filter.plugin });
         remote(
@@ -228,9 +225,10 @@ fn settle_dead(
     plugin: &str,
     action: store::DeadLetter,
 ) -> anyhow::Result<i32> {
-    let (verb, done) = match action {
-        store::DeadLetter::Retry => ("retry", "queued"),
-        store::DeadLetter::Discard => ("discard", "discarded"),
+    let verb = action.verb();
+    let done = match action {
+        store::DeadLetter::Retry => "queued",
+        store::DeadLetter::Discard => "discarded",
     };
     if t.url.is_some() {
         remote(

@@ -264,11 +264,7 @@ async fn settle_all(
         .await
         .map_err(store_error)?;
     state.wake.notify_one();
-    let key = match action {
-        store::DeadLetter::Retry => "retried",
-        store::DeadLetter::Discard => "discarded",
-    };
-    Ok(Json(json!({ key: n })))
+    Ok(Json(json!({ action.done(): n })))
 }
 
 #[derive(Deserialize, Default)]

@@ -514,16 +514,39 @@ pub enum DeadLetter {
     Discard,
 }
 
+impl DeadLetter {
+    /// What it does to a dead letter's row (an SQL `SET` list).
+    fn change(self) -> &'static str {
+        match self {
+            DeadLetter::Retry => "state = 'pending', attempts = 0, next_at = 0",
+            DeadLetter::Discard => "state = 'discarded'",
+        }
+    }
+
+    /// The action's name: `retry`, `discard` (the admin API's paths).
+    pub fn verb(self) -> &'static str {
+        match self {
+            DeadLetter::Retry => "retry",
+            DeadLetter::Discard => "discard",
+        }
+    }
+
+    /// What was done: `retried`, `discarded` (the bulk answer's key).
+    pub fn done(self) -> &'static str {
+        match self {
+            DeadLetter::Retry => "retried",
+            DeadLetter::Discard => "discarded",
+        }
+    }
+}
+
 pub fn settle_dead(
     c: &Connection,
     seq: i64,
     plugin: &str,
     action: DeadLetter,
 ) -> Result<(), StoreError> {
-    let set = match action {
-        DeadLetter::Retry => "state = 'pending', attempts = 0, next_at = 0",
-        DeadLetter::Discard => "state = 'discarded'",
-    };
+    let set = action.change();
     let n = c.execute(
         &format!(
             "UPDATE deliveries SET {set}, updated_at = ?3
@@ -554,10 +577,7 @@ pub fn settle_dead_all(
     filter: &DeadFilter,
     action: DeadLetter,
 ) -> Result<usize, StoreError> {
-    let set = match action {
-        DeadLetter::Retry => "state = 'pending', attempts = 0, next_at = 0",
-        DeadLetter::Discard => "state = 'discarded'",
-    };
+    let set = action.change();
     // `state = 'dead'` written out, so that the partial index of dead
     // letters serves it rather than a walk of the whole ledger.
     Ok(c.execute(
