@@ -57,8 +57,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
     running: Mutex<Running>,
-    /// Rows fanned out and not yet started (an estimate: replays add rows
-    /// it does not count).
+    /// Rows in state `pending`, counted on fan-out and start, and read
+    /// again from the ledger once a second for the rows queued elsewhere
+    /// (an operator's retries and replays).
     pending: AtomicUsize,
     /// The earliest retry time recorded since the loop last read the
     /// ledger's (ms; `i64::MAX`: none), so that a pass does not ask the
@@ -171,10 +172,7 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     let mut gauges_at = std::time::Instant::now();
     let mut gauges = tokio::task::spawn_blocking(|| {});
     let mut retries = RetryClock::default();
-    match inner.store.pending_count() {
-        Ok(n) => inner.pending.store(n, Ordering::Relaxed),
-        Err(e) => tracing::warn!(error = %e, "could not count pending deliveries"),
-    }
+    count_pending(&inner);
     loop {
         let pass_started = std::time::Instant::now();
         let mut hurry = false;
@@ -201,6 +199,9 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         while tasks.try_join_next().is_some() {}
         if gauges_at.elapsed() >= GAUGES_EVERY && gauges.is_finished() {
             gauges_at = std::time::Instant::now();
+            // Exact here: this loop changes the count only after its own
+            // commits, and none of them is in flight.
+            count_pending(&inner);
             // Counting open deliveries reads every one of them: not on a
             // thread that also answers requests.
             let i = inner.clone();
@@ -223,6 +224,14 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// Sets `pending` from the ledger.
+fn count_pending(inner: &Inner) {
+    match inner.store.pending_count() {
+        Ok(n) => inner.pending.store(n, Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "could not count pending deliveries"),
+    }
 }
 
 fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
@@ -492,7 +501,7 @@ async fn schedule(
         }
         return Err(e);
     }
-    let started = picked.iter().filter(|d| d.attempts == 0).count();
+    let started = picked.iter().filter(|d| d.queued).count();
     let _ = inner
         .pending
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {

@@ -1115,6 +1115,60 @@ fn a_crash_mid_delivery_resumes_after_restart() {
     );
 }
 
+/// Deliveries interrupted by a crash are queued again at the restart and
+/// count against `max_pending` until they start, like any queued row: the
+/// restarted server keeps fanning out at most `max_pending` at a time.
+#[test]
+fn max_pending_holds_after_a_crash_interrupts_deliveries() {
+    let tp = test_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    deploy(
+        &tp,
+        "probe",
+        &plugins,
+        "slow",
+        Some("[settings]\nattack = \"sleep\"\nsleep_ms = \"400\"\n"),
+    );
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(&cfg, "[dispatch]\nmax_pending = 2\n[tenants.default]\n").unwrap();
+    let data = dir.path().join("data");
+    let event = |i: usize| hola_event(&format!("k{i}"), &format!("c{i}@c.us"));
+    let mut server = process::Proc::start(&cfg, &data, &plugins);
+    for i in 0..2 {
+        assert_eq!(
+            post(&server.url("/webhook"), event(i).as_bytes(), None).status,
+            200
+        );
+    }
+    assert!(wait_until(SETTLE, || deliveries(&data)
+        .iter()
+        .filter(|d| d.state == "running")
+        .count()
+        == 2));
+    server.kill();
+    let server = process::Proc::start(&cfg, &data, &plugins);
+    for i in 2..12 {
+        assert_eq!(
+            post(&server.url("/webhook"), event(i).as_bytes(), None).status,
+            200
+        );
+    }
+    // Ten new events on ten chats, each delivery 0.4 s, four at a time:
+    // never more than two of them queued.
+    let mut most_queued = 0;
+    let settled = wait_until(Duration::from_secs(30), || {
+        let rows = deliveries(&data);
+        most_queued = most_queued.max(rows.iter().filter(|d| d.state == "pending").count());
+        rows.len() == 12 && rows.iter().all(|d| d.state == "done")
+    });
+    assert!(settled, "{:?}", deliveries(&data));
+    assert!(
+        most_queued <= 2,
+        "{most_queued} deliveries queued, max_pending is 2"
+    );
+}
+
 /// `GET /admin/plugins`: the row of `plugin`.
 fn plugin_status(s: &TestServer, token: &str, plugin: &str) -> serde_json::Value {
     let mut r = agent()

@@ -22,6 +22,9 @@ pub struct DueDelivery {
     pub attempts: u32,
     /// An operator's replay asked for messages to be sent again.
     pub resend: bool,
+    /// Waiting in state `pending` (fanned out, replayed, retried by the
+    /// operator or interrupted by a stop), not a retry after a failure.
+    pub queued: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +151,7 @@ impl Store {
                             ordering_key: chat.clone(),
                             attempts: r.get(2)?,
                             resend: r.get(3)?,
+                            queued: state == "pending",
                         });
                         found += 1;
                     }
