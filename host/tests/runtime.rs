@@ -5,6 +5,7 @@ mod common;
 use common::whapi::FakeWhapi;
 use common::*;
 use hookhost::samples;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -1071,22 +1072,51 @@ fn one_chat_reaches_a_plugin_in_order() {
     }
 }
 
+/// A folder for a server process that is killed and started again: its
+/// configuration, data directory and plugins folder, with the probe
+/// deployed as `slow`, sleeping `sleep_ms` in each delivery.
+struct CrashSite {
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+    data: PathBuf,
+    plugins: PathBuf,
+}
+
+impl CrashSite {
+    fn new(config: &str, sleep_ms: u64) -> CrashSite {
+        let tp = test_plugins();
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        deploy(
+            &tp,
+            "probe",
+            &plugins,
+            "slow",
+            Some(&format!(
+                "[settings]\nattack = \"sleep\"\nsleep_ms = \"{sleep_ms}\"\n[limits]\ntimeout_ms = 10000\n"
+            )),
+        );
+        let cfg = dir.path().join("hookhost.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let data = dir.path().join("data");
+        CrashSite {
+            _dir: dir,
+            cfg,
+            data,
+            plugins,
+        }
+    }
+
+    fn start(&self) -> process::Proc {
+        process::Proc::start(&self.cfg, &self.data, &self.plugins)
+    }
+}
+
 #[test]
 fn a_crash_mid_delivery_resumes_after_restart() {
-    let tp = test_plugins();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    deploy(
-        &tp,
-        "probe",
-        &plugins,
-        "slow",
-        Some("[settings]\nattack = \"sleep\"\nsleep_ms = \"1500\"\n[limits]\ntimeout_ms = 10000\n"),
-    );
-    let cfg = dir.path().join("hookhost.toml");
-    std::fs::write(&cfg, "[tenants.default]\n").unwrap();
-    let data = dir.path().join("data");
-    let mut server = process::Proc::start(&cfg, &data, &plugins);
+    let site = CrashSite::new("[tenants.default]\n", 1500);
+    let data = &site.data;
+    let mut server = site.start();
     for i in 0..3 {
         let body = serde_json::json!({"event_type":"message_received","id":format!("k{i}"),"chat_id":"one@c.us","body":"x"});
         assert_eq!(
@@ -1099,7 +1129,7 @@ fn a_crash_mid_delivery_resumes_after_restart() {
         .iter()
         .any(|d| d.state == "running")));
     server.kill();
-    let mut server = process::Proc::start(&cfg, &data, &plugins);
+    let mut server = site.start();
     let rows = wait_settled(&data, 3, SETTLE);
     server.kill();
     assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
@@ -1120,21 +1150,10 @@ fn a_crash_mid_delivery_resumes_after_restart() {
 /// restarted server keeps fanning out at most `max_pending` at a time.
 #[test]
 fn max_pending_holds_after_a_crash_interrupts_deliveries() {
-    let tp = test_plugins();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    deploy(
-        &tp,
-        "probe",
-        &plugins,
-        "slow",
-        Some("[settings]\nattack = \"sleep\"\nsleep_ms = \"400\"\n"),
-    );
-    let cfg = dir.path().join("hookhost.toml");
-    std::fs::write(&cfg, "[dispatch]\nmax_pending = 2\n[tenants.default]\n").unwrap();
-    let data = dir.path().join("data");
+    let site = CrashSite::new("[dispatch]\nmax_pending = 2\n[tenants.default]\n", 400);
+    let data = &site.data;
     let event = |i: usize| hola_event(&format!("k{i}"), &format!("c{i}@c.us"));
-    let mut server = process::Proc::start(&cfg, &data, &plugins);
+    let mut server = site.start();
     for i in 0..2 {
         assert_eq!(
             post(&server.url("/webhook"), event(i).as_bytes(), None).status,
@@ -1147,7 +1166,7 @@ fn max_pending_holds_after_a_crash_interrupts_deliveries() {
         .count()
         == 2));
     server.kill();
-    let server = process::Proc::start(&cfg, &data, &plugins);
+    let server = site.start();
     for i in 2..12 {
         assert_eq!(
             post(&server.url("/webhook"), event(i).as_bytes(), None).status,
