@@ -1125,15 +1125,15 @@ fn a_crash_mid_delivery_resumes_after_restart() {
         );
     }
     // Kill while the first delivery runs.
-    assert!(wait_until(SETTLE, || deliveries(&data)
+    assert!(wait_until(SETTLE, || deliveries(data)
         .iter()
         .any(|d| d.state == "running")));
     server.kill();
     let mut server = site.start();
-    let rows = wait_settled(&data, 3, SETTLE);
+    let rows = wait_settled(data, 3, SETTLE);
     server.kill();
     assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
-    let seen = plugin_sql(&data, "default", "slow", "SELECT key FROM seen ORDER BY n");
+    let seen = plugin_sql(data, "default", "slow", "SELECT key FROM seen ORDER BY n");
     let keys: Vec<&str> = seen.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(
         keys,
@@ -1160,7 +1160,7 @@ fn max_pending_holds_after_a_crash_interrupts_deliveries() {
             200
         );
     }
-    assert!(wait_until(SETTLE, || deliveries(&data)
+    assert!(wait_until(SETTLE, || deliveries(data)
         .iter()
         .filter(|d| d.state == "running")
         .count()
@@ -1177,11 +1177,11 @@ fn max_pending_holds_after_a_crash_interrupts_deliveries() {
     // never more than two of them queued.
     let mut most_queued = 0;
     let settled = wait_until(Duration::from_secs(30), || {
-        let rows = deliveries(&data);
+        let rows = deliveries(data);
         most_queued = most_queued.max(rows.iter().filter(|d| d.state == "pending").count());
         rows.len() == 12 && rows.iter().all(|d| d.state == "done")
     });
-    assert!(settled, "{:?}", deliveries(&data));
+    assert!(settled, "{:?}", deliveries(data));
     assert!(
         most_queued <= 2,
         "{most_queued} deliveries queued, max_pending is 2"
