@@ -17,9 +17,10 @@ use crate::runtime::{self, convert, Registry};
 use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
@@ -37,6 +38,10 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// How often the lane-by-lane scheduler asks the ledger which lanes have
 /// open rows (to find those of removed plugins).
 const LEDGER_LANES_EVERY: Duration = Duration::from_secs(1);
+/// The pause before the dispatcher starts again after a failure, doubled
+/// for each failure in a row up to `RESTART_MAX`.
+const RESTART_FIRST: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(60);
 
 /// The dispatcher runs on a thread of its own, with a single-threaded
 /// runtime whose blocking pool (threads `hookhost-deliver`) runs the
@@ -45,6 +50,8 @@ const LEDGER_LANES_EVERY: Duration = Duration::from_secs(1);
 pub struct Dispatcher {
     stop: Arc<Notify>,
     done: tokio::sync::oneshot::Receiver<()>,
+    #[cfg(test)]
+    inner: Arc<Inner>,
 }
 
 struct Inner {
@@ -70,6 +77,9 @@ struct Inner {
     ledger_lanes: Mutex<Option<(Vec<Lane>, std::time::Instant)>>,
     /// Events read and parsed for the deliveries running now and soon.
     recent: prepared::Recent,
+    /// Deliveries on the blocking pool, counted apart from `running`: they
+    /// go on after a failure of the loop that started them.
+    in_flight: AtomicUsize,
 }
 
 /// A (tenant, plugin) queue of deliveries.
@@ -131,6 +141,7 @@ impl Dispatcher {
             retry_hint: AtomicI64::new(i64::MAX),
             ledger_lanes: Mutex::new(None),
             recent: prepared::Recent::default(),
+            in_flight: AtomicUsize::new(0),
         });
         let stop = Arc::new(Notify::new());
         let (finished, done) = tokio::sync::oneshot::channel();
@@ -140,20 +151,26 @@ impl Dispatcher {
             .build()
             .expect("dispatcher runtime");
         let s = stop.clone();
+        let i = inner.clone();
         std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || {
                 // Returns once the deliveries under way have ended; `stop`
                 // waits for that up to its grace period, and the process
                 // may exit before (they run again at the next start).
-                rt.block_on(run(inner, s));
+                supervise(&rt, &i, &s);
                 // A gauge count still running on the blocking pool is not
                 // waited for.
                 rt.shutdown_background();
                 let _ = finished.send(());
             })
             .expect("spawn dispatcher thread");
-        Dispatcher { stop, done }
+        Dispatcher {
+            stop,
+            done,
+            #[cfg(test)]
+            inner,
+        }
     }
 
     /// Stops taking new work and waits for running deliveries, up to `grace`.
@@ -161,6 +178,104 @@ impl Dispatcher {
         self.stop.notify_one();
         if tokio::time::timeout(grace, self.done).await.is_err() {
             tracing::warn!("deliveries still running at shutdown; they resume at the next start");
+        }
+    }
+}
+
+/// Runs the dispatcher's loop until it is stopped. A panic in the loop or
+/// in a delivery's bookkeeping (a bug) would otherwise end deliveries for
+/// good while ingest goes on: the loop starts again, once the deliveries
+/// it had under way have ended and their rows are queued again, after a
+/// pause that doubles while failures follow each other.
+fn supervise(rt: &tokio::runtime::Runtime, inner: &Arc<Inner>, stop: &Arc<Notify>) {
+    let mut failures = 0u32;
+    loop {
+        let started = Instant::now();
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            rt.block_on(run(inner.clone(), stop.clone()))
+        }));
+        let Err(panic) = ran else { return };
+        // A loop that ran for a while before failing starts the count again.
+        if started.elapsed() > RESTART_MAX {
+            failures = 0;
+        }
+        failures += 1;
+        let pause = RESTART_FIRST
+            .saturating_mul(1 << (failures - 1).min(10))
+            .min(RESTART_MAX);
+        tracing::error!(
+            error = panic_message(panic.as_ref()),
+            failures,
+            pause_ms = pause.as_millis() as u64,
+            "the dispatcher failed; it starts again once the deliveries under way have ended"
+        );
+        inner
+            .metrics
+            .inc("hookhost_dispatcher_restarts_total", vec![]);
+        if !rt.block_on(recover(inner, stop, pause)) {
+            return;
+        }
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
+    p.downcast_ref::<&str>()
+        .copied()
+        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic")
+}
+
+/// After a failure: waits `pause`, and then for the deliveries still on
+/// the blocking pool (each ends by its deadline); then forgets what the
+/// failed loop held and queues its `running` rows again, whose outcomes
+/// went with it. `false`: stopped meanwhile.
+async fn recover(inner: &Inner, stop: &Notify, pause: Duration) -> bool {
+    let mut wait = pause;
+    loop {
+        tokio::select! {
+            _ = stop.notified() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if inner.in_flight.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        wait = Duration::from_millis(50);
+    }
+    *inner.running.lock().unwrap_or_else(PoisonError::into_inner) = Running::default();
+    inner.running.clear_poison();
+    *inner
+        .ledger_lanes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = None;
+    inner.ledger_lanes.clear_poison();
+    loop {
+        match inner.store.requeue_running().await {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(
+                        requeued = n,
+                        "deliveries interrupted by the failure queued again"
+                    );
+                }
+                return true;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot queue interrupted deliveries again; will retry");
+                tokio::select! {
+                    _ = stop.notified() => return false,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// A delivery task that panicked fails the loop (see [`supervise`]): what
+/// it held under the caps would otherwise stay held.
+fn joined(r: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = r {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
         }
     }
 }
@@ -196,7 +311,9 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
             // than at the next wake, for as long as that brings new events.
             hurry = stuck && (!was_stuck || advanced > 0);
         }
-        while tasks.try_join_next().is_some() {}
+        while let Some(r) = tasks.try_join_next() {
+            joined(r);
+        }
         if gauges_at.elapsed() >= GAUGES_EVERY && gauges.is_finished() {
             gauges_at = std::time::Instant::now();
             // Exact here: this loop changes the count only after its own
@@ -213,7 +330,7 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
                 _ = stop.notified() => break,
                 _ = inner.wake.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                Some(r) = tasks.join_next(), if !tasks.is_empty() => joined(r),
             }
         }
         if let Some(rest) = MIN_PASS_GAP.checked_sub(pass_started.elapsed()) {
@@ -513,7 +630,11 @@ async fn schedule(
             let attempt = d.attempts + 1;
             let i2 = inner.clone();
             let d2 = d.clone();
-            let outcome = tokio::task::spawn_blocking(move || execute(&i2, &d2, attempt))
+            let flight = InFlight::new(&inner);
+            let outcome = tokio::task::spawn_blocking(move || {
+                let _flight = flight;
+                execute(&i2, &d2, attempt)
+            })
                 .await
                 .unwrap_or_else(|e| Some(runtime::Failure::Trap(format!("host task failed: {e}"))));
             let ledger = outcome_for(outcome.as_ref(), attempt, &inner.live.get().dispatch);
@@ -550,6 +671,23 @@ async fn schedule(
         });
     }
     Ok(false)
+}
+
+/// Counts a delivery in `Inner::in_flight` until dropped (its blocking
+/// task ended, or never ran).
+struct InFlight(Arc<Inner>);
+
+impl InFlight {
+    fn new(inner: &Arc<Inner>) -> InFlight {
+        inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(inner.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The ledger's open lanes, read again when the last read is older than
@@ -677,5 +815,127 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
             tracing::warn!(reason = %f, fuel = report.fuel_used, hash = plugin.short_hash(), "delivery failed");
             Some(f)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::store::{IngestOutcome, NewEvent, StoreOptions};
+
+    fn event(key: &str) -> NewEvent {
+        NewEvent {
+            tenant: "default".into(),
+            key: key.into(),
+            event_type: "message".into(),
+            ordering_key: "chat".into(),
+            body: b"{}".to_vec(),
+            received_at: 0,
+        }
+    }
+
+    fn state(store: &Store, seq: i64) -> Option<String> {
+        store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT state FROM deliveries WHERE event_seq = ?1",
+                    [seq],
+                    |r| r.get(0),
+                )?)
+            })
+            .ok()
+    }
+
+    /// Waits up to 20 s for `ok`.
+    fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+        let until = Instant::now() + Duration::from_secs(20);
+        while !ok() {
+            assert!(Instant::now() < until, "timed out waiting: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_failed_dispatcher_starts_again_and_requeues_what_it_was_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.server.data_dir = dir.path().join("data");
+        config.server.plugins_dir = dir.path().join("plugins");
+        std::fs::create_dir_all(&config.server.plugins_dir).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let live = Live::new(&config, None).unwrap();
+        let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
+        let metrics = Arc::new(Metrics::default());
+        let wake = Arc::new(Notify::new());
+        let registry = Registry::start(
+            &config,
+            live.clone(),
+            store.clone(),
+            metrics.clone(),
+            wake.clone(),
+        )
+        .unwrap();
+        let d = Dispatcher::start(
+            live,
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            wake.clone(),
+        );
+        let ingest = |key: &str| match rt.block_on(store.ingest(event(key))).unwrap() {
+            IngestOutcome::Stored { seq } => seq,
+            other => panic!("{other:?}"),
+        };
+        let first = ingest("first");
+        wake.notify_one();
+        eventually("the first event fanned out", || {
+            store.fanout_cursor().unwrap() >= first
+        });
+
+        // A delivery the loop believes it runs (a plugin since removed),
+        // then a panic that poisons the loop's bookkeeping, as a bug in a
+        // delivery task holding it would.
+        let seq = first;
+        store
+            .write_blocking(move |c| {
+                Ok(c.execute(
+                    "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, attempts, next_at, updated_at)
+                     VALUES (?1, 'gone', 'default', 'chat', 'running', 1, 0, 0)",
+                    [seq],
+                )?)
+            })
+            .unwrap();
+        let inner = d.inner.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = inner.running.lock().unwrap();
+            panic!("a bug while holding the dispatcher's bookkeeping");
+        })
+        .join();
+        let second = ingest("second");
+        wake.notify_one();
+
+        // The loop failed on the poisoned lock, started again, queued the
+        // interrupted delivery again (it then fails: the plugin is gone)
+        // and goes on fanning out.
+        eventually("the second event fanned out", || {
+            store.fanout_cursor().unwrap() >= second
+        });
+        eventually("the interrupted delivery left `running`", || {
+            state(&store, first).as_deref() != Some("running")
+        });
+        assert!(
+            metrics
+                .render()
+                .contains("hookhost_dispatcher_restarts_total 1\n"),
+            "{}",
+            metrics.render()
+        );
+        rt.block_on(d.stop(Duration::from_secs(5)));
+        registry.stop();
+        store.close();
     }
 }

@@ -140,6 +140,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Events deleted by retention once every plugin was done with them.",
     ),
     (
+        "hookhost_dispatcher_restarts_total",
+        "counter",
+        "Times the dispatcher failed (a bug: see the log) and started again; deliveries pause meanwhile.",
+    ),
+    (
         "hookhost_config_reloads_total",
         "counter",
         "Configuration reloads: applied, or refused (the file did not parse; nothing changed).",

@@ -264,6 +264,13 @@ impl Store {
         })
     }
 
+    /// Puts every `running` delivery back to `pending`: at start, and when
+    /// the dispatcher starts again after a failure, once the deliveries it
+    /// had under way have ended (their outcomes were lost with it).
+    pub async fn requeue_running(&self) -> Result<usize, StoreError> {
+        self.write_statement(|c| Ok(requeue_running(c)?)).await
+    }
+
     /// Marks deliveries running (the dispatcher waits for the commit).
     pub fn mark_running(
         &self,
