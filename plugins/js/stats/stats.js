@@ -16,21 +16,42 @@ function text(s) {
   return { tag: "text", val: s };
 }
 
-function count(eventKey, dayStr, metric) {
-  execute(
-    "CREATE TABLE IF NOT EXISTS daily_stats (day TEXT, metric TEXT, n INTEGER NOT NULL, PRIMARY KEY (day, metric))",
-    [],
-  );
-  execute("CREATE TABLE IF NOT EXISTS counted (event_key TEXT PRIMARY KEY)", []);
-  // Count each event once, even when its delivery is retried.
-  const fresh = execute("INSERT OR IGNORE INTO counted (event_key) VALUES (?1)", [text(eventKey)]);
-  if (fresh === 0n) {
-    return;
+const SCHEMA = [
+  "CREATE TABLE IF NOT EXISTS daily_stats (day TEXT, metric TEXT, n INTEGER NOT NULL, PRIMARY KEY (day, metric))",
+  "CREATE TABLE IF NOT EXISTS counted (event_key TEXT PRIMARY KEY)",
+];
+
+// Runs `f`; when the tables do not exist yet (the plugin's first
+// delivery), creates them and runs it again. Each delivery is a fresh
+// instance, so checking the schema every time would cost every delivery.
+function withTables(f) {
+  try {
+    return f();
+  } catch (e) {
+    if (!String(e?.payload?.val ?? e).includes("no such table")) {
+      throw e;
+    }
+    for (const statement of SCHEMA) {
+      execute(statement, []);
+    }
+    return f();
   }
-  execute(
-    "INSERT INTO daily_stats (day, metric, n) VALUES (?1, ?2, 1) ON CONFLICT (day, metric) DO UPDATE SET n = n + 1",
-    [text(dayStr), text(metric)],
-  );
+}
+
+// Counts the event once, even when its delivery is retried, and returns
+// the metric's count for the day.
+function count(eventKey, dayStr, metric) {
+  return withTables(() => {
+    const fresh = execute("INSERT OR IGNORE INTO counted (event_key) VALUES (?1)", [text(eventKey)]);
+    const rows =
+      fresh === 0n
+        ? query("SELECT n FROM daily_stats WHERE day = ?1 AND metric = ?2", [text(dayStr), text(metric)])
+        : query(
+            "INSERT INTO daily_stats (day, metric, n) VALUES (?1, ?2, 1) ON CONFLICT (day, metric) DO UPDATE SET n = n + 1 RETURNING n",
+            [text(dayStr), text(metric)],
+          );
+    return rows.rows.length ? rows.rows[0][0].val : 0n;
+  });
 }
 
 function typeName(t) {
@@ -70,9 +91,7 @@ export const handler = {
         d = day(Number(context.receivedAt) / 1000);
         metric = `unknown.${event.val.eventType}`;
     }
-    count(context.eventKey, d, metric);
-    const rows = query("SELECT n FROM daily_stats WHERE day = ?1 AND metric = ?2", [text(d), text(metric)]);
-    const n = rows.rows.length ? rows.rows[0][0].val : 0n;
+    const n = count(context.eventKey, d, metric);
     log("info", `stats ${d} ${metric} = ${n}`, [["day", d], ["metric", metric]]);
   },
 };
