@@ -8,6 +8,7 @@ use crate::{code_memory::CodeMemory, type_registry::TypeCollection};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use core::ops::{Add, Range, Sub};
+use core::ptr::NonNull;
 use wasmtime_core::error::OutOfMemory;
 #[cfg(feature = "component-model")]
 use wasmtime_environ::component::ComponentTypes;
@@ -434,5 +435,24 @@ impl<'a> ModuleWithCode<'a> {
     pub fn function(&self, key: FuncKey) -> &[u8] {
         let range = self.module.compiled_module().function_range(key);
         &self.store_code.text()[range]
+    }
+
+    /// The array-to-wasm trampoline and the body of a defined function, as
+    /// `function` gives them for its two keys, from offsets kept per module
+    /// (see `CompiledModule::defined_funcref_offsets`).
+    #[inline]
+    pub fn defined_funcref_code(
+        &self,
+        index: wasmtime_environ::DefinedFuncIndex,
+    ) -> Option<(NonNull<u8>, NonNull<u8>)> {
+        let (array, wasm) = self
+            .module
+            .compiled_module()
+            .defined_funcref_offsets(index)?;
+        let text = self.store_code.text();
+        Some((
+            NonNull::from(&text[array..]).cast(),
+            NonNull::from(&text[wasm..]).cast(),
+        ))
     }
 }

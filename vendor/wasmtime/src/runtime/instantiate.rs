@@ -7,6 +7,7 @@ use crate::code::EngineCode;
 use crate::prelude::*;
 use crate::profiling_agent::ProfilingAgent;
 use crate::runtime::vm::CompiledModuleId;
+use crate::sync::OnceLock;
 use alloc::sync::Arc;
 use core::ops::Range;
 use core::str;
@@ -25,6 +26,9 @@ pub struct CompiledModule {
     index: Arc<CompiledFunctionsTable>,
     /// Sorted list, by function index, of names we have for this module.
     func_names: Vec<FunctionName>,
+    /// Text offsets of each defined function's array-to-wasm trampoline and
+    /// body, for funcref initialization (see `defined_funcref_offsets`).
+    funcref_offsets: OnceLock<Box<[(u32, u32)]>>,
 }
 
 impl CompiledModule {
@@ -58,6 +62,7 @@ impl CompiledModule {
             meta: info.meta,
             index,
             func_names: info.func_names,
+            funcref_offsets: OnceLock::new(),
         };
         ret.register_profiling(profiler)?;
 
@@ -119,6 +124,44 @@ impl CompiledModule {
             let key = FuncKey::DefinedWasmFunction(self.module_index(), i);
             (i, self.function_range(key))
         })
+    }
+
+    /// The text offsets of the array-to-wasm trampoline and of the body of
+    /// defined function `index`, as `function_range` gives their starts.
+    ///
+    /// A fresh instance initializes a `VMFuncRef` for every function it
+    /// takes a reference to, and a component made of many core modules
+    /// (componentize-py's dynamically linked Python) takes thousands of them
+    /// at every instantiation. Each lookup by `FuncKey` searches the
+    /// functions table (the trampolines' namespace is sparse), so the offsets
+    /// of all defined functions are found once per module and kept.
+    /// `None` for a function without an array-to-wasm trampoline.
+    #[inline]
+    pub fn defined_funcref_offsets(&self, index: DefinedFuncIndex) -> Option<(usize, usize)> {
+        let offsets = self.funcref_offsets.get_or_init(|| {
+            let module = self.module_index();
+            self.module
+                .defined_func_indices()
+                .map(|i| {
+                    let array = self
+                        .index
+                        .func_loc(FuncKey::ArrayToWasmTrampoline(module, i))
+                        .map_or(u32::MAX, |loc| loc.start);
+                    let wasm = self
+                        .index
+                        .func_loc(FuncKey::DefinedWasmFunction(module, i))
+                        .map_or(u32::MAX, |loc| loc.start);
+                    (array, wasm)
+                })
+                .collect()
+        });
+        match offsets.get(index.as_u32() as usize) {
+            Some(&(array, wasm)) if array != u32::MAX && wasm != u32::MAX => Some((
+                usize::try_from(array).unwrap(),
+                usize::try_from(wasm).unwrap(),
+            )),
+            _ => None,
+        }
     }
 
     /// Returns the offset in the text section of the function that `key`

@@ -967,19 +967,26 @@ impl Instance {
         )
         .expect("module not in store");
 
-        let array_call =
-            VmPtr::from(NonNull::from(module_with_code.function(array_to_wasm_key)).cast());
-
-        let wasm_call = Some(VmPtr::from(
-            NonNull::new(
-                module_with_code
-                    .function(wasm_key)
-                    .as_ptr()
-                    .cast::<VMWasmCallFunction>()
-                    .cast_mut(),
+        // A defined function's code comes from offsets kept per module
+        // rather than two searches of the functions table.
+        let cached = match (array_to_wasm_key, wasm_key) {
+            (FuncKey::ArrayToWasmTrampoline(m, a), FuncKey::DefinedWasmFunction(n, w))
+                if m == n && a == w =>
+            {
+                module_with_code.defined_funcref_code(w)
+            }
+            _ => None,
+        };
+        let (array_code, wasm_code) = cached.unwrap_or_else(|| {
+            (
+                NonNull::from(module_with_code.function(array_to_wasm_key)).cast(),
+                NonNull::new(module_with_code.function(wasm_key).as_ptr().cast_mut()).unwrap(),
             )
-            .unwrap(),
-        ));
+        });
+
+        let array_call = VmPtr::from(array_code.cast());
+
+        let wasm_call = Some(VmPtr::from(wasm_code.cast::<VMWasmCallFunction>()));
 
         let vmctx = VMOpaqueContext::from_vmcontext(self.vmctx()).into();
 
