@@ -822,7 +822,7 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::store::{IngestOutcome, NewEvent, StoreOptions};
+    use crate::store::{IngestOutcome, NewEvent};
 
     fn event(key: &str) -> NewEvent {
         NewEvent {
@@ -867,25 +867,8 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let live = Live::new(&config, None).unwrap();
-        let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
-        let metrics = Arc::new(Metrics::default());
-        let wake = Arc::new(Notify::new());
-        let registry = Registry::start(
-            &config,
-            live.clone(),
-            store.clone(),
-            metrics.clone(),
-            wake.clone(),
-        )
-        .unwrap();
-        let d = Dispatcher::start(
-            live,
-            store.clone(),
-            registry.clone(),
-            metrics.clone(),
-            wake.clone(),
-        );
+        let p = crate::server::Pipeline::start(&config, None).unwrap();
+        let (store, metrics, wake) = (p.store.clone(), p.metrics.clone(), p.wake.clone());
         let ingest = |key: &str| match rt.block_on(store.ingest(event(key))).unwrap() {
             IngestOutcome::Stored { seq } => seq,
             other => panic!("{other:?}"),
@@ -909,7 +892,7 @@ mod tests {
                 )?)
             })
             .unwrap();
-        let inner = d.inner.clone();
+        let inner = p.dispatcher.inner.clone();
         let _ = std::thread::spawn(move || {
             let _held = inner.running.lock().unwrap();
             panic!("a bug while holding the dispatcher's bookkeeping");
@@ -934,8 +917,8 @@ mod tests {
             "{}",
             metrics.render()
         );
-        rt.block_on(d.stop(Duration::from_secs(5)));
-        registry.stop();
+        rt.block_on(p.dispatcher.stop(Duration::from_secs(5)));
+        p.registry.stop();
         store.close();
     }
 }

@@ -25,47 +25,30 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let live = Live::new(&config, source)?;
-    crate::store::check_not_newer(&config.server.data_dir)?;
-    let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
-    let metrics = Arc::new(Metrics::default());
-    let wake = Arc::new(Notify::new());
+    let p = Pipeline::start(&config, source)?;
 
-    let registry = Registry::start(
-        &config,
-        live.clone(),
-        store.clone(),
-        metrics.clone(),
-        wake.clone(),
-    )
-    .context("starting the plugin runtime")?;
-    let dispatcher = Dispatcher::start(
-        live.clone(),
-        store.clone(),
-        registry.clone(),
-        metrics.clone(),
-        wake.clone(),
-    );
-
-    let pruner = tokio::spawn(prune_loop(store.clone(), live.clone(), metrics.clone()));
-
+    let pruner = tokio::spawn(prune_loop(
+        p.store.clone(),
+        p.live.clone(),
+        p.metrics.clone(),
+    ));
     let hangups = tokio::spawn(reload_on_hangup(
-        live.clone(),
-        registry.clone(),
-        metrics.clone(),
+        p.live.clone(),
+        p.registry.clone(),
+        p.metrics.clone(),
     ));
     let state = AppState::from(AppContext {
-        live,
-        store: store.clone(),
-        registry: registry.clone(),
+        live: p.live.clone(),
+        store: p.store.clone(),
+        registry: p.registry.clone(),
         rate: Default::default(),
         inflight: Arc::new(tokio::sync::Semaphore::new(
             config.server.max_inflight.max(1),
         )),
         max_body_bytes: config.server.max_body_bytes,
         request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
-        metrics,
-        wake,
+        metrics: p.metrics.clone(),
+        wake: p.wake.clone(),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.server.data_dir.display(), plugins_dir = %config.server.plugins_dir.display(), "hookhost listening");
@@ -77,12 +60,57 @@ pub async fn serve(
     pruner.abort();
     hangups.abort();
     tracing::info!("HTTP stopped; finishing deliveries");
-    dispatcher.stop(Duration::from_secs(10)).await;
-    registry.stop();
-    let s = store.clone();
+    p.dispatcher.stop(Duration::from_secs(10)).await;
+    p.registry.stop();
+    let s = p.store.clone();
     tokio::task::spawn_blocking(move || s.close()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What runs behind the HTTP surface, started in order: the configuration
+/// in force, the store, the plugin registry and the dispatcher.
+pub(crate) struct Pipeline {
+    pub live: Arc<Live>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    /// Woken for each stored event and each change of the runnable plugins.
+    pub wake: Arc<Notify>,
+    pub registry: Arc<Registry>,
+    pub dispatcher: Dispatcher,
+}
+
+impl Pipeline {
+    pub(crate) fn start(config: &Config, source: Option<Source>) -> anyhow::Result<Pipeline> {
+        let live = Live::new(config, source)?;
+        crate::store::check_not_newer(&config.server.data_dir)?;
+        let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
+        let metrics = Arc::new(Metrics::default());
+        let wake = Arc::new(Notify::new());
+        let registry = Registry::start(
+            config,
+            live.clone(),
+            store.clone(),
+            metrics.clone(),
+            wake.clone(),
+        )
+        .context("starting the plugin runtime")?;
+        let dispatcher = Dispatcher::start(
+            live.clone(),
+            store.clone(),
+            registry.clone(),
+            metrics.clone(),
+            wake.clone(),
+        );
+        Ok(Pipeline {
+            live,
+            store,
+            metrics,
+            wake,
+            registry,
+            dispatcher,
+        })
+    }
 }
 
 /// Reads the configuration again and puts in force what may change while
