@@ -419,7 +419,8 @@ pub struct TenantConfig {
     pub plugin: BTreeMap<String, PluginConfig>,
     pub limits: LimitsOverride,
     pub whapi: Option<WhapiConfig>,
-    /// Deliveries running at once for this tenant (default: dispatch.tenant_concurrency).
+    /// Deliveries running at once for this tenant (default: dispatch.tenant_concurrency),
+    /// shared evenly by its plugins that have work.
     pub concurrency: Option<usize>,
     /// Accepted events per second (429 past it); `per_second = 0` turns it off.
     pub rate_limit: RateLimit,

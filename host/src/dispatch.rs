@@ -90,6 +90,9 @@ struct Running {
     deliveries: HashSet<(i64, String)>,
     chains: HashSet<(String, String, String)>,
     per_tenant: HashMap<String, usize>,
+    /// Running deliveries per (tenant, plugin), for each plugin's share of
+    /// its tenant's `concurrency`.
+    per_lane: HashMap<Lane, usize>,
     total: usize,
 }
 
@@ -567,25 +570,59 @@ async fn schedule(
     let mut picked: Vec<DueDelivery> = Vec::new();
     {
         let mut r = inner.running.lock().unwrap();
+        // A tenant's plugins share its `concurrency`: each plugin with work
+        // (due, or running) may hold at most an even share of it, so one
+        // whose deliveries wait long (a slow gateway) cannot take every
+        // slot and hold up the tenant's other plugins. A plugin alone with
+        // work may use them all.
+        let mut busy: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for (t, p) in due
+            .iter()
+            .map(|d| (d.tenant.as_str(), d.plugin.as_str()))
+            .chain(
+                r.per_lane
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|((t, p), _)| (t.as_str(), p.as_str())),
+            )
+        {
+            busy.entry(t).or_default().insert(p);
+        }
+        let shares: HashMap<String, (usize, usize)> = busy
+            .into_iter()
+            .map(|(t, plugins)| {
+                let cap = settings
+                    .tenants
+                    .get(t)
+                    .and_then(|c| c.config.concurrency)
+                    .unwrap_or(cfg.tenant_concurrency);
+                (
+                    t.to_string(),
+                    (cap, cap.div_ceil(plugins.len().max(1)).max(1)),
+                )
+            })
+            .collect();
         for d in due {
             if r.total >= cfg.workers {
                 break;
             }
-            let cap = settings
-                .tenants
+            let (cap, share) = shares
                 .get(&d.tenant)
-                .and_then(|t| t.config.concurrency)
-                .unwrap_or(cfg.tenant_concurrency);
+                .copied()
+                .unwrap_or((cfg.tenant_concurrency, cfg.tenant_concurrency));
+            let lane = (d.tenant.clone(), d.plugin.clone());
             let chain = (d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone());
             if r.deliveries.contains(&(d.event_seq, d.plugin.clone()))
                 || r.chains.contains(&chain)
                 || r.per_tenant.get(&d.tenant).copied().unwrap_or(0) >= cap
+                || r.per_lane.get(&lane).copied().unwrap_or(0) >= share
             {
                 continue;
             }
             r.deliveries.insert((d.event_seq, d.plugin.clone()));
             r.chains.insert(chain);
             *r.per_tenant.entry(d.tenant.clone()).or_default() += 1;
+            *r.per_lane.entry(lane).or_default() += 1;
             r.total += 1;
             picked.push(d);
         }
@@ -711,6 +748,13 @@ fn release(inner: &Inner, d: &DueDelivery) {
         .remove(&(d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone()));
     if let Some(n) = r.per_tenant.get_mut(&d.tenant) {
         *n = n.saturating_sub(1);
+    }
+    let lane = (d.tenant.clone(), d.plugin.clone());
+    if let Some(n) = r.per_lane.get_mut(&lane) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            r.per_lane.remove(&lane);
+        }
     }
     r.total = r.total.saturating_sub(1);
 }

@@ -1533,3 +1533,50 @@ settings = {{ reply = "ok" }}
         "{connections} connections for {n} replies sent four at a time"
     );
 }
+
+#[test]
+fn a_slow_plugin_leaves_its_tenants_other_plugins_their_share_of_slots() {
+    // Two plugins share the tenant's two slots; `slow` waits 1.5 s in every
+    // delivery (as one does on a slow gateway), `quick` returns at once.
+    let tp = test_plugins();
+    let s = TestServer::start(&fast_retries(
+        r#"
+[tenants.shop]
+plugins = ["slow", "quick"]
+concurrency = 2
+[tenants.shop.plugin.slow.settings]
+attack = "sleep"
+sleep_ms = "1500"
+"#,
+    ));
+    for p in ["slow", "quick"] {
+        deploy(&tp, "probe", &s.plugins_dir(), p, None);
+    }
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["slow", "quick"]
+    )));
+    let url = s.url("/webhook/shop");
+    for i in 0..6 {
+        let body = serde_json::json!({"event_type":"message_received","id":format!("s{i}"),"chat_id":format!("c{i}@c.us"),"body":"hi"});
+        assert_eq!(post(&url, body.to_string().as_bytes(), None).status, 200);
+    }
+    let done = |plugin: &str| {
+        deliveries(&s.data_dir())
+            .iter()
+            .filter(|d| d.plugin == plugin && d.state == "done")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || done("quick") == 6),
+        "quick delivered {} of 6",
+        done("quick")
+    );
+    // `slow` holds one slot at most while `quick` has work: every `quick`
+    // delivery ran beside `slow`'s first ones instead of waiting for them
+    // (taking the slots oldest event first, `slow` held both and `quick`
+    // ran about once per 0.75 s).
+    let slow = done("slow");
+    assert!(slow <= 2, "slow finished {slow} before quick's six");
+    assert!(wait_until(SETTLE, || done("slow") == 6));
+}

@@ -109,7 +109,7 @@ impl Store {
     }
 
     /// Deliveries of the given (tenant, plugin) lanes that may run now, at
-    /// most `limit`, oldest first: due, and the oldest open row of their
+    /// most `limit` of each lane, oldest first: due, and the oldest open row of their
     /// chat (tenant, plugin, ordering key), so one chat reaches a plugin in
     /// order. Each lane's open rows are walked in event order; a row that
     /// runs or waits for its retry keeps its chat's later rows back.
@@ -158,9 +158,10 @@ impl Store {
                     held_chats.insert(chat);
                 }
             }
-            // Oldest first across lanes.
+            // Oldest first across lanes; up to `limit` of each lane, so that
+            // a lane held at its share of the tenant's slots does not crowd
+            // the others out of the list.
             all.sort_by_key(|d| d.event_seq);
-            all.truncate(limit);
             Ok(all)
         })
     }
@@ -708,11 +709,12 @@ mod tests {
             seqs(store.due(now, 10, &lanes(&["logger", "stats"])).unwrap()),
             [5, 8, 9, 11]
         );
-        // Only the lanes asked for; at most `limit`, oldest first.
+        // Only the lanes asked for; at most `limit` of each lane, oldest
+        // first across them.
         assert_eq!(seqs(store.due(now, 10, &lanes(&["stats"])).unwrap()), [9]);
         assert_eq!(
             seqs(store.due(now, 2, &lanes(&["logger", "stats"])).unwrap()),
-            [5, 8]
+            [5, 8, 9]
         );
         // When b's retry comes, b's first row runs, not the one behind it.
         assert_eq!(
