@@ -308,6 +308,14 @@ pub fn loaded_count(url: &str) -> usize {
 }
 
 /// A minimal incoming text message `id` in `chat`, saying "hola".
+/// How many deliveries are `done` among those `which` picks.
+pub fn done_count(data_dir: &Path, which: impl Fn(&hookhost::store::DeliveryRow) -> bool) -> usize {
+    deliveries(data_dir)
+        .iter()
+        .filter(|d| d.state == "done" && which(d))
+        .count()
+}
+
 pub fn hola_event(id: &str, chat: &str) -> String {
     serde_json::json!({"event_type": "message_received", "id": id, "chat_id": chat, "body": "hola"})
         .to_string()
