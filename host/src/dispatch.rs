@@ -90,8 +90,8 @@ struct Running {
     deliveries: HashSet<(i64, String)>,
     chains: HashSet<(String, String, String)>,
     per_tenant: HashMap<String, usize>,
-    /// Running deliveries per (tenant, plugin), for each plugin's share of
-    /// its tenant's `concurrency`.
+    /// Running deliveries per (tenant, plugin) with any running, for each
+    /// plugin's share of its tenant's `concurrency`.
     per_lane: HashMap<Lane, usize>,
     total: usize,
 }
@@ -524,8 +524,8 @@ async fn schedule(
         let free = cfg.workers.saturating_sub(r.total);
         let mut room = 0;
         let mut full = Vec::new();
-        for (name, t) in settings.tenants.iter() {
-            let cap = t.config.concurrency.unwrap_or(cfg.tenant_concurrency);
+        for name in settings.tenants.keys() {
+            let cap = tenant_cap(&settings, name);
             match cap.saturating_sub(r.per_tenant.get(name).copied().unwrap_or(0)) {
                 0 => full.push(name.clone()),
                 n => room += n,
@@ -570,46 +570,13 @@ async fn schedule(
     let mut picked: Vec<DueDelivery> = Vec::new();
     {
         let mut r = inner.running.lock().unwrap();
-        // A tenant's plugins share its `concurrency`: each plugin with work
-        // (due, or running) may hold at most an even share of it, so one
-        // whose deliveries wait long (a slow gateway) cannot take every
-        // slot and hold up the tenant's other plugins. A plugin alone with
-        // work may use them all.
-        let mut busy: HashMap<&str, HashSet<&str>> = HashMap::new();
-        for (t, p) in due
-            .iter()
-            .map(|d| (d.tenant.as_str(), d.plugin.as_str()))
-            .chain(
-                r.per_lane
-                    .iter()
-                    .filter(|(_, n)| **n > 0)
-                    .map(|((t, p), _)| (t.as_str(), p.as_str())),
-            )
-        {
-            busy.entry(t).or_default().insert(p);
-        }
-        let shares: HashMap<String, (usize, usize)> = busy
-            .into_iter()
-            .map(|(t, plugins)| {
-                let cap = settings
-                    .tenants
-                    .get(t)
-                    .and_then(|c| c.config.concurrency)
-                    .unwrap_or(cfg.tenant_concurrency);
-                (
-                    t.to_string(),
-                    (cap, cap.div_ceil(plugins.len().max(1)).max(1)),
-                )
-            })
-            .collect();
+        let shares = shares(&settings, &due, &r);
         for d in due {
             if r.total >= cfg.workers {
                 break;
             }
-            let (cap, share) = shares
-                .get(&d.tenant)
-                .copied()
-                .unwrap_or((cfg.tenant_concurrency, cfg.tenant_concurrency));
+            let cap = tenant_cap(&settings, &d.tenant);
+            let share = shares.get(&d.tenant).copied().unwrap_or(cap);
             let lane = (d.tenant.clone(), d.plugin.clone());
             let chain = (d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone());
             if r.deliveries.contains(&(d.event_seq, d.plugin.clone()))
@@ -708,6 +675,41 @@ async fn schedule(
         });
     }
     Ok(false)
+}
+
+/// Deliveries `tenant` may run at once.
+fn tenant_cap(settings: &crate::live::Settings, tenant: &str) -> usize {
+    settings
+        .tenants
+        .get(tenant)
+        .and_then(|t| t.config.concurrency)
+        .unwrap_or(settings.dispatch.tenant_concurrency)
+}
+
+/// Each tenant's share of its slots for one plugin: its plugins with work
+/// (due, or running) share its `concurrency` evenly, so one whose
+/// deliveries wait long (a slow gateway) cannot take every slot and hold up
+/// the tenant's other plugins. A plugin alone with work may use them all.
+fn shares(
+    settings: &crate::live::Settings,
+    due: &[DueDelivery],
+    r: &Running,
+) -> HashMap<String, usize> {
+    let mut busy: HashMap<&str, HashSet<&str>> = HashMap::new();
+    let running = r.per_lane.keys().map(|(t, p)| (t.as_str(), p.as_str()));
+    for (t, p) in due
+        .iter()
+        .map(|d| (d.tenant.as_str(), d.plugin.as_str()))
+        .chain(running)
+    {
+        busy.entry(t).or_default().insert(p);
+    }
+    busy.into_iter()
+        .map(|(t, plugins)| {
+            let share = tenant_cap(settings, t).div_ceil(plugins.len().max(1));
+            (t.to_string(), share.max(1))
+        })
+        .collect()
 }
 
 /// Counts a delivery in `Inner::in_flight` until dropped (its blocking
