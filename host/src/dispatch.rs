@@ -925,9 +925,10 @@ mod tests {
             store.fanout_cursor().unwrap() >= first
         });
 
-        // A delivery the loop believes it runs (a plugin since removed),
-        // then a panic that poisons the loop's bookkeeping, as a bug in a
-        // delivery task holding it would.
+        // A delivery left `running` in the ledger, as a failed loop leaves
+        // those it had started (here for a plugin since removed), then a
+        // panic that poisons the loop's bookkeeping, as a bug in a delivery
+        // task holding it would.
         let seq = first;
         store
             .write_blocking(move |c| {
