@@ -109,9 +109,9 @@ impl Store {
     }
 
     /// Deliveries of the given (tenant, plugin) lanes that may run now, at
-    /// most `limit` of each lane, oldest first: due, and the oldest open row of their
-    /// chat (tenant, plugin, ordering key), so one chat reaches a plugin in
-    /// order. Each lane's open rows are walked in event order; a row that
+    /// most `limit` of each lane, oldest first: due, and the oldest open row
+    /// of their chat (tenant, plugin, ordering key), so one chat reaches a
+    /// plugin in order. Each lane's open rows are walked in event order; a row that
     /// runs or waits for its retry keeps its chat's later rows back.
     /// Rows of lanes not asked for (a plugin still compiling, a tenant at
     /// its cap) are not even stepped over, however many wait.
@@ -265,9 +265,9 @@ impl Store {
         })
     }
 
-    /// Puts every `running` delivery back to `pending`: at start, and when
-    /// the dispatcher starts again after a failure, once the deliveries it
-    /// had under way have ended (their outcomes were lost with it).
+    /// Puts every `running` delivery back to `pending`, as opening the store
+    /// does: for the dispatcher starting again after a failure, once the
+    /// deliveries it had under way have ended (their outcomes went with it).
     pub async fn requeue_running(&self) -> Result<usize, StoreError> {
         self.write_statement(|c| Ok(requeue_running(c)?)).await
     }
