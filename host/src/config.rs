@@ -305,6 +305,13 @@ pub struct DispatchConfig {
     pub workers: usize,
     /// Deliveries running at once for one tenant.
     pub tenant_concurrency: usize,
+    /// How long one of those slots may go on running a plugin's queued
+    /// deliveries one after another (each of another chat, each in a fresh
+    /// instance) before it gives the slot back, in ms. A plugin that
+    /// answers in microseconds then shares two ledger commits among many
+    /// deliveries instead of paying two for each; a slow one (waiting on
+    /// the gateway) runs one delivery per slot. 0: always one.
+    pub run_ms: u64,
     /// Nice value of the threads that run plugins (Linux): above 0, ingest
     /// gets the CPU first and plugins catch up in the time left over.
     pub nice: i32,
@@ -323,6 +330,7 @@ impl Default for DispatchConfig {
             backoff_max_ms: 5 * 60_000,
             workers: 16,
             tenant_concurrency: 4,
+            run_ms: 5,
             nice: 10,
             max_pending: 10_000,
         }

@@ -6,8 +6,10 @@
 //! burst the rest wait in the inbox and the writer is not asked to create
 //! rows faster than the plugins can take them. The scheduler runs due
 //! deliveries, at most one at a time per (tenant, plugin, chat) so a chat
-//! reaches a plugin in order, within global and per-tenant caps. Outcomes go to the ledger: done, failed with a
-//! backoff, or dead. Work left running by a crash is requeued at start.
+//! reaches a plugin in order, within global and per-tenant caps; a slot
+//! under the caps runs a fast plugin's deliveries one after another
+//! (`runs`). Outcomes go to the ledger: done, failed with a backoff, or
+//! dead. Work left running by a crash is requeued at start.
 
 use crate::bindings::types as wit;
 use crate::config::DispatchConfig;
@@ -18,13 +20,14 @@ use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 mod prepared;
+mod runs;
 
 const FANOUT_BATCH: i64 = 1000;
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -49,6 +52,7 @@ const RESTART_MAX: Duration = Duration::from_secs(60);
 /// answers requests, and its CPU time shows apart from theirs.
 pub struct Dispatcher {
     stop: Arc<Notify>,
+    stopping: Arc<AtomicBool>,
     done: tokio::sync::oneshot::Receiver<()>,
     #[cfg(test)]
     inner: Arc<Inner>,
@@ -77,22 +81,30 @@ struct Inner {
     ledger_lanes: Mutex<Option<(Vec<Lane>, std::time::Instant)>>,
     /// Events read and parsed for the deliveries running now and soon.
     recent: prepared::Recent,
-    /// Deliveries on the blocking pool, counted apart from `running`: they
-    /// go on after a failure of the loop that started them.
+    /// Runs on the blocking pool, counted apart from `running`: they go on
+    /// after a failure of the loop that started them.
     in_flight: AtomicUsize,
+    /// Each plugin's recent time per delivery, for the length of its runs.
+    pace: runs::Pace,
+    /// Set by [`Dispatcher::stop`]: runs start no more deliveries.
+    stopping: Arc<AtomicBool>,
 }
 
 /// A (tenant, plugin) queue of deliveries.
 type Lane = (String, String);
 
+/// What runs now: deliveries and their chats, and the slots their runs
+/// hold (see `runs`).
 #[derive(Default)]
 struct Running {
     deliveries: HashSet<(i64, String)>,
     chains: HashSet<(String, String, String)>,
+    /// Slots per tenant.
     per_tenant: HashMap<String, usize>,
-    /// Running deliveries per (tenant, plugin) with any running, for each
-    /// plugin's share of its tenant's `concurrency`.
+    /// Slots per (tenant, plugin) with any, for each plugin's share of its
+    /// tenant's `concurrency`.
     per_lane: HashMap<Lane, usize>,
+    /// Slots in all.
     total: usize,
 }
 
@@ -145,7 +157,10 @@ impl Dispatcher {
             ledger_lanes: Mutex::new(None),
             recent: prepared::Recent::default(),
             in_flight: AtomicUsize::new(0),
+            pace: runs::Pace::default(),
+            stopping: Arc::new(AtomicBool::new(false)),
         });
+        let stopping = inner.stopping.clone();
         let stop = Arc::new(Notify::new());
         let (finished, done) = tokio::sync::oneshot::channel();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -170,6 +185,7 @@ impl Dispatcher {
             .expect("spawn dispatcher thread");
         Dispatcher {
             stop,
+            stopping,
             done,
             #[cfg(test)]
             inner,
@@ -178,6 +194,7 @@ impl Dispatcher {
 
     /// Stops taking new work and waits for running deliveries, up to `grace`.
     pub async fn stop(self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.stop.notify_one();
         if tokio::time::timeout(grace, self.done).await.is_err() {
             tracing::warn!("deliveries still running at shutdown; they resume at the next start");
@@ -542,7 +559,7 @@ async fn schedule(
     // instead of waiting. Lanes of a plugin still compiling or a tenant at
     // its cap are not read at all, however many rows wait in them.
     let held = inner.registry.loading();
-    let limit = (startable * 2).max(4) as i64;
+    let budget = Duration::from_millis(cfg.run_ms);
     let mut lanes: Vec<Lane> = settings
         .tenants
         .keys()
@@ -566,39 +583,35 @@ async fn schedule(
         // not a reason to fan out past `max_pending`.
         return Ok(false);
     }
+    // Enough of each lane for every slot that may start to fill its run,
+    // and some over for rows whose chat is busy.
+    let longest = lanes
+        .iter()
+        .map(|(_, p)| inner.pace.run_length(p, budget))
+        .max()
+        .unwrap_or(1);
+    let limit = (startable * (longest + 1)).max(4) as i64;
     let due = inner.store.due(now_ms(), limit, &lanes)?;
-    let mut picked: Vec<DueDelivery> = Vec::new();
-    {
+    let planned = {
         let mut r = inner.running.lock().unwrap();
         let shares = shares(&settings, &due, &r);
-        for d in due {
-            if r.total >= cfg.workers {
-                break;
-            }
-            let cap = tenant_cap(&settings, &d.tenant);
-            let share = shares.get(&d.tenant).copied().unwrap_or(cap);
-            let lane = (d.tenant.clone(), d.plugin.clone());
-            let chain = (d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone());
-            if r.deliveries.contains(&(d.event_seq, d.plugin.clone()))
-                || r.chains.contains(&chain)
-                || r.per_tenant.get(&d.tenant).copied().unwrap_or(0) >= cap
-                || r.per_lane.get(&lane).copied().unwrap_or(0) >= share
-            {
-                continue;
-            }
-            r.deliveries.insert((d.event_seq, d.plugin.clone()));
-            r.chains.insert(chain);
-            *r.per_tenant.entry(d.tenant.clone()).or_default() += 1;
-            *r.per_lane.entry(lane).or_default() += 1;
-            r.total += 1;
-            picked.push(d);
-        }
-    }
-    if picked.is_empty() {
+        let tenant = |t: &str| tenant_cap(&settings, t);
+        let share = |t: &str| shares.get(t).copied().unwrap_or_else(|| tenant(t));
+        let run_length = |(_, p): &Lane| inner.pace.run_length(p, budget);
+        let caps = runs::Caps {
+            workers: cfg.workers,
+            tenant: &tenant,
+            share: &share,
+            run_length: &run_length,
+        };
+        runs::plan(due, &mut r, &caps)
+    };
+    if planned.is_empty() {
         return Ok(inner.running.lock().unwrap().total == 0);
     }
-    let marks = picked
+    let marks = planned
         .iter()
+        .flatten()
         .map(|d| {
             let hash = inner
                 .registry
@@ -617,64 +630,132 @@ async fn schedule(
         ))
     });
     if let Err(e) = marked {
-        for d in &picked {
-            release(inner, d);
+        let mut r = inner.running.lock().unwrap();
+        for run in &planned {
+            run.iter().for_each(|d| runs::release_delivery(&mut r, d));
+            runs::release_slot(&mut r, &run[0].tenant, &run[0].plugin);
         }
         return Err(e);
     }
-    let started = picked.iter().filter(|d| d.queued).count();
+    let started = planned.iter().flatten().filter(|d| d.queued).count();
     let _ = inner
         .pending
         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
             Some(p.saturating_sub(started))
         });
-    for d in picked {
+    for run in planned {
         let inner = inner.clone();
         tasks.spawn(async move {
-            let attempt = d.attempts + 1;
             let i2 = inner.clone();
-            let d2 = d.clone();
+            let rows = run.clone();
             let flight = InFlight::new(&inner);
-            let outcome = tokio::task::spawn_blocking(move || {
+            let ran = tokio::task::spawn_blocking(move || {
                 let _flight = flight;
-                execute(&i2, &d2, attempt)
+                execute_run(&i2, &rows, budget)
             })
-                .await
-                .unwrap_or_else(|e| Some(runtime::Failure::Trap(format!("host task failed: {e}"))));
-            let ledger = outcome_for(outcome.as_ref(), attempt, &inner.live.get().dispatch);
-            let label = match &ledger {
-                DeliveryOutcome::Done => "done",
-                DeliveryOutcome::Retry { .. } => "retry",
-                DeliveryOutcome::Dead { .. } => "dead",
-            };
-            inner.metrics.inc(
-                "hookhost_deliveries_total",
-                vec![("tenant", d.tenant.clone()), ("plugin", d.plugin.clone()), ("outcome", label.into())],
-            );
-            if matches!(ledger, DeliveryOutcome::Dead { .. }) {
-                inner.metrics.inc("hookhost_dead_letters_total", vec![("tenant", d.tenant.clone()), ("plugin", d.plugin.clone())]);
-            }
-            // The ledger must hear the outcome; retry the write while the
-            // store is unavailable (the delivery is requeued at restart anyway).
-            for i in 0..50u32 {
-                match inner.store.finish(d.event_seq, d.plugin.clone(), ledger.clone()).await {
-                    Ok(()) => {
-                        if let DeliveryOutcome::Retry { next_at, .. } = &ledger {
-                            inner.retry_hint.fetch_min(*next_at, Ordering::SeqCst);
-                        }
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, seq = d.event_seq, plugin = %d.plugin, "cannot record delivery outcome");
-                        tokio::time::sleep(Duration::from_millis(100 * (i as u64 + 1))).await;
-                    }
-                }
-            }
-            release(&inner, &d);
-            inner.wake.notify_one();
+            .await
+            .unwrap_or_else(|e| {
+                let f = runtime::Failure::Trap(format!("host task failed: {e}"));
+                run.iter().map(|_| Some(Some(f.clone()))).collect()
+            });
+            finish_run(&inner, &run, ran).await;
         });
     }
     Ok(false)
+}
+
+/// Runs a slot's deliveries one after another on a blocking thread, as
+/// long as `budget` allows (twice over: a plugin's pace drifts) and the
+/// dispatcher is not stopping; the first always runs. Per delivery:
+/// `None` if it did not run, else [`execute`]'s answer.
+fn execute_run(
+    inner: &Inner,
+    run: &[DueDelivery],
+    budget: Duration,
+) -> Vec<Option<Option<runtime::Failure>>> {
+    let started = Instant::now();
+    run.iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i > 0 && (started.elapsed() >= budget * 2 || inner.stopping.load(Ordering::SeqCst)) {
+                return None;
+            }
+            let at = Instant::now();
+            let failure = execute(inner, d, d.attempts + 1);
+            inner.pace.record(&d.plugin, at.elapsed());
+            Some(failure)
+        })
+        .collect()
+}
+
+/// Records a run's outcomes (metrics, then the ledger in one commit) and
+/// gives back its deliveries and its slot.
+async fn finish_run(
+    inner: &Inner,
+    run: &[DueDelivery],
+    ran: Vec<Option<Option<runtime::Failure>>>,
+) {
+    let cfg = inner.live.get().dispatch.clone();
+    let mut outcomes = Vec::with_capacity(run.len());
+    let mut not_run = 0;
+    for (d, failure) in run.iter().zip(ran) {
+        let Some(failure) = failure else {
+            not_run += usize::from(d.queued);
+            outcomes.push((d.event_seq, d.plugin.clone(), None));
+            continue;
+        };
+        let ledger = outcome_for(failure.as_ref(), d.attempts + 1, &cfg);
+        let label = match &ledger {
+            DeliveryOutcome::Done => "done",
+            DeliveryOutcome::Retry { .. } => "retry",
+            DeliveryOutcome::Dead { .. } => "dead",
+        };
+        inner.metrics.inc(
+            "hookhost_deliveries_total",
+            vec![
+                ("tenant", d.tenant.clone()),
+                ("plugin", d.plugin.clone()),
+                ("outcome", label.into()),
+            ],
+        );
+        if matches!(ledger, DeliveryOutcome::Dead { .. }) {
+            inner.metrics.inc(
+                "hookhost_dead_letters_total",
+                vec![("tenant", d.tenant.clone()), ("plugin", d.plugin.clone())],
+            );
+        }
+        outcomes.push((d.event_seq, d.plugin.clone(), Some(ledger)));
+    }
+    let retry_at = outcomes
+        .iter()
+        .filter_map(|(_, _, o)| match o {
+            Some(DeliveryOutcome::Retry { next_at, .. }) => Some(*next_at),
+            _ => None,
+        })
+        .min();
+    // The ledger must hear the outcomes; retry the write while the store
+    // is unavailable (the deliveries are requeued at restart anyway).
+    for i in 0..50u32 {
+        match inner.store.finish_all(outcomes.clone()).await {
+            Ok(()) => {
+                if let Some(at) = retry_at {
+                    inner.retry_hint.fetch_min(at, Ordering::SeqCst);
+                }
+                inner.pending.fetch_add(not_run, Ordering::Relaxed);
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, seq = run[0].event_seq, plugin = %run[0].plugin, deliveries = run.len(), "cannot record delivery outcomes");
+                tokio::time::sleep(Duration::from_millis(100 * (i as u64 + 1))).await;
+            }
+        }
+    }
+    {
+        let mut r = inner.running.lock().unwrap();
+        run.iter().for_each(|d| runs::release_delivery(&mut r, d));
+        runs::release_slot(&mut r, &run[0].tenant, &run[0].plugin);
+    }
+    inner.wake.notify_one();
 }
 
 /// Deliveries `tenant` may run at once.
@@ -741,24 +822,6 @@ fn ledger_lanes(inner: &Inner) -> Result<Vec<Lane>, crate::store::StoreError> {
             Ok(lanes)
         }
     }
-}
-
-fn release(inner: &Inner, d: &DueDelivery) {
-    let mut r = inner.running.lock().unwrap();
-    r.deliveries.remove(&(d.event_seq, d.plugin.clone()));
-    r.chains
-        .remove(&(d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone()));
-    if let Some(n) = r.per_tenant.get_mut(&d.tenant) {
-        *n = n.saturating_sub(1);
-    }
-    let lane = (d.tenant.clone(), d.plugin.clone());
-    if let Some(n) = r.per_lane.get_mut(&lane) {
-        *n = n.saturating_sub(1);
-        if *n == 0 {
-            r.per_lane.remove(&lane);
-        }
-    }
-    r.total = r.total.saturating_sub(1);
 }
 
 /// Runs one delivery on a blocking thread. `None` means success.

@@ -1570,3 +1570,66 @@ sleep_ms = "1500"
     assert!(slow <= 2, "slow finished {slow} before quick's six");
     assert!(wait_until(SETTLE, || done("slow") == 6));
 }
+
+/// A plugin that answers at once shares the ledger's bookkeeping across a
+/// backlog: a slot runs its queued deliveries one after another with one
+/// commit marking them running and one recording their outcomes, instead of
+/// two commits for each delivery.
+#[test]
+fn a_fast_plugins_backlog_runs_several_deliveries_per_ledger_commit() {
+    const N: usize = 300;
+    let tp = test_plugins();
+    let s = TestServer::start(&fast_retries(
+        r#"
+[tenants.shop]
+plugins = ["quick"]
+concurrency = 1
+[tenants.shop.plugin.quick.settings]
+record = "false"
+sleep_ms = "1500"
+"#,
+    ));
+    deploy(&tp, "probe", &s.plugins_dir(), "quick", None);
+    assert!(wait_until(SETTLE, || all_loaded(
+        &s.url("/metrics"),
+        &["quick"]
+    )));
+    let url = s.url("/webhook/shop");
+    // The tenant's one slot is busy for 1.5 s while the backlog arrives.
+    let gate = serde_json::json!({"event_type": "message_received", "id": "gate", "chat_id": "g@c.us", "body": "please sleep"});
+    assert_eq!(post(&url, gate.to_string().as_bytes(), None).status, 200);
+    for i in 0..N {
+        let body = hola(i, &format!("c{i}@c.us"));
+        assert_eq!(post(&url, body.as_bytes(), None).status, 200);
+    }
+    let writes = || {
+        let t = metrics_text(&s.url("/metrics"));
+        t.lines()
+            .find_map(|l| l.strip_prefix("hookhost_store_batch_writes_sum "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .expect("hookhost_store_batch_writes_sum")
+    };
+    let before = writes();
+    let done = || done_count(&s.data_dir(), |_| true);
+    assert_eq!(done(), 0, "the gate ended before the backlog was in");
+    assert!(
+        wait_until(Duration::from_secs(60), || done() == N + 1),
+        "{} of {} delivered; not done: {:?}",
+        done(),
+        N + 1,
+        deliveries(&s.data_dir())
+            .into_iter()
+            .filter(|d| d.state != "done")
+            .collect::<Vec<_>>()
+    );
+    let ledger_writes = writes() - before;
+    // Two per delivery (running, then its outcome) without runs.
+    assert!(
+        ledger_writes < (N / 2) as f64,
+        "{ledger_writes} ledger writes for {N} deliveries"
+    );
+    // Every delivery ran once, in its own attempt.
+    let rows = deliveries(&s.data_dir());
+    assert_eq!(rows.len(), N + 1);
+    assert!(rows.iter().all(|d| d.attempts == 1), "{rows:?}");
+}

@@ -27,6 +27,15 @@ pub struct DueDelivery {
     pub queued: bool,
 }
 
+impl DueDelivery {
+    /// Queued again after the process (or the dispatcher) stopped while it
+    /// was running: its attempt was counted, so it may be the one that
+    /// stopped it. Such a delivery runs in a slot of its own.
+    pub fn interrupted(&self) -> bool {
+        self.queued && self.attempts > 0
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum DeliveryOutcome {
     Done,
@@ -290,27 +299,38 @@ impl Store {
         })
     }
 
-    pub async fn finish(
+    /// Records the outcomes of one slot's deliveries in one commit. `None`:
+    /// the delivery did not run (its slot's time ran out, or the dispatcher
+    /// is stopping); it is queued again and its attempt not counted.
+    pub async fn finish_all(
         &self,
-        event_seq: i64,
-        plugin: String,
-        outcome: DeliveryOutcome,
+        outcomes: Vec<(i64, String, Option<DeliveryOutcome>)>,
     ) -> Result<(), StoreError> {
-        self.write_statement(move |c| {
+        self.write(move |c| {
             let now = now_ms();
-            let (state, error, next_at) = match &outcome {
-                DeliveryOutcome::Done => ("done", None::<&str>, 0),
-                DeliveryOutcome::Retry { error, next_at } => {
-                    ("failed", Some(error.as_str()), *next_at)
-                }
-                DeliveryOutcome::Dead { error } => ("dead", Some(error.as_str()), 0),
-            };
-            c.prepare_cached(
+            let mut ended = c.prepare_cached(
                 "UPDATE deliveries SET state = ?3, last_error = ?4, next_at = ?5, updated_at = ?6,
                     resend = CASE WHEN ?3 = 'failed' THEN resend ELSE 0 END
                  WHERE event_seq = ?1 AND plugin = ?2",
-            )?
-            .execute(params![event_seq, plugin, state, error, next_at, now])?;
+            )?;
+            let mut not_run = c.prepare_cached(
+                "UPDATE deliveries SET state = 'pending', attempts = max(attempts - 1, 0), updated_at = ?3
+                 WHERE event_seq = ?1 AND plugin = ?2 AND state = 'running'",
+            )?;
+            for (event_seq, plugin, outcome) in &outcomes {
+                let (state, error, next_at) = match outcome {
+                    None => {
+                        not_run.execute(params![event_seq, plugin, now])?;
+                        continue;
+                    }
+                    Some(DeliveryOutcome::Done) => ("done", None::<&str>, 0),
+                    Some(DeliveryOutcome::Retry { error, next_at }) => {
+                        ("failed", Some(error.as_str()), *next_at)
+                    }
+                    Some(DeliveryOutcome::Dead { error }) => ("dead", Some(error.as_str()), 0),
+                };
+                ended.execute(params![event_seq, plugin, state, error, next_at, now])?;
+            }
             Ok(())
         })
         .await

@@ -204,9 +204,11 @@ mod tests {
                 },
             ),
         ];
-        for (seq, outcome) in outcomes {
-            store.finish(seq, "p".into(), outcome).await.unwrap();
-        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|(seq, outcome)| (seq, "p".to_string(), Some(outcome)))
+            .collect();
+        store.finish_all(outcomes).await.unwrap();
         store
             .write(|c| {
                 c.execute_batch(

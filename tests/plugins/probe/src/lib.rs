@@ -275,6 +275,9 @@ impl Plugin for Probe {
             if m.body.contains("please reject") {
                 return Err(Error::reject("asked to reject"));
             }
+            if m.body.contains("please sleep") {
+                attack("sleep")?;
+            }
         }
         Ok(())
     }
