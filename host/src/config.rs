@@ -312,9 +312,17 @@ pub struct DispatchConfig {
     /// deliveries instead of paying two for each; a slow one (waiting on
     /// the gateway) runs one delivery per slot. 0: always one.
     pub run_ms: u64,
-    /// Nice value of the threads that run plugins (Linux): above 0, ingest
-    /// gets the CPU first and plugins catch up in the time left over.
+    /// Nice value of the threads that compile plugins, and of those that
+    /// run them when `idle_priority` is off (Linux): above 0, ingest gets
+    /// the CPU first and plugins catch up in the time left over.
     pub nice: i32,
+    /// Deliveries run at the kernel's idle priority (Linux `SCHED_IDLE`):
+    /// they take only CPU time nothing else wants and give way at once to
+    /// a request, however long their run. On a machine kept busy by other
+    /// programs they then move slowly (a few thousandths of the CPU) until
+    /// it frees up; off, they run at `nice`, a larger share at some cost to
+    /// ingest while it is busy.
+    pub idle_priority: bool,
     /// Deliveries created ahead of the plugins (waiting to run). Beyond it,
     /// new events wait in the inbox, committed, and are fanned out as the
     /// plugins catch up, so a burst of traffic costs ingest one row per
@@ -332,6 +340,7 @@ impl Default for DispatchConfig {
             tenant_concurrency: 4,
             run_ms: 5,
             nice: 10,
+            idle_priority: true,
             max_pending: 10_000,
         }
     }

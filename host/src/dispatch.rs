@@ -63,6 +63,9 @@ struct Inner {
     live: Arc<Live>,
     /// The delivery threads' nice value, set at start.
     nice: i32,
+    /// Deliveries at the idle policy instead (`dispatch.idle_priority`),
+    /// set at start: a thread cannot leave it.
+    idle: bool,
     store: Store,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
@@ -146,6 +149,7 @@ impl Dispatcher {
     ) -> Dispatcher {
         let inner = Arc::new(Inner {
             nice: live.get().dispatch.nice,
+            idle: live.get().dispatch.idle_priority,
             live,
             store,
             registry,
@@ -826,7 +830,11 @@ fn ledger_lanes(inner: &Inner) -> Result<Vec<Lane>, crate::store::StoreError> {
 
 /// Runs one delivery on a blocking thread. `None` means success.
 fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Failure> {
-    crate::priority::lower_current_thread(inner.nice);
+    if inner.idle {
+        crate::priority::idle_current_thread();
+    } else {
+        crate::priority::lower_current_thread(inner.nice);
+    }
     let span = tracing::info_span!(
         "delivery",
         tenant = %d.tenant,

@@ -2,12 +2,13 @@
 //! without a restart (`SIGHUP`, `POST /admin/reload`, `hookhost reload`):
 //! the tenants — secrets, rate limits, plugins, grants, limits, settings,
 //! gateway accounts, concurrency — the default `[limits]`, `[dispatch]`
-//! (but its `nice`), `[store] retention` and the admin token.
+//! (but its `nice` and `idle_priority`), `[store] retention` and the admin
+//! token.
 //!
 //! Each request, fan-out and delivery reads the settings current when it
 //! starts; a delivery already running finishes under the ones it started
 //! with. `[server]`, `[runtime]`, the rest of `[store]` and `[dispatch]
-//! nice` are read at start only: a reload that changes
+//! nice` and `idle_priority` are read at start only: a reload that changes
 //! them says which need a restart and applies the rest. A file that does
 //! not parse, or names an unset variable, changes nothing.
 
@@ -185,6 +186,10 @@ fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
         (
             "[dispatch] nice",
             running.dispatch.nice != next.dispatch.nice,
+        ),
+        (
+            "[dispatch] idle_priority",
+            running.dispatch.idle_priority != next.dispatch.idle_priority,
         ),
         ("[runtime]", running.runtime != next.runtime),
     ];
