@@ -341,7 +341,9 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         if gauges_at.elapsed() >= GAUGES_EVERY && gauges.is_finished() {
             gauges_at = std::time::Instant::now();
             // Exact here: this loop changes the count only after its own
-            // commits, and none of them is in flight.
+            // commits, and none of them is in flight. (A run that gives
+            // deliveries back adds them once their commit is in: counted
+            // twice if this count comes between, until the next one.)
             count_pending(&inner);
             // Counting open deliveries reads every one of them: not on a
             // thread that also answers requests.
