@@ -1,5 +1,6 @@
 //! Nothing acknowledged is lost: the real binary under load, killed with
-//! SIGKILL again and again; and a store whose disk fills up.
+//! SIGKILL again and again; and a store whose disk fills up. The threads
+//! that run plugins yield the CPU to those that answer requests.
 
 mod common;
 use common::process::Proc;
@@ -382,4 +383,78 @@ fn remount(dir: &std::path::Path, options: &str) {
         .unwrap()
         .success();
     assert!(ok, "mount -o {options} failed");
+}
+
+/// Each of a process's threads with its name, scheduling policy and nice
+/// value (from `/proc/PID/task/*/stat`).
+#[cfg(target_os = "linux")]
+fn threads(pid: u32) -> Vec<(String, i64, i64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the fields after the name, from the 3rd.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let field = |n: usize| fields[n - 3].parse::<i64>().unwrap();
+        out.push((name, field(41), field(19)));
+    }
+    out
+}
+
+/// Deliveries run at the idle scheduling policy by default, so a request
+/// always gets the CPU first; with `idle_priority = false`, at `nice`.
+/// Request threads keep the normal policy either way.
+#[cfg(target_os = "linux")]
+#[test]
+fn deliveries_run_at_idle_priority_unless_configured_at_nice() {
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_IDLE: i64 = 5;
+    let samples = sample_plugins();
+    for idle in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        deploy(&samples, "logger", &plugins, "logger", None);
+        let cfg = dir.path().join("hookhost.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[dispatch]\nidle_priority = {idle}\nnice = 7\n[tenants.default]\nplugins = [\"logger\"]\nrate_limit = {{ per_second = 0, burst = 0 }}\n"
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        let server = Proc::start(&cfg, &data, &plugins);
+        let body = hola_event("m1", "c1@c.us");
+        let r = post(&server.url("/webhook"), body.as_bytes(), None);
+        assert_eq!(r.status, 200);
+        assert!(
+            wait_until(Duration::from_secs(30), || done_count(&data, |_| true) == 1),
+            "not delivered"
+        );
+        let all = threads(server.child.id());
+        let delivering: Vec<_> = all.iter().filter(|t| t.0 == "hookhost-delive").collect();
+        let http: Vec<_> = all.iter().filter(|t| t.0 == "hookhost-http").collect();
+        assert!(!http.is_empty(), "{all:?}");
+        assert!(
+            http.iter().all(|t| t.1 == SCHED_OTHER && t.2 == 0),
+            "{all:?}"
+        );
+        if idle {
+            assert!(delivering.iter().any(|t| t.1 == SCHED_IDLE), "{all:?}");
+        } else {
+            assert!(
+                delivering.iter().any(|t| t.1 == SCHED_OTHER && t.2 == 7),
+                "{all:?}"
+            );
+            assert!(delivering.iter().all(|t| t.1 != SCHED_IDLE), "{all:?}");
+        }
+    }
 }
