@@ -637,10 +637,7 @@ async fn schedule(
     });
     if let Err(e) = marked {
         let mut r = inner.running.lock().unwrap();
-        for run in &planned {
-            run.iter().for_each(|d| runs::release_delivery(&mut r, d));
-            runs::release_slot(&mut r, &run[0].tenant, &run[0].plugin);
-        }
+        planned.iter().for_each(|run| runs::release(&mut r, run));
         return Err(e);
     }
     let started = planned.iter().flatten().filter(|d| d.queued).count();
@@ -756,11 +753,7 @@ async fn finish_run(
             }
         }
     }
-    {
-        let mut r = inner.running.lock().unwrap();
-        run.iter().for_each(|d| runs::release_delivery(&mut r, d));
-        runs::release_slot(&mut r, &run[0].tenant, &run[0].plugin);
-    }
+    runs::release(&mut inner.running.lock().unwrap(), run);
     inner.wake.notify_one();
 }
 

@@ -100,19 +100,19 @@ pub(super) fn plan(due: Vec<DueDelivery>, r: &mut Running, caps: &Caps) -> Vec<V
     runs
 }
 
-/// Forgets a delivery that ended (or never ran) in `r`.
-pub(super) fn release_delivery(r: &mut Running, d: &DueDelivery) {
-    r.deliveries.remove(&(d.event_seq, d.plugin.clone()));
-    r.chains
-        .remove(&(d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone()));
-}
-
-/// Gives back the slot a run of `tenant`'s `plugin` held.
-pub(super) fn release_slot(r: &mut Running, tenant: &str, plugin: &str) {
-    if let Some(n) = r.per_tenant.get_mut(tenant) {
+/// Forgets a run that ended (or never started) in `r`: its deliveries,
+/// their chats and its slot.
+pub(super) fn release(r: &mut Running, run: &[DueDelivery]) {
+    for d in run {
+        r.deliveries.remove(&(d.event_seq, d.plugin.clone()));
+        r.chains
+            .remove(&(d.tenant.clone(), d.plugin.clone(), d.ordering_key.clone()));
+    }
+    let Some(first) = run.first() else { return };
+    if let Some(n) = r.per_tenant.get_mut(&first.tenant) {
         *n = n.saturating_sub(1);
     }
-    let lane = (tenant.to_string(), plugin.to_string());
+    let lane = (first.tenant.clone(), first.plugin.clone());
     if let Some(n) = r.per_lane.get_mut(&lane) {
         *n = n.saturating_sub(1);
         if *n == 0 {
@@ -168,6 +168,11 @@ mod tests {
         assert_eq!(r.total, 2);
         assert_eq!(r.per_lane[&("t".to_string(), "p".to_string())], 2);
         assert_eq!(r.deliveries.len(), 6);
+        // Ended, the runs give back their slots, deliveries and chats.
+        runs.iter().for_each(|run| release(&mut r, run));
+        assert_eq!(r.total, 0);
+        assert!(r.deliveries.is_empty() && r.chains.is_empty() && r.per_lane.is_empty());
+        assert_eq!(r.per_tenant[&"t".to_string()], 0);
     }
 
     #[test]
