@@ -310,7 +310,8 @@ pub struct DispatchConfig {
     /// instance) before it gives the slot back, in ms. A plugin that
     /// answers in microseconds then shares two ledger commits among many
     /// deliveries instead of paying two for each; a slow one (waiting on
-    /// the gateway) runs one delivery per slot. 0: always one.
+    /// the gateway) runs one delivery per slot. 0: always one; at most
+    /// 10 000.
     pub run_ms: u64,
     /// Nice value of the threads that compile plugins, and of those that
     /// run them when `idle_priority` is off (Linux): above 0, ingest gets
@@ -329,6 +330,9 @@ pub struct DispatchConfig {
     /// event rather than one per plugin as well. 0: no limit.
     pub max_pending: usize,
 }
+
+/// The longest `dispatch.run_ms` accepted.
+const MAX_RUN_MS: u64 = 10_000;
 
 impl Default for DispatchConfig {
     fn default() -> Self {
@@ -598,6 +602,11 @@ impl Config {
                 "dispatch.workers and dispatch.tenant_concurrency must be > 0".into(),
             ));
         }
+        if self.dispatch.run_ms > MAX_RUN_MS {
+            return Err(ConfigError::Invalid(format!(
+                "dispatch.run_ms must be at most {MAX_RUN_MS} (a slot holds its chats that long)"
+            )));
+        }
         Ok(out)
     }
 }
@@ -682,6 +691,19 @@ mod tests {
         assert_eq!(t["default"].secrets.len(), 2);
         assert_eq!(t["default"].config.plugin["logger"].limits.fuel, Some(5));
         assert!(t["acme"].secrets.is_empty());
+    }
+
+    #[test]
+    fn a_run_longer_than_ten_seconds_is_refused() {
+        let run = |ms: u64| {
+            Config::parse(&format!("[dispatch]\nrun_ms = {ms}\n[tenants.a]"))
+                .unwrap()
+                .tenants()
+                .map(|_| ())
+        };
+        assert!(run(0).is_ok() && run(10_000).is_ok());
+        let e = run(10_001).unwrap_err().to_string();
+        assert!(e.contains("dispatch.run_ms must be at most 10000"), "{e}");
     }
 
     #[test]

@@ -680,7 +680,10 @@ fn execute_run(
     run.iter()
         .enumerate()
         .map(|(i, d)| {
-            if i > 0 && (started.elapsed() >= budget * 2 || inner.stopping.load(Ordering::SeqCst)) {
+            if i > 0
+                && (started.elapsed() >= budget.saturating_mul(2)
+                    || inner.stopping.load(Ordering::SeqCst))
+            {
                 return None;
             }
             let at = Instant::now();
