@@ -591,11 +591,11 @@ async fn schedule(
     }
     // Enough of each lane for every slot that may start to fill its run,
     // and some over for rows whose chat is busy.
-    let longest = lanes
+    let run_lengths: HashMap<&str, usize> = lanes
         .iter()
-        .map(|(_, p)| inner.pace.run_length(p, budget))
-        .max()
-        .unwrap_or(1);
+        .map(|(_, p)| (p.as_str(), inner.pace.run_length(p, budget)))
+        .collect();
+    let longest = run_lengths.values().copied().max().unwrap_or(1);
     let limit = (startable * (longest + 1)).max(4) as i64;
     let due = inner.store.due(now_ms(), limit, &lanes)?;
     let planned = {
@@ -603,7 +603,7 @@ async fn schedule(
         let shares = shares(&settings, &due, &r);
         let tenant = |t: &str| tenant_cap(&settings, t);
         let share = |t: &str| shares.get(t).copied().unwrap_or_else(|| tenant(t));
-        let run_length = |(_, p): &Lane| inner.pace.run_length(p, budget);
+        let run_length = |(_, p): &Lane| run_lengths.get(p.as_str()).copied().unwrap_or(1);
         let caps = runs::Caps {
             workers: cfg.workers,
             tenant: &tenant,

@@ -70,24 +70,23 @@ pub(super) fn plan(due: Vec<DueDelivery>, r: &mut Running, caps: &Caps) -> Vec<V
         if r.deliveries.contains(&(d.event_seq, d.plugin.clone())) || r.chains.contains(&chain) {
             continue;
         }
-        if !d.interrupted() {
-            if let Some(&i) = open.get(&lane) {
-                if runs[i].len() < (caps.run_length)(&lane) {
-                    r.deliveries.insert((d.event_seq, d.plugin.clone()));
-                    r.chains.insert(chain);
-                    runs[i].push(d);
-                    continue;
-                }
-            }
-        }
-        if r.total >= caps.workers
-            || r.per_tenant.get(&d.tenant).copied().unwrap_or(0) >= (caps.tenant)(&d.tenant)
-            || r.per_lane.get(&lane).copied().unwrap_or(0) >= (caps.share)(&d.tenant)
-        {
+        let joins = match open.get(&lane) {
+            Some(&i) if !d.interrupted() && runs[i].len() < (caps.run_length)(&lane) => Some(i),
+            _ => None,
+        };
+        let opens = joins.is_none()
+            && r.total < caps.workers
+            && r.per_tenant.get(&d.tenant).copied().unwrap_or(0) < (caps.tenant)(&d.tenant)
+            && r.per_lane.get(&lane).copied().unwrap_or(0) < (caps.share)(&d.tenant);
+        if joins.is_none() && !opens {
             continue;
         }
         r.deliveries.insert((d.event_seq, d.plugin.clone()));
         r.chains.insert(chain);
+        if let Some(i) = joins {
+            runs[i].push(d);
+            continue;
+        }
         *r.per_tenant.entry(d.tenant.clone()).or_default() += 1;
         *r.per_lane.entry(lane.clone()).or_default() += 1;
         r.total += 1;
