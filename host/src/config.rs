@@ -317,9 +317,10 @@ pub struct DispatchConfig {
     /// run them when `idle_priority` is off (Linux): above 0, ingest gets
     /// the CPU first and plugins catch up in the time left over.
     pub nice: i32,
-    /// Deliveries run at the kernel's idle priority (Linux `SCHED_IDLE`):
-    /// they take only CPU time nothing else wants and give way at once to
-    /// a request, however long their run. On a machine kept busy by other
+    /// Deliveries, and the dispatcher that fans events out and schedules
+    /// them, run at the kernel's idle priority (Linux `SCHED_IDLE`): they
+    /// take only CPU time nothing else wants and give way at once to a
+    /// request, however long their run. On a machine kept busy by other
     /// programs they then move slowly (a few thousandths of the CPU) until
     /// it frees up; off, they run at `nice`, a larger share at some cost to
     /// ingest while it is busy.

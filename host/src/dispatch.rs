@@ -63,13 +63,14 @@ struct Inner {
     live: Arc<Live>,
     /// The delivery threads' nice value, set at start.
     nice: i32,
-    /// Deliveries at the idle policy instead (`dispatch.idle_priority`),
-    /// set at start: a thread cannot leave it.
+    /// Deliveries, and the dispatcher's own thread, at the idle policy
+    /// instead (`dispatch.idle_priority`), set at start: a thread cannot
+    /// leave it.
     idle: bool,
     store: Store,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    wake: Arc<Notify>,
+    wake: Arc<crate::wake::Wake>,
     running: Mutex<Running>,
     /// Rows in state `pending`, counted on fan-out and start, and read
     /// again from the ledger once a second for the rows queued elsewhere
@@ -145,7 +146,7 @@ impl Dispatcher {
         store: Store,
         registry: Arc<Registry>,
         metrics: Arc<Metrics>,
-        wake: Arc<Notify>,
+        wake: Arc<crate::wake::Wake>,
     ) -> Dispatcher {
         let inner = Arc::new(Inner {
             nice: live.get().dispatch.nice,
@@ -177,6 +178,12 @@ impl Dispatcher {
         std::thread::Builder::new()
             .name("dispatcher".into())
             .spawn(move || {
+                // Fanning out and scheduling are background work like the
+                // deliveries: at the idle policy they wait for a pause in
+                // ingest and then find more events to take in one pass.
+                if i.idle {
+                    crate::priority::idle_current_thread();
+                }
                 // Returns once the deliveries under way have ended; `stop`
                 // waits for that up to its grace period, and the process
                 // may exit before (they run again at the next start).
@@ -305,6 +312,8 @@ fn joined(r: Result<(), tokio::task::JoinError>) {
 }
 
 async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
+    let wake = inner.wake.clone();
+    let listener = wake.listen();
     let mut tasks = JoinSet::new();
     let mut cursor: Option<i64> = None;
     let mut stuck = false;
@@ -354,7 +363,7 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         if !hurry {
             tokio::select! {
                 _ = stop.notified() => break,
-                _ = inner.wake.notified() => {}
+                _ = listener.notified() => {}
                 _ = tokio::time::sleep(pause) => {}
                 Some(r) = tasks.join_next(), if !tasks.is_empty() => joined(r),
             }
@@ -757,7 +766,7 @@ async fn finish_run(
         }
     }
     runs::release(&mut inner.running.lock().unwrap(), run);
-    inner.wake.notify_one();
+    inner.wake.notify();
 }
 
 /// Deliveries `tenant` may run at once.
@@ -989,7 +998,7 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let first = ingest("first");
-        wake.notify_one();
+        wake.notify();
         eventually("the first event fanned out", || {
             store.fanout_cursor().unwrap() >= first
         });
@@ -1015,7 +1024,7 @@ mod tests {
         })
         .join();
         let second = ingest("second");
-        wake.notify_one();
+        wake.notify();
 
         // The loop failed on the poisoned lock, started again, queued the
         // interrupted delivery again (it then fails: the plugin is gone)

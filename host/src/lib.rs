@@ -22,3 +22,4 @@ pub mod samples;
 pub mod server;
 pub mod signature;
 pub mod store;
+pub mod wake;

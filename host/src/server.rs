@@ -14,7 +14,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 /// Runs the server until `shutdown` completes. `source` reads the
 /// configuration again for a reload (`SIGHUP`, `POST /admin/reload`);
@@ -75,7 +74,7 @@ pub(crate) struct Pipeline {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     /// Woken for each stored event and each change of the runnable plugins.
-    pub wake: Arc<Notify>,
+    pub wake: Arc<crate::wake::Wake>,
     pub registry: Arc<Registry>,
     pub dispatcher: Dispatcher,
 }
@@ -86,7 +85,9 @@ impl Pipeline {
         crate::store::check_not_newer(&config.server.data_dir)?;
         let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
         let metrics = Arc::new(Metrics::default());
-        let wake = Arc::new(Notify::new());
+        let wake = Arc::new(
+            crate::wake::Wake::new().context("creating the dispatcher's wake-up descriptor")?,
+        );
         let registry = Registry::start(
             config,
             live.clone(),

@@ -414,7 +414,7 @@ fn threads(pid: u32) -> Vec<(String, i64, i64)> {
 /// Request threads keep the normal policy either way.
 #[cfg(target_os = "linux")]
 #[test]
-fn deliveries_run_at_idle_priority_unless_configured_at_nice() {
+fn deliveries_and_dispatcher_run_at_idle_priority_unless_configured_at_nice() {
     const SCHED_OTHER: i64 = 0;
     const SCHED_IDLE: i64 = 5;
     let samples = sample_plugins();
@@ -442,14 +442,23 @@ fn deliveries_run_at_idle_priority_unless_configured_at_nice() {
         let all = threads(server.child.id());
         let delivering: Vec<_> = all.iter().filter(|t| t.0 == "hookhost-delive").collect();
         let http: Vec<_> = all.iter().filter(|t| t.0 == "hookhost-http").collect();
+        let dispatcher: Vec<_> = all.iter().filter(|t| t.0 == "dispatcher").collect();
         assert!(!http.is_empty(), "{all:?}");
+        assert_eq!(dispatcher.len(), 1, "{all:?}");
         assert!(
             http.iter().all(|t| t.1 == SCHED_OTHER && t.2 == 0),
             "{all:?}"
         );
         if idle {
             assert!(delivering.iter().any(|t| t.1 == SCHED_IDLE), "{all:?}");
+            // Fan-out and scheduling wait for a pause in ingest too.
+            assert_eq!(dispatcher[0].1, SCHED_IDLE, "{all:?}");
         } else {
+            assert_eq!(
+                (dispatcher[0].1, dispatcher[0].2),
+                (SCHED_OTHER, 0),
+                "{all:?}"
+            );
             assert!(
                 delivering.iter().any(|t| t.1 == SCHED_OTHER && t.2 == 7),
                 "{all:?}"

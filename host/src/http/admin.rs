@@ -231,7 +231,7 @@ async fn settle(
         .settle_dead(seq, plugin.clone(), action)
         .await
         .map_err(store_error)?;
-    state.wake.notify_one();
+    state.wake.notify();
     Ok(Json(
         json!({ "ok": true, "event_seq": seq, "plugin": plugin }),
     ))
@@ -263,7 +263,7 @@ async fn settle_all(
         .settle_dead_all(filter, action)
         .await
         .map_err(store_error)?;
-    state.wake.notify_one();
+    state.wake.notify();
     Ok(Json(json!({ action.done(): n })))
 }
 
@@ -300,7 +300,7 @@ async fn replay(
         .replay(seq, plugins, body.resend)
         .await
         .map_err(store_error)?;
-    state.wake.notify_one();
+    state.wake.notify();
     Ok(Json(
         json!({ "ok": true, "event_seq": seq, "plugins": queued, "resend": body.resend }),
     ))

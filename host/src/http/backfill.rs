@@ -107,7 +107,7 @@ pub(super) async fn replay_range(
             total.events += done.events;
             total.deliveries += done.deliveries;
             total.running += done.running;
-            state.wake.notify_one();
+            state.wake.notify();
         }
         if reached_end || pos >= to {
             break false;

@@ -15,6 +15,7 @@ use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::runtime::Registry;
 use crate::store::Store;
+use crate::wake::Wake;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -23,7 +24,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 /// What every handler shares, behind one `Arc`: cloned per request.
 #[derive(Clone)]
@@ -50,7 +51,7 @@ pub struct AppContext {
     pub request_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// Woken after each stored event so the dispatcher picks it up at once.
-    pub wake: Arc<Notify>,
+    pub wake: Arc<Wake>,
     pub registry: Arc<Registry>,
     pub rate: Arc<RateLimiter>,
     pub inflight: Arc<Semaphore>,

@@ -100,7 +100,7 @@ async fn receive(
                     IngestOutcome::Stored { seq } | IngestOutcome::Duplicate { seq } => seq,
                 };
                 tracing::debug!(tenant = tenant_name, key, seq, event_type, "event stored");
-                state.wake.notify_one();
+                state.wake.notify();
             }
             Ok(Json(Ack {
                 ok: true,

@@ -160,7 +160,7 @@ pub struct Registry {
     /// Told when the set of runnable plugins may have changed (a load
     /// ended, a file went away), so held deliveries start without waiting
     /// for the dispatcher's next poll.
-    on_change: std::sync::OnceLock<Arc<tokio::sync::Notify>>,
+    on_change: std::sync::OnceLock<Arc<crate::wake::Wake>>,
 }
 
 impl Registry {
@@ -169,7 +169,7 @@ impl Registry {
         live: Arc<Live>,
         store: Store,
         metrics: Arc<Metrics>,
-        on_change: Arc<tokio::sync::Notify>,
+        on_change: Arc<crate::wake::Wake>,
     ) -> anyhow::Result<Arc<Registry>> {
         let reg = Self::new(config, live, store, metrics)?;
         let _ = reg.on_change.set(on_change);
@@ -275,7 +275,7 @@ impl Registry {
 
     fn changed(&self) {
         if let Some(n) = self.on_change.get() {
-            n.notify_one();
+            n.notify();
         }
     }
 

@@ -33,7 +33,7 @@ pub use ledger::{
 use crate::config::{StoreConfig, Synchronous};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Duration;
 use writer::{Op, WriteOp, Writer};
 
@@ -140,7 +140,9 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     opts: StoreOptions,
-    tx: Mutex<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
+    /// Shared for sending (a sender never waits for another, so a thread
+    /// at idle priority cannot hold up a request here); taken by `close`.
+    tx: RwLock<Option<mpsc::Sender<Box<dyn WriteOp>>>>,
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<writer::Stats>,
@@ -176,7 +178,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path,
                 opts,
-                tx: Mutex::new(Some(tx)),
+                tx: RwLock::new(Some(tx)),
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(handle)),
                 stats,
@@ -208,7 +210,7 @@ impl Store {
             reply,
             guarded,
         });
-        let sent = match self.inner.tx.lock().unwrap().as_ref() {
+        let sent = match self.inner.tx.read().unwrap().as_ref() {
             Some(tx) => tx.send(op).map_err(|e| e.0),
             None => Err(op),
         };
@@ -292,7 +294,7 @@ impl Store {
 
     /// Stops the writer after the operations already queued are committed.
     pub fn close(&self) {
-        self.inner.tx.lock().unwrap().take();
+        self.inner.tx.write().unwrap().take();
         if let Some(h) = self.inner.writer.lock().unwrap().take() {
             let _ = h.join();
         }
