@@ -231,14 +231,28 @@ pub fn wait_settled(
     min: usize,
     timeout: Duration,
 ) -> Vec<hookhost::store::DeliveryRow> {
-    let mut rows = vec![];
+    // Polled with an index probe and a count, the rows read once at the
+    // end: reading every row at each poll would take much of the CPU that
+    // the deliveries, at idle priority, are waiting for.
     wait_until(timeout, || {
-        rows = deliveries(data_dir);
-        rows.len() >= min
-            && rows.iter().all(|d| d.state == "done" || d.state == "dead")
-            && all_fanned_out(data_dir)
+        settled(data_dir, min) && all_fanned_out(data_dir)
     });
-    rows
+    deliveries(data_dir)
+}
+
+/// Whether at least `min` deliveries exist and none is still open.
+fn settled(data_dir: &Path, min: usize) -> bool {
+    let Ok(c) = hookhost::store::open_read_only(data_dir) else {
+        return false;
+    };
+    c.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM deliveries
+                            WHERE state IN ('pending', 'running', 'failed'))
+                AND (SELECT count(*) FROM deliveries) >= ?1",
+        [min as i64],
+        |r| r.get::<_, bool>(0),
+    )
+    .unwrap_or(false)
 }
 
 /// Whether the fan-out cursor has passed the newest stored event (the
