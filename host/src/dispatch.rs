@@ -323,6 +323,7 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     count_pending(&inner);
     loop {
         let pass_started = std::time::Instant::now();
+        inner.metrics.dispatcher_passed();
         let mut hurry = false;
         if inner.registry.initial_load_done() {
             let advanced = match fan_out(&inner, &mut cursor, stuck).await {

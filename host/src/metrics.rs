@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 type Labels = Vec<(&'static str, String)>;
@@ -19,6 +19,11 @@ pub struct Metrics {
     counters: Mutex<BTreeMap<(&'static str, Labels), u64>>,
     gauges: Mutex<BTreeMap<(&'static str, Labels), f64>>,
     histograms: Mutex<BTreeMap<(&'static str, Labels), Histogram>>,
+    /// When the dispatcher last went through its loop (Unix ms; 0: not
+    /// yet). Its age is worked out at each scrape, by the request thread
+    /// that answers it: the dispatcher may run at idle priority, and its
+    /// own gauges stop moving when it gets no CPU.
+    dispatcher_pass_ms: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -34,6 +39,7 @@ impl Default for Metrics {
             counters: Default::default(),
             gauges: Default::default(),
             histograms: Default::default(),
+            dispatcher_pass_ms: AtomicI64::new(0),
         }
     }
 }
@@ -298,9 +304,34 @@ impl Metrics {
         e.count += 1;
     }
 
+    /// The dispatcher went through its loop just now.
+    pub fn dispatcher_passed(&self) {
+        self.dispatcher_pass_ms
+            .store(crate::store::now_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the dispatcher last went through its loop; `None` before
+    /// its first pass.
+    pub fn dispatcher_pass_age(&self) -> Option<std::time::Duration> {
+        match self.dispatcher_pass_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(std::time::Duration::from_millis(
+                (crate::store::now_ms() - at).max(0) as u64,
+            )),
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         self.webhook_seconds.render(&mut out);
+        if let Some(age) = self.dispatcher_pass_age() {
+            let name = "hookhost_dispatcher_pass_age_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} Time since the dispatcher last went through its loop (at most 0.5 s when it gets the CPU it needs).\n# TYPE {name} gauge\n{name} {}",
+                age.as_secs_f64()
+            );
+        }
         let mut counters = self.counters.lock().unwrap().clone();
         for (key, n) in self.received.read().unwrap().iter() {
             let mut parts = key.split('\0').map(String::from);
@@ -398,5 +429,27 @@ mod tests {
         assert!(text.contains(
             "hookhost_events_received_total{tenant=\"acme\",event_type=\"odd\0type\",outcome=\"stored\"} 1"
         ), "{text}");
+    }
+
+    #[test]
+    fn the_dispatchers_pass_age_is_worked_out_at_each_scrape() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("hookhost_dispatcher_pass_age_seconds"));
+        m.dispatcher_passed();
+        let age = m.dispatcher_pass_age().unwrap();
+        assert!(age < std::time::Duration::from_secs(5), "{age:?}");
+        // A dispatcher that has not run since: the age grows with no one
+        // setting it.
+        m.dispatcher_pass_ms.store(
+            crate::store::now_ms() - 42_000,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        let text = m.render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("hookhost_dispatcher_pass_age_seconds "))
+            .unwrap();
+        let secs: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((42.0..47.0).contains(&secs), "{line}");
     }
 }

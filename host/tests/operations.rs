@@ -161,6 +161,16 @@ fn metrics_reflect_a_known_sequence_exactly() {
         metric(&t, "hookhost_inbox_lag ") == Some("0".into())
             && metric(&t, "hookhost_deliveries_open ") == Some("0".into())
     }));
+    // The dispatcher's heartbeat: under a second old while it runs (it
+    // passes at least twice a second), worked out at the scrape.
+    let age: f64 = metric(
+        &metrics_text(&s.url("/metrics")),
+        "hookhost_dispatcher_pass_age_seconds ",
+    )
+    .unwrap()
+    .parse()
+    .unwrap();
+    assert!((0.0..5.0).contains(&age), "{age}");
     // So is the store's size, as SQLite counts it.
     let c = hookhost::store::open_read_only(&s.data_dir()).unwrap();
     let pragma = |p: &str| {
