@@ -321,8 +321,8 @@ pub struct DispatchConfig {
     /// them, run at the kernel's idle priority (Linux `SCHED_IDLE`): they
     /// take only CPU time nothing else wants and give way at once to a
     /// request, however long their run. On a machine kept busy by other
-    /// programs they then move slowly (a few thousandths of the CPU) until
-    /// it frees up; off, they run at `nice`, a larger share at some cost to
+    /// programs they then nearly stop until it frees up (a few deliveries a
+    /// second); off, they run at `nice`, a larger share at some cost to
     /// ingest while it is busy.
     pub idle_priority: bool,
     /// Deliveries created ahead of the plugins (waiting to run). Beyond it,

@@ -184,6 +184,10 @@ impl Dispatcher {
                 if i.idle {
                     crate::priority::idle_current_thread();
                 }
+                #[cfg(target_os = "linux")]
+                // SAFETY: gettid has no preconditions.
+                i.metrics
+                    .dispatcher_started(unsafe { libc::gettid() } as i64);
                 // Returns once the deliveries under way have ended; `stop`
                 // waits for that up to its grace period, and the process
                 // may exit before (they run again at the next start).

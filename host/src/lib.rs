@@ -23,3 +23,4 @@ pub mod server;
 pub mod signature;
 pub mod store;
 pub mod wake;
+mod watchdog;

@@ -24,6 +24,8 @@ pub struct Metrics {
     /// that answers it: the dispatcher may run at idle priority, and its
     /// own gauges stop moving when it gets no CPU.
     dispatcher_pass_ms: AtomicI64,
+    /// The dispatcher thread's id (Linux), for the watchdog; 0: not known.
+    dispatcher_tid: AtomicI64,
 }
 
 impl Default for Metrics {
@@ -40,6 +42,7 @@ impl Default for Metrics {
             gauges: Default::default(),
             histograms: Default::default(),
             dispatcher_pass_ms: AtomicI64::new(0),
+            dispatcher_tid: AtomicI64::new(0),
         }
     }
 }
@@ -181,6 +184,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Events stored but not yet fanned out to plugins.",
     ),
     (
+        "hookhost_dispatcher_cpu_wait_ratio",
+        "gauge",
+        "Share of the last 5 s the dispatcher's thread was ready to run but waited for a core.",
+    ),
+    (
         "hookhost_store_bytes",
         "gauge",
         "Size of the store's database file (its WAL not counted).",
@@ -308,6 +316,18 @@ impl Metrics {
     pub fn dispatcher_passed(&self) {
         self.dispatcher_pass_ms
             .store(crate::store::now_ms(), Ordering::Relaxed);
+    }
+
+    /// The dispatcher runs on the thread `tid`.
+    pub fn dispatcher_started(&self, tid: i64) {
+        self.dispatcher_tid.store(tid, Ordering::Relaxed);
+    }
+
+    pub fn dispatcher_tid(&self) -> Option<i64> {
+        match self.dispatcher_tid.load(Ordering::Relaxed) {
+            0 => None,
+            tid => Some(tid),
+        }
     }
 
     /// Time since the dispatcher last went through its loop; `None` before

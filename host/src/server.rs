@@ -36,7 +36,7 @@ pub async fn serve(
         p.registry.clone(),
         p.metrics.clone(),
     ));
-    let watchdog = tokio::spawn(watch_dispatcher(p.metrics.clone()));
+    let watchdog = tokio::spawn(crate::watchdog::run(p.metrics.clone()));
     let state = AppState::from(AppContext {
         live: p.live.clone(),
         store: p.store.clone(),
@@ -169,36 +169,6 @@ async fn reload_on_hangup(live: Arc<Live>, registry: Arc<Registry>, metrics: Arc
     #[cfg(not(unix))]
     let _ = (live, registry, metrics);
 }
-
-/// The dispatcher goes through its loop at least twice a second while it
-/// gets the CPU (at idle priority, `dispatch.idle_priority`, it still did
-/// with three busy loops on two cores). When it has not for a long while,
-/// this says so in the log, at most once a minute, from a thread at normal
-/// priority.
-async fn watch_dispatcher(metrics: Arc<Metrics>) {
-    let mut warned: Option<tokio::time::Instant> = None;
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let Some(age) = metrics.dispatcher_pass_age() else {
-            continue;
-        };
-        if age >= DISPATCHER_STALLED
-            && warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-        {
-            warned = Some(tokio::time::Instant::now());
-            tracing::warn!(
-                seconds = age.as_secs(),
-                "the dispatcher has not gone through its loop for a while: deliveries \
-                 are held up (by other work keeping every core busy while \
-                 dispatch.idle_priority is on, or by a fault named earlier in the log)"
-            );
-        }
-    }
-}
-
-/// A dispatcher not seen for this long is held up (it passes at least
-/// every 0.5 s when it runs).
-const DISPATCHER_STALLED: Duration = Duration::from_secs(30);
 
 /// Retention: events older than `[store] retention` go once nothing needs
 /// them, looked for every quarter of that age (at least every second, at
