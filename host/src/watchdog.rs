@@ -50,7 +50,7 @@ pub async fn run(metrics: Arc<Metrics>) {
         let Some(ratio) = waits.sample(std::time::Instant::now(), wait) else {
             continue;
         };
-        metrics.set("hookhost_dispatcher_cpu_wait_ratio", vec![], ratio);
+        metrics.set_dispatcher_cpu_wait(ratio);
         if waits.held_back() >= HELD_BACK && due(&said_held_back) {
             said_held_back = Some(tokio::time::Instant::now());
             tracing::warn!(

@@ -118,8 +118,18 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Rendered on a blocking thread: the series' locks are also taken by
+/// threads at idle priority, and a request thread waiting for one of them
+/// would hold up every connection it serves.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = state.metrics.render();
-    state.store.render_metrics(&mut text);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    let rendered = tokio::task::spawn_blocking(move || {
+        let mut text = state.metrics.render();
+        state.store.render_metrics(&mut text);
+        text
+    })
+    .await;
+    match rendered {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(_) => AppError::Internal.into_response(),
+    }
 }
