@@ -1,7 +1,8 @@
 //! The dispatcher's wake-up: signalled by every stored event, never making
 //! the signalling thread wait.
 //!
-//! The dispatcher runs at idle priority. A request thread that wakes it
+//! The dispatcher may run at idle priority (`dispatch.idle_priority`). A
+//! request thread that wakes it
 //! through tokio's `Notify`, or through its runtime's queue of tasks woken
 //! from other threads, takes a lock the dispatcher also takes; were the
 //! dispatcher preempted while holding it, the request would wait until the
