@@ -2,11 +2,11 @@
 //! the signalling thread wait.
 //!
 //! The dispatcher may run at idle priority (`dispatch.idle_priority`). A
-//! request thread that wakes it
-//! through tokio's `Notify`, or through its runtime's queue of tasks woken
-//! from other threads, takes a lock the dispatcher also takes; were the
-//! dispatcher preempted while holding it, the request would wait until the
-//! machine has a moment with nothing else to do. Here a signal is an atomic
+//! request thread that wakes it through tokio's `Notify`, or through its
+//! runtime's queue of tasks woken from other threads, takes a lock the
+//! dispatcher also takes; were the dispatcher preempted while holding it,
+//! the request would wait until the machine has a moment with nothing else
+//! to do. Here a signal is an atomic
 //! flag and, for the first signal since the dispatcher last looked, one
 //! write to an eventfd, whose locks are the kernel's and never held by a
 //! preempted thread.
