@@ -52,6 +52,11 @@ impl Default for Metrics {
     }
 }
 
+/// Appends an unlabelled gauge worked out at the scrape.
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+}
+
 /// Buckets for request and commit times, in seconds.
 pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -352,19 +357,20 @@ impl Metrics {
         let mut out = String::new();
         self.webhook_seconds.render(&mut out);
         if let Some(age) = self.dispatcher_pass_age() {
-            let name = "hookhost_dispatcher_pass_age_seconds";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Time since the dispatcher last went through its loop (at most 0.5 s when it gets the CPU it needs).\n# TYPE {name} gauge\n{name} {}",
-                age.as_secs_f64()
+            gauge(
+                &mut out,
+                "hookhost_dispatcher_pass_age_seconds",
+                "Time since the dispatcher last went through its loop (at most 0.5 s when it gets the CPU it needs).",
+                age.as_secs_f64(),
             );
         }
         let wait = f64::from_bits(self.dispatcher_cpu_wait.load(Ordering::Relaxed));
         if !wait.is_nan() {
-            let name = "hookhost_dispatcher_cpu_wait_ratio";
-            let _ = writeln!(
-                out,
-                "# HELP {name} Share of the last 5 s the dispatcher's thread was ready to run but waited for a core.\n# TYPE {name} gauge\n{name} {wait}"
+            gauge(
+                &mut out,
+                "hookhost_dispatcher_cpu_wait_ratio",
+                "Share of the last 5 s the dispatcher's thread was ready to run but waited for a core.",
+                wait,
             );
         }
         let mut counters = self.counters.lock().unwrap().clone();
