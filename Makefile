@@ -38,7 +38,7 @@ test: build plugins test-plugins
 	cd plugins && CARGO_TARGET_DIR=$(HOOKHOST_WASM_TARGET_DIR) cargo test --quiet
 
 # Figures side by side in one run; see BENCHMARKS.md. BENCH_SECONDS,
-# BENCH_CONNECTIONS, BENCH_DELIVERIES, BENCH_DUPLICATE_PERCENT tune it.
+# BENCH_CONNECTIONS, BENCH_DELIVERIES, BENCH_DUPLICATE_PERCENT, BENCH_CHATS tune it.
 bench: build plugins
 	BENCH_PLUGINS_DIR=$(PLUGINS_DIR) $(CARGO_TARGET_DIR)/debug/hookhost-bench
 

@@ -84,12 +84,19 @@ impl LoadResult {
     }
 }
 
+/// How many chats the events are spread over (`BENCH_CHATS`, 500): fewer
+/// chats make longer queues per chat, which the scheduler holds in order.
+fn chats() -> u64 {
+    static CHATS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CHATS.get_or_init(|| crate::env_num("BENCH_CHATS", 500).max(1))
+}
+
 /// The body of request `n` (unique per run thanks to `run_id`).
 pub fn body(n: u64, run_id: u64, dup: bool) -> Vec<u8> {
     // Duplicates repeat an earlier message exactly.
     let n = if dup && n > 10 { n / 2 } else { n };
     let id = format!("B{run_id}-{n}");
-    let chat = format!("57300{:07}@c.us", n % 500);
+    let chat = format!("57300{:07}@c.us", n % chats());
     let ts = 1_724_716_800 + n as i64;
     let v = match n % 10 {
         0..=3 => serde_json::json!({

@@ -604,14 +604,16 @@ async fn schedule(
         return Ok(false);
     }
     // Enough of each lane for every slot that may start to fill its run,
-    // and some over for rows whose chat is busy.
+    // and some over for rows whose chat is busy; or, when a few chats hold
+    // long queues, one delivery per slot that may start once the ledger's
+    // walk has stepped over its budget of rows (see `Store::due`).
     let run_lengths: HashMap<&str, usize> = lanes
         .iter()
         .map(|(_, p)| (p.as_str(), inner.pace.run_length(p, budget)))
         .collect();
     let longest = run_lengths.values().copied().max().unwrap_or(1);
     let limit = (startable * (longest + 1)).max(4) as i64;
-    let due = inner.store.due(now_ms(), limit, &lanes)?;
+    let due = inner.store.due(now_ms(), limit, startable as i64, &lanes)?;
     let planned = {
         let mut r = inner.running.lock().unwrap();
         let shares = shares(&settings, &due, &r);

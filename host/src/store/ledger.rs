@@ -58,6 +58,10 @@ pub struct DeliveryRow {
 
 /// The partial index `deliveries_open_lane` holds the open rows; queries
 /// that read them name its condition word for word so SQLite uses it.
+/// Rows a lane's walk in [`Store::due`] steps over before it settles for
+/// `enough` deliveries instead of `limit`.
+pub const DUE_SCAN_ROWS: usize = 1024;
+
 macro_rules! open_rows {
     () => {
         "state IN ('pending', 'running', 'failed')"
@@ -124,13 +128,21 @@ impl Store {
     /// runs or waits for its retry keeps its chat's later rows back.
     /// Rows of lanes not asked for (a plugin still compiling, a tenant at
     /// its cap) are not even stepped over, however many wait.
+    ///
+    /// A lane's walk also ends once it has found `enough` and stepped over
+    /// [`DUE_SCAN_ROWS`] rows: when a few chats hold long queues, fewer
+    /// chats are free than `limit`, and the walk would otherwise read every
+    /// open row of the lane at every pass. What it leaves is newer than
+    /// what it found.
     pub fn due(
         &self,
         now: i64,
         limit: i64,
+        enough: i64,
         lanes: &[(String, String)],
     ) -> Result<Vec<DueDelivery>, StoreError> {
         let limit = limit.max(0) as usize;
+        let enough = (enough.max(1) as usize).min(limit);
         self.read(|c| {
             let mut st = c.prepare_cached(concat!(
                 "SELECT event_seq, ordering_key, attempts, resend, state, next_at
@@ -143,9 +155,10 @@ impl Store {
             for (tenant, plugin) in lanes {
                 let mut rows = st.query(params![tenant, plugin])?;
                 let mut held_chats: std::collections::HashSet<String> = Default::default();
-                let mut found = 0;
-                while found < limit {
+                let (mut found, mut stepped) = (0, 0);
+                while found < limit && (found < enough || stepped < DUE_SCAN_ROWS) {
                     let Some(r) = rows.next()? else { break };
+                    stepped += 1;
                     let chat: String = r.get(1)?;
                     if held_chats.contains(&chat) {
                         continue;
@@ -726,22 +739,29 @@ mod tests {
             |due: Vec<DueDelivery>| -> Vec<i64> { due.iter().map(|d| d.event_seq).collect() };
         let now = now_ms();
         assert_eq!(
-            seqs(store.due(now, 10, &lanes(&["logger", "stats"])).unwrap()),
+            seqs(
+                store
+                    .due(now, 10, 10, &lanes(&["logger", "stats"]))
+                    .unwrap()
+            ),
             [5, 8, 9, 11]
         );
         // Only the lanes asked for; at most `limit` of each lane, oldest
         // first across them.
-        assert_eq!(seqs(store.due(now, 10, &lanes(&["stats"])).unwrap()), [9]);
         assert_eq!(
-            seqs(store.due(now, 2, &lanes(&["logger", "stats"])).unwrap()),
+            seqs(store.due(now, 10, 10, &lanes(&["stats"])).unwrap()),
+            [9]
+        );
+        assert_eq!(
+            seqs(store.due(now, 2, 2, &lanes(&["logger", "stats"])).unwrap()),
             [5, 8, 9]
         );
         // When b's retry comes, b's first row runs, not the one behind it.
         assert_eq!(
-            seqs(store.due(later, 10, &lanes(&["logger"])).unwrap()),
+            seqs(store.due(later, 10, 10, &lanes(&["logger"])).unwrap()),
             [3, 5, 8, 11]
         );
-        let d = store.due(now, 1, &lanes(&["logger"])).unwrap().remove(0);
+        let d = store.due(now, 1, 1, &lanes(&["logger"])).unwrap().remove(0);
         assert_eq!(
             (
                 d.plugin.as_str(),
@@ -750,6 +770,42 @@ mod tests {
             ),
             ("logger", "acme", "c")
         );
+        store.close();
+    }
+
+    #[test]
+    fn due_stops_walking_a_long_held_queue_once_it_has_enough() {
+        // Chats e and f are free; a's first row runs and holds its 2999
+        // later rows; b and c come after all of them.
+        let held = 3000;
+        let mut rows = vec![
+            ("logger", "e", "pending", 0), // 1
+            ("logger", "f", "pending", 0), // 2
+            ("logger", "a", "running", 0), // 3
+        ];
+        rows.extend((1..held).map(|_| ("logger", "a", "pending", 0)));
+        rows.extend([
+            ("logger", "b", "pending", 0), // held + 3
+            ("logger", "c", "pending", 0), // held + 4
+        ]);
+        assert!(rows.len() > DUE_SCAN_ROWS * 2);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        ledger_with(&store, rows);
+        let lanes = vec![("acme".to_string(), "logger".to_string())];
+        let seqs =
+            |due: Vec<DueDelivery>| -> Vec<i64> { due.iter().map(|d| d.event_seq).collect() };
+        let now = now_ms();
+        let (b, c) = (held as i64 + 3, held as i64 + 4);
+        // With enough found, the walk ends after its budget of rows: b and
+        // c, newer, wait for a later pass.
+        assert_eq!(seqs(store.due(now, 10, 1, &lanes).unwrap()), [1, 2]);
+        // Short of enough, it goes on past the budget, and stops once it
+        // has enough.
+        assert_eq!(seqs(store.due(now, 10, 3, &lanes).unwrap()), [1, 2, b]);
+        assert_eq!(seqs(store.due(now, 10, 4, &lanes).unwrap()), [1, 2, b, c]);
+        // `limit` still ends it first.
+        assert_eq!(seqs(store.due(now, 2, 1, &lanes).unwrap()), [1, 2]);
         store.close();
     }
 
