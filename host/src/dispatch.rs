@@ -41,6 +41,11 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// How often the lane-by-lane scheduler asks the ledger which lanes have
 /// open rows (to find those of removed plugins).
 const LEDGER_LANES_EVERY: Duration = Duration::from_secs(1);
+/// How long a lane found with nothing to start is walked only over its new
+/// rows (see `Quiet`) before it is read whole again: the bound on how late
+/// a change the dispatcher does not hear of (an operator's retry or replay)
+/// is seen.
+const QUIET_FOR: Duration = Duration::from_secs(1);
 /// The pause before the dispatcher starts again after a failure, doubled
 /// for each failure in a row up to `RESTART_MAX`.
 const RESTART_FIRST: Duration = Duration::from_millis(500);
@@ -83,6 +88,12 @@ struct Inner {
     /// The ledger's open lanes and when they were read, for the lanes of
     /// plugins and tenants no longer configured.
     ledger_lanes: Mutex<Option<(Vec<Lane>, std::time::Instant)>>,
+    /// Lanes whose every chat was held back at the last pass (all running
+    /// or waiting for a retry), with where the walk ended and when the lane
+    /// was last read whole: the next pass reads only the rows added since.
+    /// Dropped when an outcome in the lane is recorded, a retry comes due
+    /// or after `QUIET_FOR`.
+    quiet: Mutex<HashMap<Lane, (crate::store::LaneWalk, std::time::Instant)>>,
     /// Events read and parsed for the deliveries running now and soon.
     recent: prepared::Recent,
     /// Runs on the blocking pool, counted apart from `running`: they go on
@@ -160,6 +171,7 @@ impl Dispatcher {
             pending: AtomicUsize::new(0),
             retry_hint: AtomicI64::new(i64::MAX),
             ledger_lanes: Mutex::new(None),
+            quiet: Mutex::default(),
             recent: prepared::Recent::default(),
             in_flight: AtomicUsize::new(0),
             pace: runs::Pace::default(),
@@ -613,7 +625,7 @@ async fn schedule(
         .collect();
     let longest = run_lengths.values().copied().max().unwrap_or(1);
     let limit = (startable * (longest + 1)).max(4) as i64;
-    let due = inner.store.due(now_ms(), limit, startable as i64, &lanes)?;
+    let due = due(inner, limit, startable as i64, &lanes)?;
     let planned = {
         let mut r = inner.running.lock().unwrap();
         let shares = shares(&settings, &due, &r);
@@ -772,8 +784,47 @@ async fn finish_run(
             }
         }
     }
+    // After the commit: a pass that read the lane before it held the
+    // chats of this run back, and must read it whole again.
+    let mut quiet = inner.quiet.lock().unwrap();
+    for d in run {
+        quiet.remove(&(d.tenant.clone(), d.plugin.clone()));
+    }
+    drop(quiet);
     runs::release(&mut inner.running.lock().unwrap(), run);
     inner.wake.notify();
+}
+
+/// What may start in `lanes` (see `Store::due`), oldest first; a lane
+/// held back whole at the last pass is read from where that walk ended.
+fn due(
+    inner: &Inner,
+    limit: i64,
+    enough: i64,
+    lanes: &[Lane],
+) -> Result<Vec<DueDelivery>, crate::store::StoreError> {
+    let now = now_ms();
+    let mut all = Vec::new();
+    for lane in lanes {
+        let kept = inner.quiet.lock().unwrap().remove(lane);
+        let (mut walk, read_whole_at) = match kept {
+            Some((walk, at)) if at.elapsed() < QUIET_FOR && now < walk.wakes_at => (walk, at),
+            _ => (Default::default(), std::time::Instant::now()),
+        };
+        let found = inner
+            .store
+            .due_in_lane(now, limit, enough, lane, &mut walk)?;
+        if found.is_empty() && walk.complete {
+            inner
+                .quiet
+                .lock()
+                .unwrap()
+                .insert(lane.clone(), (walk, read_whole_at));
+        }
+        all.extend(found);
+    }
+    all.sort_by_key(|d| d.event_seq);
+    Ok(all)
 }
 
 /// Deliveries `tenant` may run at once.

@@ -58,6 +58,31 @@ pub struct DeliveryRow {
 
 /// The partial index `deliveries_open_lane` holds the open rows; queries
 /// that read them name its condition word for word so SQLite uses it.
+/// Where a walk of a lane's open rows ended ([`Store::due_in_lane`]).
+#[derive(Debug, Clone)]
+pub struct LaneWalk {
+    /// The event of the last row stepped over (0: none yet).
+    pub after: i64,
+    /// Chats whose oldest open row was found: their later rows wait.
+    pub held: std::collections::HashSet<String>,
+    /// The earliest retry among the rows that hold their chat back (ms;
+    /// `i64::MAX`: none).
+    pub wakes_at: i64,
+    /// The walk read to the lane's last open row.
+    pub complete: bool,
+}
+
+impl Default for LaneWalk {
+    fn default() -> Self {
+        LaneWalk {
+            after: 0,
+            held: Default::default(),
+            wakes_at: i64::MAX,
+            complete: false,
+        }
+    }
+}
+
 /// Rows a lane's walk in [`Store::due`] steps over before it settles for
 /// `enough` deliveries instead of `limit`.
 pub const DUE_SCAN_ROWS: usize = 1024;
@@ -141,50 +166,74 @@ impl Store {
         enough: i64,
         lanes: &[(String, String)],
     ) -> Result<Vec<DueDelivery>, StoreError> {
+        let mut all = Vec::new();
+        for lane in lanes {
+            all.extend(self.due_in_lane(now, limit, enough, lane, &mut LaneWalk::default())?);
+        }
+        // Oldest first across lanes; up to `limit` of each lane, so that
+        // a lane held at its share of the tenant's slots does not crowd
+        // the others out of the list.
+        all.sort_by_key(|d| d.event_seq);
+        Ok(all)
+    }
+
+    /// [`Store::due`] for one lane, walking its open rows after
+    /// `walk.after` with the chats `walk.held` holds back; `walk` is left
+    /// where this walk ended. A walk that found nothing and read the whole
+    /// lane can go on from there at the next pass, over the rows added
+    /// since, as long as none of the rows it read has changed: no outcome
+    /// recorded in the lane and no retry come due (`walk.wakes_at`).
+    pub fn due_in_lane(
+        &self,
+        now: i64,
+        limit: i64,
+        enough: i64,
+        (tenant, plugin): &(String, String),
+        walk: &mut LaneWalk,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
         let limit = limit.max(0) as usize;
         let enough = (enough.max(1) as usize).min(limit);
         self.read(|c| {
             let mut st = c.prepare_cached(concat!(
                 "SELECT event_seq, ordering_key, attempts, resend, state, next_at
                  FROM deliveries INDEXED BY deliveries_open_lane
-                 WHERE tenant = ?1 AND plugin = ?2 AND ",
+                 WHERE tenant = ?1 AND plugin = ?2 AND event_seq > ?3 AND ",
                 open_rows!(),
                 " ORDER BY event_seq"
             ))?;
-            let mut all = Vec::new();
-            for (tenant, plugin) in lanes {
-                let mut rows = st.query(params![tenant, plugin])?;
-                let mut held_chats: std::collections::HashSet<String> = Default::default();
-                let (mut found, mut stepped) = (0, 0);
-                while found < limit && (found < enough || stepped < DUE_SCAN_ROWS) {
-                    let Some(r) = rows.next()? else { break };
-                    stepped += 1;
-                    let chat: String = r.get(1)?;
-                    if held_chats.contains(&chat) {
-                        continue;
-                    }
-                    let state: String = r.get(4)?;
-                    let next_at: i64 = r.get(5)?;
-                    if state != "running" && next_at <= now {
-                        all.push(DueDelivery {
-                            event_seq: r.get(0)?,
-                            plugin: plugin.clone(),
-                            tenant: tenant.clone(),
-                            ordering_key: chat.clone(),
-                            attempts: r.get(2)?,
-                            resend: r.get(3)?,
-                            queued: state == "pending",
-                        });
-                        found += 1;
-                    }
-                    held_chats.insert(chat);
+            let mut rows = st.query(params![tenant, plugin, walk.after])?;
+            let mut due = Vec::new();
+            let mut stepped = 0;
+            walk.complete = false;
+            while due.len() < limit && (due.len() < enough || stepped < DUE_SCAN_ROWS) {
+                let Some(r) = rows.next()? else {
+                    walk.complete = true;
+                    break;
+                };
+                stepped += 1;
+                walk.after = r.get(0)?;
+                let chat: String = r.get(1)?;
+                if walk.held.contains(&chat) {
+                    continue;
                 }
+                let state: String = r.get(4)?;
+                let next_at: i64 = r.get(5)?;
+                if state != "running" && next_at <= now {
+                    due.push(DueDelivery {
+                        event_seq: walk.after,
+                        plugin: plugin.clone(),
+                        tenant: tenant.clone(),
+                        ordering_key: chat.clone(),
+                        attempts: r.get(2)?,
+                        resend: r.get(3)?,
+                        queued: state == "pending",
+                    });
+                } else if state != "running" {
+                    walk.wakes_at = walk.wakes_at.min(next_at);
+                }
+                walk.held.insert(chat);
             }
-            // Oldest first across lanes; up to `limit` of each lane, so that
-            // a lane held at its share of the tenant's slots does not crowd
-            // the others out of the list.
-            all.sort_by_key(|d| d.event_seq);
-            Ok(all)
+            Ok(due)
         })
     }
 
@@ -806,6 +855,58 @@ mod tests {
         assert_eq!(seqs(store.due(now, 10, 4, &lanes).unwrap()), [1, 2, b, c]);
         // `limit` still ends it first.
         assert_eq!(seqs(store.due(now, 2, 1, &lanes).unwrap()), [1, 2]);
+        store.close();
+    }
+
+    #[test]
+    fn a_walk_that_found_nothing_goes_on_over_the_rows_added_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        let later = now_ms() + 60_000;
+        ledger_with(
+            &store,
+            vec![
+                ("logger", "a", "running", 0),    // 1: holds a
+                ("logger", "a", "pending", 0),    // 2
+                ("logger", "b", "failed", later), // 3: holds b until later
+                ("logger", "b", "pending", 0),    // 4
+            ],
+        );
+        let lane = ("acme".to_string(), "logger".to_string());
+        let now = now_ms();
+        let mut walk = LaneWalk::default();
+        let found = store.due_in_lane(now, 10, 1, &lane, &mut walk).unwrap();
+        assert!(found.is_empty(), "{found:?}");
+        assert!(walk.complete);
+        assert_eq!((walk.after, walk.wakes_at), (4, later));
+        assert_eq!(walk.held.len(), 2);
+        // New rows: one of a held chat, one of a new chat.
+        store
+            .write_blocking(|c| {
+                for (seq, chat) in [(5, "a"), (6, "c"), (7, "b")] {
+                    c.execute(
+                        "INSERT INTO events (seq, tenant, key, event_type, ordering_key, body, received_at)
+                         VALUES (?1, 'acme', ?1, 'message', ?2, x'7b7d', 0)",
+                        params![seq, chat],
+                    )?;
+                    c.execute(
+                        "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
+                         VALUES (?1, 'logger', 'acme', ?2, 'pending', 0, 0)",
+                        params![seq, chat],
+                    )?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        let found = store.due_in_lane(now, 10, 1, &lane, &mut walk).unwrap();
+        let seqs: Vec<i64> = found.iter().map(|d| d.event_seq).collect();
+        assert_eq!(seqs, [6]);
+        assert_eq!(walk.after, 7);
+        // Read whole, the lane gives the same.
+        let whole = store
+            .due_in_lane(now, 10, 1, &lane, &mut LaneWalk::default())
+            .unwrap();
+        assert_eq!(whole.iter().map(|d| d.event_seq).collect::<Vec<_>>(), [6]);
         store.close();
     }
 
