@@ -43,8 +43,8 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 const LEDGER_LANES_EVERY: Duration = Duration::from_secs(1);
 /// How long a lane found with nothing to start is walked only over its new
 /// rows (see `Quiet`) before it is read whole again: the bound on how late
-/// a change the dispatcher does not hear of (an operator's retry or replay)
-/// is seen.
+/// a change the dispatcher does not hear of (an offline command's retry or
+/// replay) is seen.
 const QUIET_FOR: Duration = Duration::from_secs(1);
 /// The pause before the dispatcher starts again after a failure, doubled
 /// for each failure in a row up to `RESTART_MAX`.
@@ -91,9 +91,10 @@ struct Inner {
     /// Lanes whose every chat was held back at the last pass (all running
     /// or waiting for a retry), with where the walk ended and when the lane
     /// was last read whole: the next pass reads only the rows added since.
-    /// Dropped when an outcome in the lane is recorded, a retry comes due
-    /// or after `QUIET_FOR`.
-    quiet: Mutex<HashMap<Lane, (crate::store::LaneWalk, std::time::Instant)>>,
+    /// Dropped when an outcome in the lane is recorded, a retry comes due,
+    /// an operator changes the ledger through this process, or after
+    /// `QUIET_FOR`.
+    quiet: Mutex<HashMap<Lane, Quiet>>,
     /// Events read and parsed for the deliveries running now and soon.
     recent: prepared::Recent,
     /// Runs on the blocking pool, counted apart from `running`: they go on
@@ -795,6 +796,14 @@ async fn finish_run(
     inner.wake.notify();
 }
 
+/// A lane found with every chat held back: where its walk ended, when it
+/// was last read whole, and the operator's changes to the ledger then.
+struct Quiet {
+    walk: crate::store::LaneWalk,
+    read_whole_at: std::time::Instant,
+    ledger_changes: u64,
+}
+
 /// What may start in `lanes` (see `Store::due`), oldest first; a lane
 /// held back whole at the last pass is read from where that walk ended.
 fn due(
@@ -804,22 +813,33 @@ fn due(
     lanes: &[Lane],
 ) -> Result<Vec<DueDelivery>, crate::store::StoreError> {
     let now = now_ms();
+    // Read before the walks: a change made during them counts as after.
+    let changes = inner.store.ledger_changes();
     let mut all = Vec::new();
     for lane in lanes {
         let kept = inner.quiet.lock().unwrap().remove(lane);
         let (mut walk, read_whole_at) = match kept {
-            Some((walk, at)) if at.elapsed() < QUIET_FOR && now < walk.wakes_at => (walk, at),
+            Some(q)
+                if q.read_whole_at.elapsed() < QUIET_FOR
+                    && now < q.walk.wakes_at
+                    && q.ledger_changes == changes =>
+            {
+                (q.walk, q.read_whole_at)
+            }
             _ => (Default::default(), std::time::Instant::now()),
         };
         let found = inner
             .store
             .due_in_lane(now, limit, enough, lane, &mut walk)?;
         if found.is_empty() && walk.complete {
-            inner
-                .quiet
-                .lock()
-                .unwrap()
-                .insert(lane.clone(), (walk, read_whole_at));
+            inner.quiet.lock().unwrap().insert(
+                lane.clone(),
+                Quiet {
+                    walk,
+                    read_whole_at,
+                    ledger_changes: changes,
+                },
+            );
         }
         all.extend(found);
     }

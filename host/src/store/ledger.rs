@@ -700,7 +700,9 @@ impl Store {
         plugins: Vec<String>,
         resend: bool,
     ) -> Result<Vec<String>, StoreError> {
-        self.write(move |c| replay(c, seq, &plugins, resend)).await
+        let r = self.write(move |c| replay(c, seq, &plugins, resend)).await;
+        self.ledger_changed();
+        r
     }
 
     pub async fn replay_many(
@@ -708,7 +710,9 @@ impl Store {
         items: Vec<(i64, Vec<String>)>,
         resend: bool,
     ) -> Result<Replayed, StoreError> {
-        self.write(move |c| replay_many(c, &items, resend)).await
+        let r = self.write(move |c| replay_many(c, &items, resend)).await;
+        self.ledger_changed();
+        r
     }
 
     pub async fn settle_dead(
@@ -717,8 +721,11 @@ impl Store {
         plugin: String,
         action: DeadLetter,
     ) -> Result<(), StoreError> {
-        self.write(move |c| settle_dead(c, seq, &plugin, action))
-            .await
+        let r = self
+            .write(move |c| settle_dead(c, seq, &plugin, action))
+            .await;
+        self.ledger_changed();
+        r
     }
 
     pub async fn settle_dead_all(
@@ -726,8 +733,11 @@ impl Store {
         filter: DeadFilter,
         action: DeadLetter,
     ) -> Result<usize, StoreError> {
-        self.write_statement(move |c| settle_dead_all(c, &filter, action))
-            .await
+        let r = self
+            .write_statement(move |c| settle_dead_all(c, &filter, action))
+            .await;
+        self.ledger_changed();
+        r
     }
 }
 
@@ -907,6 +917,28 @@ mod tests {
             .due_in_lane(now, 10, 1, &lane, &mut LaneWalk::default())
             .unwrap();
         assert_eq!(whole.iter().map(|d| d.event_seq).collect::<Vec<_>>(), [6]);
+        store.close();
+    }
+
+    #[test]
+    fn the_operators_changes_to_the_ledger_are_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        ledger_with(&store, vec![("logger", "a", "dead", 0)]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(store.ledger_changes(), 0);
+        rt.block_on(store.settle_dead(1, "logger".into(), DeadLetter::Retry))
+            .unwrap();
+        assert_eq!(store.ledger_changes(), 1);
+        rt.block_on(store.replay(1, vec!["logger".into()], false))
+            .unwrap();
+        assert_eq!(store.ledger_changes(), 2);
+        // The dispatcher's own writes are not the operator's.
+        rt.block_on(store.finish_all(vec![(1, "logger".into(), None)]))
+            .unwrap();
+        assert_eq!(store.ledger_changes(), 2);
         store.close();
     }
 

@@ -146,6 +146,9 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<writer::Stats>,
+    /// Counts the operator's changes to the ledger made through this
+    /// handle (replays, dead letters retried or discarded).
+    ledger_changes: std::sync::atomic::AtomicU64,
 }
 
 impl Store {
@@ -182,6 +185,7 @@ impl Store {
                 readers: Mutex::new(Vec::new()),
                 writer: Mutex::new(Some(handle)),
                 stats,
+                ledger_changes: Default::default(),
             }),
         }
     }
@@ -252,6 +256,21 @@ impl Store {
         self.submit(f)
             .blocking_recv()
             .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+    }
+
+    /// How many times an operator changed the ledger through this store
+    /// (see [`Store::replay`] and [`Store::settle_dead`]): what the
+    /// dispatcher read of a lane before is stale once this moves.
+    pub fn ledger_changes(&self) -> u64 {
+        self.inner
+            .ledger_changes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn ledger_changed(&self) {
+        self.inner
+            .ledger_changes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Runs `f` on a read connection (blocking; call from a blocking thread).
