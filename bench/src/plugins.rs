@@ -54,6 +54,20 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// One sample plugin, compiled and loaded, and what its deliveries took.
+struct Measured {
+    name: &'static str,
+    lang: &'static str,
+    size: usize,
+    compile: Duration,
+    cached_load: Duration,
+    plugin: plugin::LoadedPlugin,
+    /// Fresh instance + `handle`, µs: one list per round.
+    rounds: Vec<Vec<f64>>,
+    instantiate: Vec<f64>,
+    fuel: u64,
+}
+
 pub fn suite(
     rt: &tokio::runtime::Runtime,
     plugins_dir: &Path,
@@ -72,6 +86,8 @@ pub fn suite(
     let pool = Arc::new(SqlPool::default());
     // BENCH_PLUGIN=NAME measures one plugin.
     let only = std::env::var("BENCH_PLUGIN").unwrap_or_default();
+    let rounds = crate::env_num("BENCH_PLUGIN_ROUNDS", 3).max(1) as usize;
+    let mut measured = Vec::new();
     for (name, lang) in PLUGINS {
         if !only.is_empty() && only != *name {
             continue;
@@ -81,69 +97,112 @@ pub fn suite(
             out.push_str(&format!("| {name} | {lang} | not built | | | | | | | |\n"));
             continue;
         };
-        eprintln!("plugin {name}: compile, load, {deliveries} deliveries…");
+        eprintln!("plugin {name}: compile and load…");
         let cache_dir = dir.path().join(format!("cache-{name}"));
         let compiled = plugin::load(&engine, &CompileCache::new(cache_dir.clone()), name, &bytes)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         let cached = plugin::load(&engine, &CompileCache::new(cache_dir), name, &bytes)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut times = Vec::with_capacity(deliveries);
-        let mut inst = Vec::with_capacity(deliveries);
-        let mut fuel = 0u64;
-        for i in 0..deliveries + 20 {
-            let body = load::body(i as u64 * 10, 7, false); // message_received
-            let parsed = hookhost::event::parse(&body)?;
-            let raw = String::from_utf8_lossy(&body).into_owned();
-            let ctx = hookhost::bindings::types::DeliveryContext {
-                tenant: "bench".into(),
-                plugin: name.to_string(),
-                event_key: parsed.key.clone(),
-                attempt: 1,
-                received_at: 0,
-                raw_json: raw.clone(),
-            };
-            let ev = convert::event(&parsed.event, &raw);
-            let r = sandbox::deliver(
-                &cached,
-                caps(&store, dir.path(), name, limits, &pool),
-                &limits,
-                &ev,
-                &ctx,
+        measured.push(Measured {
+            name,
+            lang,
+            size: bytes.len(),
+            compile: compiled.compile_time,
+            cached_load: cached.compile_time,
+            plugin: cached,
+            rounds: Vec::new(),
+            instantiate: Vec::new(),
+            fuel: 0,
+        });
+    }
+    // The plugins take turns, `rounds` times, so that a slow moment of the
+    // machine lands on one round of one plugin rather than on all of its
+    // deliveries; each plugin's p50 is the median of its rounds'.
+    for round in 0..rounds {
+        for m in measured.iter_mut() {
+            eprintln!(
+                "plugin {}: round {} of {rounds}, {deliveries} deliveries…",
+                m.name,
+                round + 1
             );
-            if let Err(e) = r.result {
-                anyhow::bail!("{name}: delivery failed: {e}");
+            let warm_up = if round == 0 { 20 } else { 0 };
+            let mut times = Vec::with_capacity(deliveries);
+            for i in 0..deliveries + warm_up {
+                // A new message_received event each time, every round.
+                let n = (round * (deliveries + 20) + i) as u64;
+                let body = load::body(n * 10, 7, false);
+                let parsed = hookhost::event::parse(&body)?;
+                let raw = String::from_utf8_lossy(&body).into_owned();
+                let ctx = hookhost::bindings::types::DeliveryContext {
+                    tenant: "bench".into(),
+                    plugin: m.name.to_string(),
+                    event_key: parsed.key.clone(),
+                    attempt: 1,
+                    received_at: 0,
+                    raw_json: raw.clone(),
+                };
+                let ev = convert::event(&parsed.event, &raw);
+                let r = sandbox::deliver(
+                    &m.plugin,
+                    caps(&store, dir.path(), m.name, limits, &pool),
+                    &limits,
+                    &ev,
+                    &ctx,
+                );
+                if let Err(e) = r.result {
+                    anyhow::bail!("{}: delivery failed: {e}", m.name);
+                }
+                if i >= warm_up {
+                    times.push(r.total.as_secs_f64() * 1e6);
+                    m.instantiate.push(r.instantiate.as_secs_f64() * 1e6);
+                    m.fuel += r.fuel_used;
+                }
             }
-            if i >= 20 {
-                times.push(r.total.as_secs_f64() * 1e6);
-                inst.push(r.instantiate.as_secs_f64() * 1e6);
-                fuel += r.fuel_used;
-            }
+            times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            m.rounds.push(times);
         }
-        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        inst.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let dps = dispatcher_rate(rt, plugins_dir, name)?;
-        let fmt_us = |us: f64| {
-            if us >= 1000.0 {
-                format!("{:.2} ms", us / 1000.0)
-            } else {
-                format!("{us:.0} µs")
-            }
-        };
+    }
+    let fmt_us = |us: f64| {
+        if us >= 1000.0 {
+            format!("{:.2} ms", us / 1000.0)
+        } else {
+            format!("{us:.0} µs")
+        }
+    };
+    let mut per_round = Vec::new();
+    for m in &mut measured {
+        let dps = dispatcher_rate(rt, plugins_dir, m.name)?;
+        let mut p50s: Vec<f64> = m.rounds.iter().map(|t| pct(t, 0.5)).collect();
+        per_round.push(format!(
+            "{} {}",
+            m.name,
+            p50s.iter()
+                .map(|&p| fmt_us(p))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        ));
+        p50s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mut all: Vec<f64> = m.rounds.concat();
+        all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        m.instantiate.sort_by(|a, b| a.partial_cmp(b).unwrap());
         out.push_str(&format!(
-            "| {name} | {lang} | {:.0} KiB | {:.0} ms | {:.1} ms | {} | {} | {} | {} | {:.0} |\n",
-            bytes.len() as f64 / 1024.0,
-            compiled.compile_time.as_secs_f64() * 1000.0,
-            cached.compile_time.as_secs_f64() * 1000.0,
-            fmt_us(pct(&times, 0.5)),
-            fmt_us(pct(&times, 0.99)),
-            fmt_us(pct(&inst, 0.5)),
-            fuel / deliveries as u64,
+            "| {} | {} | {:.0} KiB | {:.0} ms | {:.1} ms | {} | {} | {} | {} | {:.0} |\n",
+            m.name,
+            m.lang,
+            m.size as f64 / 1024.0,
+            m.compile.as_secs_f64() * 1000.0,
+            m.cached_load.as_secs_f64() * 1000.0,
+            fmt_us(pct(&p50s, 0.5)),
+            fmt_us(pct(&all, 0.99)),
+            fmt_us(pct(&m.instantiate, 0.5)),
+            m.fuel / all.len().max(1) as u64,
             dps
         ));
     }
     engine.stop();
     out.push_str(&format!(
-        "\nFresh instance + handle: a new store and instance from the plugin's `InstancePre` (pooling allocator) and one `handle` call with a `message_received` event, {deliveries} times after 20 warm-up calls; SQL and key-value writes are real (key-value through the store's `synchronous = FULL` commits, plugin SQL in its own WAL database with a pooled connection), sends are dry-run. Deliveries/s: one server with only that plugin, events posted for 2 s, counted until the ledger has no open delivery.\n\n"
+        "\nFresh instance + handle: a new store and instance from the plugin's `InstancePre` (pooling allocator) and one `handle` call with a `message_received` event, {deliveries} times in each of {rounds} rounds (the plugins in turn, 20 warm-up calls first); p50 is the median of the rounds' p50s, p99 over all of them. Each round's p50: {}. SQL and key-value writes are real (key-value through the store's `synchronous = FULL` commits, plugin SQL in its own WAL database with a pooled connection), sends are dry-run. Deliveries/s: one server with only that plugin, events posted for 2 s, counted until the ledger has no open delivery.\n\n",
+        per_round.join("; ")
     ));
     Ok(out)
 }

@@ -746,21 +746,31 @@ mod tests {
     use super::*;
     use crate::config::StoreConfig;
 
-    /// Inserts one event and its delivery row per `(plugin, chat, state,
-    /// next_at)`, in seq order from 1.
-    fn ledger_with(store: &Store, rows: Vec<(&'static str, &'static str, &'static str, i64)>) {
+    type Row = (&'static str, &'static str, &'static str, i64);
+
+    /// A store in a new folder with [`add_rows`]`(1, rows)`.
+    fn store_with(rows: Vec<Row>) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
+        add_rows(&store, 1, rows);
+        (dir, store)
+    }
+
+    /// Inserts one event of tenant `acme` and its delivery row per
+    /// `(plugin, chat, state, next_at)`, in seq order from `first`.
+    fn add_rows(store: &Store, first: i64, rows: Vec<Row>) {
         store
             .write_blocking(move |c| {
-                for (i, (plugin, chat, state, next_at)) in rows.iter().enumerate() {
+                for (seq, (plugin, chat, state, next_at)) in (first..).zip(rows) {
                     c.execute(
                         "INSERT INTO events (seq, tenant, key, event_type, ordering_key, body, received_at)
                          VALUES (?1, 'acme', ?1, 'message', ?2, x'7b7d', 0)",
-                        params![i as i64 + 1, chat],
+                        params![seq, chat],
                     )?;
                     c.execute(
                         "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
                          VALUES (?1, ?2, 'acme', ?3, ?4, ?5, 0)",
-                        params![i as i64 + 1, plugin, chat, state, next_at],
+                        params![seq, plugin, chat, state, next_at],
                     )?;
                 }
                 Ok(())
@@ -770,25 +780,20 @@ mod tests {
 
     #[test]
     fn due_gives_the_oldest_open_row_of_each_chat_when_it_may_run() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
         let later = now_ms() + 60_000;
-        ledger_with(
-            &store,
-            vec![
-                ("logger", "a", "done", 0),       // 1: closed, no effect
-                ("logger", "a", "running", 0),    // 2: holds a's later rows
-                ("logger", "b", "failed", later), // 3: waits, holds b
-                ("logger", "a", "pending", 0),    // 4
-                ("logger", "c", "failed", 0),     // 5: retry due now
-                ("logger", "b", "pending", 0),    // 6
-                ("logger", "c", "pending", 0),    // 7: behind 5
-                ("logger", "d", "pending", 0),    // 8
-                ("stats", "a", "pending", 0),     // 9: another lane, own chats
-                ("logger", "e", "dead", 0),       // 10: closed
-                ("logger", "e", "pending", 0),    // 11
-            ],
-        );
+        let (_dir, store) = store_with(vec![
+            ("logger", "a", "done", 0),       // 1: closed, no effect
+            ("logger", "a", "running", 0),    // 2: holds a's later rows
+            ("logger", "b", "failed", later), // 3: waits, holds b
+            ("logger", "a", "pending", 0),    // 4
+            ("logger", "c", "failed", 0),     // 5: retry due now
+            ("logger", "b", "pending", 0),    // 6
+            ("logger", "c", "pending", 0),    // 7: behind 5
+            ("logger", "d", "pending", 0),    // 8
+            ("stats", "a", "pending", 0),     // 9: another lane, own chats
+            ("logger", "e", "dead", 0),       // 10: closed
+            ("logger", "e", "pending", 0),    // 11
+        ]);
         let lanes = |ps: &[&str]| -> Vec<(String, String)> {
             ps.iter()
                 .map(|p| ("acme".to_string(), p.to_string()))
@@ -848,9 +853,7 @@ mod tests {
             ("logger", "c", "pending", 0), // held + 4
         ]);
         assert!(rows.len() > DUE_SCAN_ROWS * 2);
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
-        ledger_with(&store, rows);
+        let (_dir, store) = store_with(rows);
         let lanes = vec![("acme".to_string(), "logger".to_string())];
         let seqs =
             |due: Vec<DueDelivery>| -> Vec<i64> { due.iter().map(|d| d.event_seq).collect() };
@@ -870,18 +873,13 @@ mod tests {
 
     #[test]
     fn a_walk_that_found_nothing_goes_on_over_the_rows_added_since() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
         let later = now_ms() + 60_000;
-        ledger_with(
-            &store,
-            vec![
-                ("logger", "a", "running", 0),    // 1: holds a
-                ("logger", "a", "pending", 0),    // 2
-                ("logger", "b", "failed", later), // 3: holds b until later
-                ("logger", "b", "pending", 0),    // 4
-            ],
-        );
+        let (_dir, store) = store_with(vec![
+            ("logger", "a", "running", 0),    // 1: holds a
+            ("logger", "a", "pending", 0),    // 2
+            ("logger", "b", "failed", later), // 3: holds b until later
+            ("logger", "b", "pending", 0),    // 4
+        ]);
         let lane = ("acme".to_string(), "logger".to_string());
         let now = now_ms();
         let mut walk = LaneWalk::default();
@@ -890,24 +888,16 @@ mod tests {
         assert!(walk.complete);
         assert_eq!((walk.after, walk.wakes_at), (4, later));
         assert_eq!(walk.held.len(), 2);
-        // New rows: one of a held chat, one of a new chat.
-        store
-            .write_blocking(|c| {
-                for (seq, chat) in [(5, "a"), (6, "c"), (7, "b")] {
-                    c.execute(
-                        "INSERT INTO events (seq, tenant, key, event_type, ordering_key, body, received_at)
-                         VALUES (?1, 'acme', ?1, 'message', ?2, x'7b7d', 0)",
-                        params![seq, chat],
-                    )?;
-                    c.execute(
-                        "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
-                         VALUES (?1, 'logger', 'acme', ?2, 'pending', 0, 0)",
-                        params![seq, chat],
-                    )?;
-                }
-                Ok(())
-            })
-            .unwrap();
+        // New rows: two of the held chats, one of a new chat.
+        add_rows(
+            &store,
+            5,
+            vec![
+                ("logger", "a", "pending", 0), // 5
+                ("logger", "c", "pending", 0), // 6
+                ("logger", "b", "pending", 0), // 7
+            ],
+        );
         let found = store.due_in_lane(now, 10, 1, &lane, &mut walk).unwrap();
         let seqs: Vec<i64> = found.iter().map(|d| d.event_seq).collect();
         assert_eq!(seqs, [6]);
@@ -922,9 +912,7 @@ mod tests {
 
     #[test]
     fn the_operators_changes_to_the_ledger_are_counted() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), (&StoreConfig::default()).into());
-        ledger_with(&store, vec![("logger", "a", "dead", 0)]);
+        let (_dir, store) = store_with(vec![("logger", "a", "dead", 0)]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
