@@ -351,6 +351,19 @@ grants = ["log", "config", "messaging"]
 settings = { notify_to = "573000000001", words = ["urgente", "queja"] }
 "#,
     );
+    // The stats plugin's database as its previous version left it (a
+    // `counted` table, a total of an earlier day): it gains the new table
+    // and trigger and keeps what it held.
+    let stats_db = env.data.join("plugin-data/default/stats.sqlite");
+    std::fs::create_dir_all(stats_db.parent().unwrap()).unwrap();
+    rusqlite::Connection::open(&stats_db)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE daily_stats (day TEXT, metric TEXT, n INTEGER NOT NULL, PRIMARY KEY (day, metric));
+             CREATE TABLE counted (event_key TEXT PRIMARY KEY);
+             INSERT INTO daily_stats VALUES ('2000-01-01', 'in.text', 7);",
+        )
+        .unwrap();
     env.send(&msg("J1", "888@c.us", "Hola, tengo una QUEJA urgénte"));
     env.send(&msg("J2", "888@c.us", "todo bien"));
     let mut out = msg("J3", "888@c.us", "respuesta");
@@ -370,12 +383,13 @@ settings = { notify_to = "573000000001", words = ["urgente", "queja"] }
         &env.data,
         "default",
         "stats",
-        "SELECT metric, n FROM daily_stats ORDER BY metric",
+        "SELECT metric, n FROM daily_stats ORDER BY metric, day",
     );
     assert_eq!(
         stats,
         vec![
             vec!["ack.delivered".to_string(), "1".into()],
+            vec!["in.text".to_string(), "7".into()],
             vec!["in.text".to_string(), "2".into()],
             vec!["out.text".to_string(), "1".into()],
         ]
