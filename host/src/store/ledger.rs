@@ -56,8 +56,6 @@ pub struct DeliveryRow {
     pub updated_at: i64,
 }
 
-/// The partial index `deliveries_open_lane` holds the open rows; queries
-/// that read them name its condition word for word so SQLite uses it.
 /// Where a walk of a lane's open rows ended ([`Store::due_in_lane`]).
 #[derive(Debug, Clone)]
 pub struct LaneWalk {
@@ -87,6 +85,8 @@ impl Default for LaneWalk {
 /// `enough` deliveries instead of `limit`.
 pub const DUE_SCAN_ROWS: usize = 1024;
 
+/// The partial index `deliveries_open_lane` holds the open rows; queries
+/// that read them name its condition word for word so SQLite uses it.
 macro_rules! open_rows {
     () => {
         "state IN ('pending', 'running', 'failed')"
