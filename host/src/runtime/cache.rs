@@ -219,7 +219,8 @@ fn compile_in_child(
     use std::io::{Read, Write};
     use std::process::{Command, Stdio};
     let s = rt.settings;
-    let mut child = Command::new(&c.exe)
+    let mut command = Command::new(&c.exe);
+    command
         .arg("compile-worker")
         .arg("--cache-dir")
         .arg(dir)
@@ -228,7 +229,27 @@ fn compile_in_child(
         .arg(format!("--parallel={}", s.parallel))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id();
+        // SAFETY: runs in the child between fork and exec, and makes only
+        // two system calls (async-signal-safe). The parent-death signal is
+        // set before the child runs a line of its own: a server killed at
+        // any moment takes its compile with it (the child sets it again
+        // itself, for when it is started otherwise).
+        unsafe {
+            command.pre_exec(move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::ErrorKind::Other.into());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| ChildError::NotStarted(format!("cannot start {}: {e}", c.exe.display())))?;
     let mut stdin = child.stdin.take().expect("piped");
