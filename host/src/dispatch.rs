@@ -619,7 +619,7 @@ async fn schedule(
     // Enough of each lane for every slot that may start to fill its run,
     // and some over for rows whose chat is busy; or, when a few chats hold
     // long queues, one delivery per slot that may start once the ledger's
-    // walk has stepped over its budget of rows (see `Store::due`).
+    // walk has stepped over its budget of rows (see `Store::due_in_lane`).
     let run_lengths: HashMap<&str, usize> = lanes
         .iter()
         .map(|(_, p)| (p.as_str(), inner.pace.run_length(p, budget)))
@@ -787,11 +787,11 @@ async fn finish_run(
     }
     // After the commit: a pass that read the lane before it held the
     // chats of this run back, and must read it whole again.
-    let mut quiet = inner.quiet.lock().unwrap();
-    for d in run {
-        quiet.remove(&(d.tenant.clone(), d.plugin.clone()));
-    }
-    drop(quiet);
+    inner
+        .quiet
+        .lock()
+        .unwrap()
+        .retain(|(t, p), _| !run.iter().any(|d| d.tenant == *t && d.plugin == *p));
     runs::release(&mut inner.running.lock().unwrap(), run);
     inner.wake.notify();
 }
@@ -804,8 +804,10 @@ struct Quiet {
     ledger_changes: u64,
 }
 
-/// What may start in `lanes` (see `Store::due`), oldest first; a lane
-/// held back whole at the last pass is read from where that walk ended.
+/// What may start in `lanes` (see `Store::due_in_lane`), oldest first
+/// across them, so that a lane held at its share of the tenant's slots does
+/// not crowd the others out of the list; a lane held back whole at the last
+/// pass is read from where that walk ended.
 fn due(
     inner: &Inner,
     limit: i64,

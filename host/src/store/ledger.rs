@@ -81,7 +81,7 @@ impl Default for LaneWalk {
     }
 }
 
-/// Rows a lane's walk in [`Store::due`] steps over before it settles for
+/// Rows a lane's walk in [`Store::due_in_lane`] steps over before it settles for
 /// `enough` deliveries instead of `limit`.
 pub const DUE_SCAN_ROWS: usize = 1024;
 
@@ -146,43 +146,26 @@ impl Store {
         .await
     }
 
-    /// Deliveries of the given (tenant, plugin) lanes that may run now, at
-    /// most `limit` of each lane, oldest first: due, and the oldest open row
-    /// of their chat (tenant, plugin, ordering key), so one chat reaches a
-    /// plugin in order. Each lane's open rows are walked in event order; a row that
-    /// runs or waits for its retry keeps its chat's later rows back.
-    /// Rows of lanes not asked for (a plugin still compiling, a tenant at
-    /// its cap) are not even stepped over, however many wait.
+    /// Deliveries of one (tenant, plugin) lane that may run now, at most
+    /// `limit`, oldest first: due, and the oldest open row of their chat
+    /// (tenant, plugin, ordering key), so one chat reaches a plugin in
+    /// order. The lane's open rows are walked in event order; a row that
+    /// runs or waits for its retry keeps its chat's later rows back. Rows of
+    /// lanes not asked for (a plugin still compiling, a tenant at its cap)
+    /// are not even stepped over, however many wait.
     ///
-    /// A lane's walk also ends once it has found `enough` and stepped over
+    /// The walk also ends once it has found `enough` and stepped over
     /// [`DUE_SCAN_ROWS`] rows: when a few chats hold long queues, fewer
     /// chats are free than `limit`, and the walk would otherwise read every
     /// open row of the lane at every pass. What it leaves is newer than
     /// what it found.
-    pub fn due(
-        &self,
-        now: i64,
-        limit: i64,
-        enough: i64,
-        lanes: &[(String, String)],
-    ) -> Result<Vec<DueDelivery>, StoreError> {
-        let mut all = Vec::new();
-        for lane in lanes {
-            all.extend(self.due_in_lane(now, limit, enough, lane, &mut LaneWalk::default())?);
-        }
-        // Oldest first across lanes; up to `limit` of each lane, so that
-        // a lane held at its share of the tenant's slots does not crowd
-        // the others out of the list.
-        all.sort_by_key(|d| d.event_seq);
-        Ok(all)
-    }
-
-    /// [`Store::due`] for one lane, walking its open rows after
-    /// `walk.after` with the chats `walk.held` holds back; `walk` is left
-    /// where this walk ended. A walk that found nothing and read the whole
-    /// lane can go on from there at the next pass, over the rows added
-    /// since, as long as none of the rows it read has changed: no outcome
-    /// recorded in the lane and no retry come due (`walk.wakes_at`).
+    ///
+    /// It starts after `walk.after`, with the chats `walk.held` holds back,
+    /// and leaves `walk` where it ended. A walk that found nothing and read
+    /// the whole lane can go on from there at the next pass, over the rows
+    /// added since, as long as none of the rows it read has changed: no
+    /// outcome recorded in the lane and no retry come due
+    /// (`walk.wakes_at`).
     pub fn due_in_lane(
         &self,
         now: i64,
@@ -747,6 +730,25 @@ mod tests {
     use crate::config::StoreConfig;
 
     type Row = (&'static str, &'static str, &'static str, i64);
+
+    impl Store {
+        /// [`Store::due_in_lane`] for each of `lanes` from its start, oldest
+        /// first across them, as the dispatcher asks.
+        fn due(
+            &self,
+            now: i64,
+            limit: i64,
+            enough: i64,
+            lanes: &[(String, String)],
+        ) -> Result<Vec<DueDelivery>, StoreError> {
+            let mut all = Vec::new();
+            for lane in lanes {
+                all.extend(self.due_in_lane(now, limit, enough, lane, &mut LaneWalk::default())?);
+            }
+            all.sort_by_key(|d| d.event_seq);
+            Ok(all)
+        }
+    }
 
     /// A store in a new folder with [`add_rows`]`(1, rows)`.
     fn store_with(rows: Vec<Row>) -> (tempfile::TempDir, Store) {
