@@ -351,21 +351,28 @@ grants = ["log", "config", "messaging"]
 settings = { notify_to = "573000000001", words = ["urgente", "queja"] }
 "#,
     );
-    // The stats plugin's database as its previous version left it (a
-    // `counted` table, a total of an earlier day): it gains the new table
-    // and trigger and keeps what it held.
+    // The stats plugin's database as its previous version left it: a
+    // total of an earlier day, and J2 already counted in today's (its key
+    // in the `counted` table). It gains the new table and trigger, keeps
+    // what it held, and does not count J2 again.
+    let j2 = msg("J2", "888@c.us", "todo bien");
+    let j2_key = hookhost::event::parse(j2.to_string().as_bytes())
+        .unwrap()
+        .key;
     let stats_db = env.data.join("plugin-data/default/stats.sqlite");
     std::fs::create_dir_all(stats_db.parent().unwrap()).unwrap();
-    rusqlite::Connection::open(&stats_db)
-        .unwrap()
-        .execute_batch(
-            "CREATE TABLE daily_stats (day TEXT, metric TEXT, n INTEGER NOT NULL, PRIMARY KEY (day, metric));
-             CREATE TABLE counted (event_key TEXT PRIMARY KEY);
-             INSERT INTO daily_stats VALUES ('2000-01-01', 'in.text', 7);",
-        )
+    let old = rusqlite::Connection::open(&stats_db).unwrap();
+    old.execute_batch(
+        "CREATE TABLE daily_stats (day TEXT, metric TEXT, n INTEGER NOT NULL, PRIMARY KEY (day, metric));
+         CREATE TABLE counted (event_key TEXT PRIMARY KEY);
+         INSERT INTO daily_stats VALUES ('2000-01-01', 'in.text', 7), ('2024-08-27', 'in.text', 1);",
+    )
+    .unwrap();
+    old.execute("INSERT INTO counted VALUES (?1)", [&j2_key])
         .unwrap();
+    drop(old);
     env.send(&msg("J1", "888@c.us", "Hola, tengo una QUEJA urgénte"));
-    env.send(&msg("J2", "888@c.us", "todo bien"));
+    env.send(&j2);
     let mut out = msg("J3", "888@c.us", "respuesta");
     out["event_type"] = "message_sent".into();
     env.send(&out);
@@ -394,6 +401,23 @@ settings = { notify_to = "573000000001", words = ["urgente", "queja"] }
             vec!["out.text".to_string(), "1".into()],
         ]
     );
+    let tables = plugin_sql(
+        &env.data,
+        "default",
+        "stats",
+        "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+    );
+    assert_eq!(
+        tables,
+        vec![
+            vec!["daily_stats".to_string()],
+            vec!["events_counted".into()]
+        ]
+    );
+    assert!(env
+        .server
+        .plugin_lines("stats")
+        .contains(&"stats 2024-08-27 in.text already counted".to_string()));
     // Python: one alert for the urgent message, none for the other.
     let alerts: Vec<_> = env
         .whapi

@@ -5,7 +5,7 @@
 // event.
 
 import { log } from "hookhost:plugin/log@0.1.0";
-import { execute } from "hookhost:plugin/sql@0.1.0";
+import { execute, query } from "hookhost:plugin/sql@0.1.0";
 
 function day(unixSeconds) {
   const ts = Number(unixSeconds);
@@ -20,13 +20,36 @@ function text(s) {
 // `events_counted`: one SQL call a delivery, and a retried delivery
 // counts nothing twice. (Each call out of JavaScript costs about as much
 // as the rest of the delivery.)
-const SCHEMA = [
+const TABLES = [
   "CREATE TABLE IF NOT EXISTS daily_stats (day TEXT, metric TEXT, n INTEGER NOT NULL, PRIMARY KEY (day, metric))",
   "CREATE TABLE IF NOT EXISTS events_counted (event_key TEXT PRIMARY KEY, day TEXT NOT NULL, metric TEXT NOT NULL)",
-  "CREATE TRIGGER IF NOT EXISTS count_event AFTER INSERT ON events_counted BEGIN " +
-    "INSERT INTO daily_stats (day, metric, n) VALUES (NEW.day, NEW.metric, 1) " +
-    "ON CONFLICT (day, metric) DO UPDATE SET n = n + 1; END",
 ];
+const TRIGGER =
+  "CREATE TRIGGER IF NOT EXISTS count_event AFTER INSERT ON events_counted BEGIN " +
+  "INSERT INTO daily_stats (day, metric, n) VALUES (NEW.day, NEW.metric, 1) " +
+  "ON CONFLICT (day, metric) DO UPDATE SET n = n + 1; END";
+
+// Creates the tables and the trigger in one transaction (a delivery
+// stopped half-way leaves nothing, so no table can exist without its
+// trigger). The previous version of this plugin kept the keys it had
+// counted in `counted`: they move to `events_counted` before the trigger
+// exists, so they are not counted again, and that table goes.
+function createTables() {
+  execute("BEGIN IMMEDIATE", []);
+  for (const statement of TABLES) {
+    execute(statement, []);
+  }
+  const previous = query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'counted'", []);
+  if (previous.rows.length) {
+    execute(
+      "INSERT OR IGNORE INTO events_counted (event_key, day, metric) SELECT event_key, '', '' FROM counted",
+      [],
+    );
+    execute("DROP TABLE counted", []);
+  }
+  execute(TRIGGER, []);
+  execute("COMMIT", []);
+}
 
 // Runs `f`; when the tables do not exist yet (the plugin's first
 // delivery), creates them and runs it again. Each delivery is a fresh
@@ -38,9 +61,7 @@ function withTables(f) {
     if (!String(e?.payload?.val ?? e).includes("no such table")) {
       throw e;
     }
-    for (const statement of SCHEMA) {
-      execute(statement, []);
-    }
+    createTables();
     return f();
   }
 }
