@@ -31,7 +31,7 @@ usage: hookhost-bench                  every suite, then the report (what `make 
        hookhost-bench --bare-server     the bare axum ceiling; prints its address
 
 environment: BENCH_ONLY=ingest,plugins,background,memory,startup (suites to run),
-  BENCH_ROUNDS (ingest rounds, 3), BENCH_SECONDS (per server and round, 8),
+  BENCH_ROUNDS (ingest rounds, 5), BENCH_SECONDS (per server and round, 8),
   BENCH_CONNECTIONS (64), BENCH_DUPLICATE_PERCENT (10), BENCH_CHATS (500), BENCH_DELIVERIES (1000),
   BENCH_PLUGIN (one plugin), BENCH_PLUGIN_ROUNDS (3), BENCH_PLUGINS_DIR (the compiled plugins)";
 
@@ -132,7 +132,7 @@ fn main() -> anyhow::Result<()> {
             connections,
             duration,
             dups,
-            env_num("BENCH_ROUNDS", 3) as usize,
+            env_num("BENCH_ROUNDS", 5) as usize,
         )?);
         eprintln!("ingest: the store alone…");
         report.push_str(&format!(

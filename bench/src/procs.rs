@@ -197,11 +197,11 @@ pub fn fake_whapi(rt: &tokio::runtime::Runtime) -> String {
 }
 
 /// One server's line; `cpu_ms`: the server's CPU time during the load.
-fn row(name: &str, r: &LoadResult, ceiling: f64, rss: Option<f64>, cpu_ms: f64) -> String {
+/// A table row; `share` is the server's share of the ceiling in percent.
+fn row(name: &str, r: &LoadResult, share: f64, rss: Option<f64>, cpu_ms: f64) -> String {
     format!(
-        "| {name} | {:.0} | {:.0} % | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+        "| {name} | {:.0} | {share:.0} % | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
         r.rps(),
-        100.0 * r.rps() / ceiling,
         cpu_ms * 1000.0 / r.requests.max(1) as f64,
         r.pct(0.50),
         r.pct(0.99),
@@ -209,6 +209,12 @@ fn row(name: &str, r: &LoadResult, ceiling: f64, rss: Option<f64>, cpu_ms: f64) 
         rss.map(|m| format!("{m:.0}")).unwrap_or_else(|| "–".into()),
         r.status_line()
     )
+}
+
+/// The median of some figures (the upper one of an even count).
+fn median_of(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
 }
 
 fn drive(
@@ -428,22 +434,39 @@ pub fn ingest_suite(
             runs[which].push(m);
         }
     }
+    // Ratios are taken within each round (its servers ran minutes apart at
+    // most, the machine's drift cancels) and their median reported; the
+    // table's other columns are each server's median round.
+    let rps = |which: usize, r: usize| runs[which][r].load.rps();
+    let share: Vec<Vec<f64>> = (0..3)
+        .map(|which| {
+            (0..rounds)
+                .map(|r| 100.0 * rps(which, r) / rps(0, r))
+                .collect()
+        })
+        .collect();
+    let cost: Vec<f64> = (0..rounds)
+        .map(|r| 100.0 * (1.0 - rps(2, r) / rps(1, r)))
+        .collect();
     let mut out = String::from("## Ingest\n\n| server | req/s | of ceiling | server CPU µs/request | p50 ms | p99 ms | max ms | peak RSS MiB | statuses |\n|---|---|---|---|---|---|---|---|---|\n");
-    let c = median(&runs[0]).load.rps();
-    for (name, rs) in names.iter().zip(&runs) {
+    for ((name, rs), sh) in names.iter().zip(&runs).zip(&share) {
         let m = median(rs);
-        out.push_str(&row(name, &m.load, c, Some(m.rss_mb), m.cpu_ms));
+        out.push_str(&row(
+            name,
+            &m.load,
+            median_of(sh.clone()),
+            Some(m.rss_mb),
+            m.cpu_ms,
+        ));
     }
-    let np = median(&runs[1]).load.rps();
-    let p3 = median(&runs[2]).load.rps();
+    let np = median_of(share[1].clone());
+    let p3 = median_of(share[2].clone());
+    let fewer = median_of(cost.clone());
     let per_round: Vec<String> = (0..rounds)
         .map(|r| {
-            let c = runs[0][r].load.rps();
             format!(
                 "{:.0} % / {:.0} % ({:+.0} %)",
-                100.0 * runs[1][r].load.rps() / c,
-                100.0 * runs[2][r].load.rps() / c,
-                -100.0 * (1.0 - runs[2][r].load.rps() / runs[1][r].load.rps())
+                share[1][r], share[2][r], -cost[r]
             )
         })
         .collect();
@@ -453,11 +476,8 @@ pub fn ingest_suite(
         m.threads.describe(m.cpu_ms, m.load.requests)
     };
     out.push_str(&format!(
-        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating). Durable ingest without plugins: **{:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{:.0} %** of the ceiling, {:.0} % fewer requests per second than without (each request taking {:.0} % more of the machine's time). Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}. Server CPU in µs per request by thread: without plugins {}; with them {}.\n\n",
-        100.0 * np / c,
-        100.0 * p3 / c,
-        100.0 * (1.0 - p3 / np),
-        100.0 * (np / p3 - 1.0),
+        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating; each share and cost is taken within its round, the table's other columns are each server's median round). Durable ingest without plugins: **{np:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{p3:.0} %** of the ceiling, {fewer:.0} % fewer requests per second than without (each request taking {:.0} % more of the machine's time). Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}. Server CPU in µs per request by thread: without plugins {}; with them {}.\n\n",
+        100.0 * (1.0 / (1.0 - fewer / 100.0) - 1.0),
         per_round.join("; "),
         commits(&runs[1]),
         commits(&runs[2]),
