@@ -196,8 +196,8 @@ pub fn fake_whapi(rt: &tokio::runtime::Runtime) -> String {
     url
 }
 
-/// One server's line; `cpu_ms`: the server's CPU time during the load.
-/// A table row; `share` is the server's share of the ceiling in percent.
+/// One server's line: `share` is its share of the ceiling in percent,
+/// `cpu_ms` its CPU time during the load.
 fn row(name: &str, r: &LoadResult, share: f64, rss: Option<f64>, cpu_ms: f64) -> String {
     format!(
         "| {name} | {:.0} | {share:.0} % | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
