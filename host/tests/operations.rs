@@ -298,6 +298,20 @@ fn admin_refuses_missing_or_wrong_token_and_is_off_without_one() {
     assert_eq!(off.stored().len(), 1);
 }
 
+/// Writes `plugin`'s sidecar and waits until the server says it is in
+/// force (`sidecar` in `GET /admin/plugins` is the new content's hash).
+fn fix_sidecar(s: &TestServer, plugin: &str, text: &str) {
+    std::fs::write(s.plugins_dir().join(format!("{plugin}.toml")), text).unwrap();
+    let hash = hookhost::runtime::plugin::hash(text.as_bytes());
+    let in_force = || {
+        admin("GET", &s.url("/admin/plugins"), Some(TOKEN), None).body["plugins"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|p| p["name"] == plugin).cloned())
+            .is_some_and(|p| p["sidecar"] == hash.as_str())
+    };
+    assert!(wait_until(SETTLE, in_force), "{plugin}.toml not applied");
+}
+
 #[test]
 fn a_dead_letter_retried_after_fixing_the_plugin_succeeds() {
     let tp = test_plugins();
@@ -322,9 +336,9 @@ fn a_dead_letter_retried_after_fixing_the_plugin_succeeds() {
     assert_eq!(rows[0].state, "dead");
     let dead = admin("GET", &s.url("/admin/dead-letters"), Some(TOKEN), None);
     assert_eq!(dead.body["dead_letters"].as_array().unwrap().len(), 1);
-    // The operator fixes the plugin's settings, then retries.
-    std::fs::write(s.plugins_dir().join("fixme.toml"), "[settings]\n").unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    // The operator fixes the plugin's settings, sees them in force, then
+    // retries.
+    fix_sidecar(&s, "fixme", "[settings]\n");
     let r = admin(
         "POST",
         &s.url(&format!(
@@ -851,8 +865,7 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
     assert_eq!(misspelt.status, 400, "{:?}", misspelt.body);
     // `fixme` is fixed; its dead letters for tenant `a` go back, through
     // the server.
-    std::fs::write(s.plugins_dir().join("fixme.toml"), "[settings]\n").unwrap();
-    std::thread::sleep(Duration::from_millis(2500));
+    fix_sidecar(&s, "fixme", "[settings]\n");
     let out = cli(&[
         &["dead-letters"],
         &remote[..],
@@ -1123,6 +1136,17 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
         assert_eq!(rows[0]["hash"], rows[1]["hash"]);
     }
     assert_eq!(remote[0]["status"], "loaded");
+    // The sidecar by its content's hash: offline the file's, through the
+    // server the one in force (none for `bad`, refused from the start).
+    let good = hookhost::runtime::plugin::hash(b"[settings]\nx = \"1\"\n");
+    assert_eq!(offline[1]["sidecar"], good.as_str());
+    assert_eq!(remote[1]["sidecar"], good.as_str());
+    assert_eq!(
+        offline[0]["sidecar"],
+        hookhost::runtime::plugin::hash(b"[settings\n").as_str()
+    );
+    assert!(remote[0]["sidecar"].is_null(), "{remote:?}");
+    assert!(text.contains(&format!("sidecar {}", &good[..12])), "{text}");
 }
 
 fn chat_event(i: usize) -> Vec<u8> {

@@ -893,9 +893,12 @@ fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
         Some("tenants = [\"acme\"]\n"),
     );
     let status = || plugin_status(&s, "t", "side");
+    let hash = |text: &str| hookhost::runtime::plugin::hash(text.as_bytes());
     assert!(wait_until(SETTLE, || status()["status"] == "loaded"));
     assert_eq!(status()["tenants"], serde_json::json!(["acme"]));
     assert!(status()["sidecar_error"].is_null(), "{}", status());
+    // The sidecar in force is named by its content's hash.
+    assert_eq!(status()["sidecar"], hash("tenants = [\"acme\"]\n"));
     let sidecar = s.plugins_dir().join("side.toml");
     std::fs::write(&sidecar, "tenants = [\"acme\"\n").unwrap();
     assert!(
@@ -904,6 +907,7 @@ fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
         status()
     );
     assert_eq!(status()["tenants"], serde_json::json!(["acme"]));
+    assert_eq!(status()["sidecar"], hash("tenants = [\"acme\"]\n"));
     std::fs::write(&sidecar, "tenants = [\"default\"]\n").unwrap();
     assert!(
         wait_until(SETTLE, || status()["tenants"]
@@ -912,6 +916,14 @@ fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
         status()
     );
     assert!(status()["sidecar_error"].is_null(), "{}", status());
+    assert_eq!(status()["sidecar"], hash("tenants = [\"default\"]\n"));
+    // Removed: no sidecar in force.
+    std::fs::remove_file(&sidecar).unwrap();
+    assert!(
+        wait_until(SETTLE, || status()["sidecar"].is_null()),
+        "{}",
+        status()
+    );
 }
 
 /// Appends a custom section: a different file (hash) with the same code.

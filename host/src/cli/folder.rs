@@ -97,17 +97,23 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
             }
             let bytes = std::fs::read(&p)?;
             let sidecar = p.with_extension("toml");
-            let sidecar_error = sidecar
-                .exists()
-                .then(|| crate::runtime::registry::Sidecar::read(&sidecar).err())
-                .flatten();
+            let (sidecar_hash, sidecar_error) = match std::fs::read(&sidecar) {
+                Ok(bytes) => (
+                    Some(crate::runtime::plugin::hash(&bytes)),
+                    String::from_utf8(bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| crate::runtime::registry::Sidecar::parse(&t))
+                        .err(),
+                ),
+                Err(_) => (None, None),
+            };
             rows.push(serde_json::json!({
                 "name": p.file_stem().and_then(|s| s.to_str()).unwrap_or(""),
                 "status": "file (not loaded: use --url for a running server)",
                 "hash": crate::runtime::plugin::hash(&bytes),
                 "size": bytes.len(),
                 "component_error": component_problem(&bytes),
-                "sidecar": sidecar.exists(),
+                "sidecar": sidecar_hash,
                 "sidecar_error": sidecar_error,
             }));
         }
@@ -129,15 +135,16 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
                 problems.push_str(&format!(" sidecar refused: {e}"));
             }
+            let short = |v: &Value| v.as_str().map(|h| h[..h.len().min(12)].to_string());
+            let sidecar = short(&r["sidecar"])
+                .map(|h| format!("  sidecar {h}"))
+                .unwrap_or_default();
             println!(
-                "{:<16} {:<10} {:>10} bytes  {}  {}",
+                "{:<16} {:<10} {:>10} bytes  {}{sidecar}  {}",
                 r["name"].as_str().unwrap_or(""),
                 status,
                 r["size"],
-                r["hash"]
-                    .as_str()
-                    .map(|h| &h[..h.len().min(12)])
-                    .unwrap_or(""),
+                short(&r["hash"]).unwrap_or_default(),
                 problems.trim()
             );
         }

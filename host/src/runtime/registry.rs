@@ -36,14 +36,22 @@ pub struct Sidecar {
     pub grants: Option<Vec<Grant>>,
     pub limits: LimitsOverride,
     pub settings: toml::Table,
+    /// The file's content hash, to tell which version is in force.
+    #[serde(skip)]
+    pub hash: String,
 }
 
 impl Sidecar {
     /// Reads and checks `NAME.toml`; the error says what is wrong.
     pub fn read(path: &Path) -> Result<Sidecar, String> {
-        std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|t| toml::from_str::<Sidecar>(&t).map_err(|e| e.to_string()))
+        Sidecar::parse(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
+    }
+
+    /// Checks the text of a `NAME.toml`.
+    pub fn parse(text: &str) -> Result<Sidecar, String> {
+        let mut sidecar = toml::from_str::<Sidecar>(text).map_err(|e| e.to_string())?;
+        sidecar.hash = super::plugin::hash(text.as_bytes());
+        Ok(sidecar)
     }
 }
 
@@ -110,6 +118,8 @@ pub struct PluginStatus {
     pub from_cache: Option<bool>,
     pub subscriptions: Option<Vec<&'static str>>,
     pub last_error: Option<String>,
+    /// The content hash of the `NAME.toml` in force (none without one).
+    pub sidecar: Option<String>,
     /// Why `NAME.toml` was refused (the previous one stays in force).
     pub sidecar_error: Option<String>,
     pub tenants: Vec<String>,
@@ -399,6 +409,7 @@ impl Registry {
                             .map(|s| s.iter().map(|k| super::convert::kind_name(*k)).collect())
                     }),
                     last_error: err,
+                    sidecar: st.sidecars.get(name).map(|s| s.hash.clone()),
                     sidecar_error: st.sidecar_errors.get(name).cloned(),
                     tenants: assigned(&st, tenants, name),
                 }
