@@ -683,9 +683,7 @@ impl Store {
         plugins: Vec<String>,
         resend: bool,
     ) -> Result<Vec<String>, StoreError> {
-        let r = self.write(move |c| replay(c, seq, &plugins, resend)).await;
-        self.ledger_changed();
-        r
+        self.ledger_changed(self.write(move |c| replay(c, seq, &plugins, resend)).await)
     }
 
     pub async fn replay_many(
@@ -693,9 +691,7 @@ impl Store {
         items: Vec<(i64, Vec<String>)>,
         resend: bool,
     ) -> Result<Replayed, StoreError> {
-        let r = self.write(move |c| replay_many(c, &items, resend)).await;
-        self.ledger_changed();
-        r
+        self.ledger_changed(self.write(move |c| replay_many(c, &items, resend)).await)
     }
 
     pub async fn settle_dead(
@@ -704,11 +700,10 @@ impl Store {
         plugin: String,
         action: DeadLetter,
     ) -> Result<(), StoreError> {
-        let r = self
-            .write(move |c| settle_dead(c, seq, &plugin, action))
-            .await;
-        self.ledger_changed();
-        r
+        self.ledger_changed(
+            self.write(move |c| settle_dead(c, seq, &plugin, action))
+                .await,
+        )
     }
 
     pub async fn settle_dead_all(
@@ -716,11 +711,10 @@ impl Store {
         filter: DeadFilter,
         action: DeadLetter,
     ) -> Result<usize, StoreError> {
-        let r = self
-            .write_statement(move |c| settle_dead_all(c, &filter, action))
-            .await;
-        self.ledger_changed();
-        r
+        self.ledger_changed(
+            self.write_statement(move |c| settle_dead_all(c, &filter, action))
+                .await,
+        )
     }
 }
 

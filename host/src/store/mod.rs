@@ -267,10 +267,14 @@ impl Store {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn ledger_changed(&self) {
+    /// Counts an operator's change to the ledger, once its write has
+    /// returned `r` (committed or not: a pass reading the lane again costs
+    /// little).
+    fn ledger_changed<T>(&self, r: T) -> T {
         self.inner
             .ledger_changes
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     /// Runs `f` on a read connection (blocking; call from a blocking thread).
