@@ -1149,6 +1149,160 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     assert!(text.contains(&format!("sidecar {}", &good[..12])), "{text}");
 }
 
+/// Files in the plugins folder that cannot be plugins are named with the
+/// reason: in the log (once each, not at every rescan), in
+/// `GET /admin/plugins` and by `hookhost plugins`, through the server and
+/// offline; a file that is not a component says what it is instead of the
+/// compiler's first complaint. Renamed to a valid name, a file loads.
+#[test]
+fn files_the_plugins_folder_cannot_use_are_named_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let probe = test_plugins().join("probe.wasm");
+    std::fs::copy(&probe, plugins.join("my plugin.wasm")).unwrap();
+    std::fs::copy(&probe, plugins.join("Loud.WASM")).unwrap();
+    std::fs::create_dir(plugins.join("folder.wasm")).unwrap();
+    std::os::unix::fs::symlink(plugins.join("gone.wasm"), plugins.join("dangling.wasm")).unwrap();
+    std::fs::write(plugins.join("text.wasm"), "hello").unwrap();
+    std::fs::write(
+        plugins.join("core.wasm"),
+        wat::parse_str("(module)").unwrap(),
+    )
+    .unwrap();
+    std::fs::write(plugins.join("empty.wasm"), b"").unwrap();
+    // Passed over in silence: another extension, a hidden file.
+    std::fs::write(plugins.join("notes.txt"), "x").unwrap();
+    std::fs::write(plugins.join(".probe.tmp"), "x").unwrap();
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]\n"),
+    )
+    .unwrap();
+    let server = process::Proc::start(&cfg, &dir.path().join("data"), &plugins);
+    let status = || -> serde_json::Value {
+        agent()
+            .get(&server.url("/admin/plugins"))
+            .header("Authorization", &format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    };
+    let failed = |name: &str| -> String {
+        status()["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name && p["status"] == "failed")
+            .map(|p| p["last_error"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(wait_until(SETTLE, || ["text", "core", "empty"]
+        .iter()
+        .all(|n| !failed(n).is_empty())));
+    assert!(
+        failed("text").starts_with("not a WebAssembly file"),
+        "{}",
+        failed("text")
+    );
+    assert!(
+        failed("core").starts_with("a core WebAssembly module, not a component"),
+        "{}",
+        failed("core")
+    );
+    assert_eq!(failed("empty"), "an empty file");
+    let expected = [
+        ("Loud.WASM", "the extension must be `.wasm`, in lower case"),
+        ("dangling.wasm", "cannot be read: "),
+        ("folder.wasm", "a directory"),
+        ("my plugin.wasm", "`my plugin` is not a plugin name"),
+    ];
+    let check = |ignored: Vec<(String, String)>| {
+        assert_eq!(ignored.len(), expected.len(), "{ignored:?}");
+        for ((file, reason), (want_file, want_reason)) in ignored.iter().zip(expected) {
+            assert_eq!(file, want_file, "{ignored:?}");
+            assert!(reason.starts_with(want_reason), "{ignored:?}");
+        }
+    };
+    let pairs = |rows: &[serde_json::Value]| -> Vec<(String, String)> {
+        rows.iter()
+            .filter(|r| r["file"].is_string())
+            .map(|r| {
+                (
+                    r["file"].as_str().unwrap().to_string(),
+                    r["reason"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let answer = status();
+    check(pairs(answer["ignored"].as_array().unwrap()));
+    let names: Vec<_> = answer["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["core", "empty", "text"], "{answer}");
+    // The CLI, through the server and offline.
+    let url = server.url("");
+    let remote = json_lines(&cli(&[
+        "plugins", "--json", "--url", &url, "--token", TOKEN,
+    ]));
+    check(pairs(&remote));
+    assert!(remote
+        .iter()
+        .filter(|r| r["file"].is_string())
+        .all(|r| r["status"] == "ignored"));
+    let offline = json_lines(&cli(&[
+        "plugins",
+        "--json",
+        "--plugins-dir",
+        plugins.to_str().unwrap(),
+    ]));
+    check(pairs(&offline));
+    let problem = |name: &str| {
+        offline.iter().find(|r| r["name"] == name).unwrap()["component_error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(problem("text").starts_with("not a WebAssembly file"));
+    assert_eq!(problem("empty"), "an empty file");
+    let text = cli(&["plugins", "--url", &url, "--token", TOKEN]);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("folder.wasm") && l.ends_with("ignored: a directory")),
+        "{text}"
+    );
+    // Said once each in the log, though the folder is read again every
+    // two seconds.
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(
+        server.count_lines("file in the plugins folder ignored"),
+        expected.len()
+    );
+    // Given a plugin name, the file loads and is no longer listed as ignored.
+    std::fs::rename(
+        plugins.join("my plugin.wasm"),
+        plugins.join("my-plugin.wasm"),
+    )
+    .unwrap();
+    assert!(wait_until(SETTLE, || all_loaded(
+        &server.url("/metrics"),
+        &["my-plugin"]
+    )));
+    assert!(wait_until(SETTLE, || status()["ignored"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["file"] != "my plugin.wasm")));
+    assert_eq!(status()["ignored"].as_array().unwrap().len(), 3);
+}
+
 fn chat_event(i: usize) -> Vec<u8> {
     hola_event(&format!("r{i}"), "c").into_bytes()
 }
@@ -1644,6 +1798,8 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     deploy(&test_plugins(), "probe", &plugins, "logger", None);
+    // A file the server would not read: named, with the reason.
+    std::fs::copy(plugins.join("logger.wasm"), plugins.join("loger v2.wasm")).unwrap();
     let cfg = dir.path().join("hookhost.toml");
     std::fs::write(
         &cfg,
@@ -1668,6 +1824,7 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
         "warning: tenant a, plugin logger: plugin may send messages but the tenant has no gateway account ([tenants.T.whapi] token and instance_id): its sends will be refused".into(),
         "warning: tenant b: tenant has no secret: unsigned events are accepted".into(),
         "warning: tenant a, plugin loger: not in the plugins folder".into(),
+        "warning: plugins folder: loger v2.wasm ignored: `loger v2` is not a plugin name: 1 to 64 ASCII letters, digits, `-` or `_`".into(),
     ];
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
 

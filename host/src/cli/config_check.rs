@@ -24,11 +24,12 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
     };
     let dir = plugins_dir.unwrap_or(&config.server.plugins_dir);
     let mut found = warnings(&tenants, tenants.keys());
-    let present = wasm_stems(dir);
+    let listing = crate::runtime::folder::list(dir).ok();
+    let present: Option<BTreeSet<&String>> = listing.as_ref().map(|l| l.plugins.keys().collect());
     for t in tenants.values() {
         for p in t.config.named_plugins() {
             if let Some(present) = &present {
-                if !present.contains(p.as_str()) {
+                if !present.contains(p) {
                     found.push(Warning {
                         tenant: t.name.clone(),
                         plugin: Some(p.clone()),
@@ -74,6 +75,9 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
             None => println!("warning: tenant {}: {}", w.tenant, w.message),
         }
     }
+    for (file, reason) in listing.iter().flat_map(|l| &l.ignored) {
+        println!("warning: plugins folder: {file} ignored: {reason}");
+    }
     if present.is_none() {
         println!(
             "note: no plugins folder at {}: plugin names not checked",
@@ -81,18 +85,4 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
-}
-
-/// The plugin names a folder holds (`NAME.wasm`); `None` when it cannot be read.
-fn wasm_stems(dir: &Path) -> Option<BTreeSet<String>> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    Some(
-        entries
-            .flatten()
-            .filter_map(|e| {
-                let p = e.path();
-                (p.extension()? == "wasm").then(|| p.file_stem()?.to_str().map(String::from))?
-            })
-            .collect(),
-    )
 }

@@ -14,12 +14,12 @@ use std::path::Path;
 /// checks the types.)
 fn component_problem(bytes: &[u8]) -> Option<String> {
     use wasmparser::{Parser, Validator, WasmFeatures};
+    if let Some(problem) = crate::runtime::plugin::format_problem(bytes) {
+        return Some(problem);
+    }
     if !Parser::is_component(bytes) {
-        return Some(if Parser::is_core_wasm(bytes) {
-            "a core WebAssembly module, not a component".into()
-        } else {
-            "not a WebAssembly file".into()
-        });
+        // WebAssembly text: judged when it is compiled.
+        return None;
     }
     if let Err(e) = Validator::new_with_features(WasmFeatures::all()).validate_all(bytes) {
         return Some(format!("not a valid component: {e}"));
@@ -79,36 +79,45 @@ fn world_problem(bytes: &[u8]) -> Option<String> {
 
 pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
     let rows: Vec<Value> = if t.url.is_some() {
-        remote(t, "GET", "/admin/plugins", None)?["plugins"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let answer = remote(t, "GET", "/admin/plugins", None)?;
+        let mut rows = answer["plugins"].as_array().cloned().unwrap_or_default();
+        for i in answer["ignored"].as_array().into_iter().flatten() {
+            rows.push(ignored_row(
+                i["file"].as_str().unwrap_or(""),
+                i["reason"].as_str().unwrap_or(""),
+            ));
+        }
+        rows
     } else {
+        let listing = crate::runtime::folder::list(dir)
+            .with_context(|| format!("reading {}", dir.display()))?;
         let mut rows = Vec::new();
-        let mut entries: Vec<_> = std::fs::read_dir(dir)
-            .with_context(|| format!("reading {}", dir.display()))?
-            .flatten()
-            .collect();
-        entries.sort_by_key(|e| e.file_name());
-        for e in entries {
-            let p = e.path();
-            if p.extension().and_then(|x| x.to_str()) != Some("wasm") {
-                continue;
-            }
-            let bytes = std::fs::read(&p)?;
-            let sidecar = p.with_extension("toml");
-            let (sidecar_hash, sidecar_error) = match std::fs::read(&sidecar) {
-                Ok(bytes) => (
-                    Some(crate::runtime::plugin::hash(&bytes)),
-                    String::from_utf8(bytes)
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| crate::runtime::registry::Sidecar::parse(&t))
-                        .err(),
-                ),
-                Err(_) => (None, None),
+        for (name, (path, _)) in &listing.plugins {
+            let bytes = match std::fs::read(path) {
+                Ok(b) => b,
+                Err(e) => {
+                    rows.push(ignored_row(
+                        &format!("{name}.wasm"),
+                        &format!("cannot be read: {e}"),
+                    ));
+                    continue;
+                }
+            };
+            let (sidecar_hash, sidecar_error) = match listing.sidecars.get(name) {
+                Some(sidecar) => match std::fs::read(sidecar) {
+                    Ok(bytes) => (
+                        Some(crate::runtime::plugin::hash(&bytes)),
+                        String::from_utf8(bytes)
+                            .map_err(|e| e.to_string())
+                            .and_then(|t| crate::runtime::registry::Sidecar::parse(&t))
+                            .err(),
+                    ),
+                    Err(e) => (None, Some(e.to_string())),
+                },
+                None => (None, None),
             };
             rows.push(serde_json::json!({
-                "name": p.file_stem().and_then(|s| s.to_str()).unwrap_or(""),
+                "name": name,
                 "status": "file (not loaded: use --url for a running server)",
                 "hash": crate::runtime::plugin::hash(&bytes),
                 "size": bytes.len(),
@@ -117,11 +126,20 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 "sidecar_error": sidecar_error,
             }));
         }
+        for (file, reason) in &listing.ignored {
+            rows.push(ignored_row(file, reason));
+        }
         rows
     };
     for r in &rows {
         if json {
             println!("{r}");
+        } else if r["status"] == "ignored" {
+            println!(
+                "{:<16} ignored: {}",
+                r["file"].as_str().unwrap_or(""),
+                r["reason"].as_str().unwrap_or("")
+            );
         } else {
             let mut status = r["status"].as_str().unwrap_or("").to_string();
             if let Some(ms) = r["compiling_for_ms"].as_u64() {
@@ -143,11 +161,16 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 "{:<16} {:<10} {:>10} bytes  {}{sidecar}  {}",
                 r["name"].as_str().unwrap_or(""),
                 status,
-                r["size"],
+                r["size"].as_u64().map_or("-".into(), |n| n.to_string()),
                 short(&r["hash"]).unwrap_or_default(),
                 problems.trim()
             );
         }
     }
     Ok(0)
+}
+
+/// A file of the folder that is not read as a plugin or a sidecar.
+fn ignored_row(file: &str, reason: &str) -> Value {
+    serde_json::json!({ "file": file, "status": "ignored", "reason": reason })
 }

@@ -307,7 +307,10 @@ async fn replay(
 }
 
 async fn plugins(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "plugins": state.registry.statuses() }))
+    Json(json!({
+        "plugins": state.registry.statuses(),
+        "ignored": state.registry.ignored(),
+    }))
 }
 
 /// Reads the configuration file again: what may change while running (see

@@ -91,8 +91,37 @@ pub fn looks_complete(bytes: &[u8]) -> bool {
     })
 }
 
+/// Why `bytes` cannot be a component, told from how the file starts: it
+/// is empty, a core module, or neither WebAssembly's binary format nor its
+/// text format (which the engine also reads). `None` for a component's
+/// header or text, which the compiler then judges.
+pub fn format_problem(bytes: &[u8]) -> Option<String> {
+    use wasmparser::Parser;
+    if bytes.is_empty() {
+        return Some("an empty file".into());
+    }
+    if bytes.starts_with(b"\0asm") {
+        return Parser::is_core_wasm(bytes).then(|| {
+            "a core WebAssembly module, not a component: build it for wasm32-wasip2, \
+             or wrap it with `wasm-tools component new`"
+                .into()
+        });
+    }
+    let text = std::str::from_utf8(bytes).map(str::trim_start);
+    if text.is_ok_and(|t| t.starts_with('(') || t.starts_with(";;")) {
+        return None;
+    }
+    Some(
+        "not a WebAssembly file: neither the binary format (which starts with `\\0asm`) \
+         nor the text format"
+            .into(),
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    #[error("{0}")]
+    Format(String),
     #[error("not a valid component: {0}")]
     Compile(String),
     #[error("does not match the hookhost:plugin world: {0}")]
@@ -118,6 +147,9 @@ pub fn load_cancellable(
     bytes: &[u8],
     cancel: &AtomicBool,
 ) -> Result<LoadedPlugin, LoadError> {
+    if let Some(problem) = format_problem(bytes) {
+        return Err(LoadError::Format(problem));
+    }
     let hash = hash(bytes);
     let start = Instant::now();
     let (component, source) = cache
@@ -179,5 +211,27 @@ mod tests {
         longer.push(0);
         assert!(!looks_complete(&longer));
         assert!(!looks_complete(b"not wasm at all"));
+    }
+
+    #[test]
+    fn files_that_are_not_components_are_told_apart_by_their_start() {
+        use super::format_problem;
+        let component = wat::parse_str("(component)").unwrap();
+        assert_eq!(format_problem(&component), None);
+        assert_eq!(format_problem(b"  ;; a plugin\n(component)"), None);
+        assert_eq!(format_problem(b"(component)"), None);
+        assert_eq!(format_problem(b"").unwrap(), "an empty file");
+        let core = wat::parse_str("(module)").unwrap();
+        assert!(format_problem(&core)
+            .unwrap()
+            .starts_with("a core WebAssembly module, not a component"));
+        for other in [&b"hello"[..], &[0xff, 0x00, 0x61], b"PK\x03\x04zip"] {
+            assert!(
+                format_problem(other)
+                    .unwrap()
+                    .starts_with("not a WebAssembly file"),
+                "{other:?}"
+            );
+        }
     }
 }

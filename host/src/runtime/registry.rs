@@ -125,6 +125,13 @@ pub struct PluginStatus {
     pub tenants: Vec<String>,
 }
 
+/// A file in the plugins folder that is not read, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct IgnoredFile {
+    pub file: String,
+    pub reason: String,
+}
+
 /// A file being compiled.
 struct Compiling {
     since: Instant,
@@ -148,6 +155,8 @@ struct State {
     compiling: BTreeMap<String, Compiling>,
     /// Why each invalid sidecar was refused.
     sidecar_errors: BTreeMap<String, String>,
+    /// Files of the folder not read as plugins or sidecars, and why.
+    ignored: BTreeMap<String, String>,
 }
 
 pub struct Registry {
@@ -503,54 +512,30 @@ impl Registry {
     /// files, smallest first: a large JS or Python component should not
     /// hold up the Rust plugins behind it.
     fn list_folder(&self) -> Vec<(String, (PathBuf, Stamp))> {
-        let entries = match std::fs::read_dir(&self.dir) {
-            Ok(e) => e,
+        let listing = match super::folder::list(&self.dir) {
+            Ok(l) => l,
             Err(e) => {
                 if self.dir.exists() {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read plugins folder");
                 }
+                self.note_ignored(BTreeMap::new());
                 self.apply_removals(&BTreeSet::new());
                 return Vec::new();
             }
         };
-        let mut wasm = BTreeMap::new();
-        let mut sidecars = BTreeMap::new();
-        for e in entries.flatten() {
-            let path = e.path();
-            let (Some(stem), Some(ext)) = (
-                path.file_stem().and_then(|s| s.to_str()),
-                path.extension().and_then(|s| s.to_str()),
-            ) else {
-                continue;
-            };
-            if !crate::config::valid_name(stem) {
-                continue;
-            }
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if !meta.is_file() {
-                continue;
-            }
-            match ext {
-                "wasm" => {
-                    wasm.insert(
-                        stem.to_string(),
-                        (
-                            path,
-                            (
-                                meta.len(),
-                                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                            ),
-                        ),
-                    );
-                }
-                "toml" => {
-                    sidecars.insert(stem.to_string(), path);
-                }
-                _ => {}
-            }
-        }
+        self.note_ignored(listing.ignored);
+        let sidecars = listing.sidecars;
+        let wasm: BTreeMap<String, (PathBuf, Stamp)> = listing
+            .plugins
+            .into_iter()
+            .map(|(name, (path, meta))| {
+                let stamp = (
+                    meta.len(),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                );
+                (name, (path, stamp))
+            })
+            .collect();
         self.load_sidecars(&sidecars);
         let names: BTreeSet<String> = wasm.keys().cloned().collect();
         self.apply_removals(&names);
@@ -600,6 +585,33 @@ impl Registry {
         let mut wasm: Vec<_> = wasm.into_iter().collect();
         wasm.sort_by_key(|(_, (_, (size, _)))| *size);
         wasm
+    }
+
+    /// Keeps the folder's refused files for the status listing and says
+    /// each once (again if its reason changes), not at every rescan.
+    fn note_ignored(&self, ignored: BTreeMap<String, String>) {
+        let mut st = self.state.write().unwrap();
+        for (file, reason) in &ignored {
+            if st.ignored.get(file) != Some(reason) {
+                tracing::warn!(file = %file, dir = %self.dir.display(), reason = %reason, "file in the plugins folder ignored");
+            }
+        }
+        st.ignored = ignored;
+    }
+
+    /// Files in the folder that look meant as plugins or sidecars but are
+    /// not read, with the reason.
+    pub fn ignored(&self) -> Vec<IgnoredFile> {
+        self.state
+            .read()
+            .unwrap()
+            .ignored
+            .iter()
+            .map(|(file, reason)| IgnoredFile {
+                file: file.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
     }
 
     fn load_sidecars(&self, files: &BTreeMap<String, PathBuf>) {
