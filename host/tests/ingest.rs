@@ -222,6 +222,35 @@ fn oversize_unknown_tenant_and_wrong_method() {
     assert_eq!(get(&s.url("/readyz")).status, 200);
 }
 
+/// A receiver URL configured with a trailing slash reaches the same
+/// tenant as without one.
+#[test]
+fn a_trailing_slash_reaches_the_same_tenant() {
+    let s = TestServer::start(CONFIG);
+    let r = post_signed(
+        &s.url("/webhook/"),
+        samples::ACK_UPDATE.as_bytes(),
+        "s3cret",
+    );
+    assert_eq!((r.status, &r.body["duplicate"]), (200, &false.into()));
+    let r = post_signed(
+        &s.url("/webhook/acme/"),
+        samples::ACK_UPDATE.as_bytes(),
+        "new-secret",
+    );
+    assert_eq!((r.status, &r.body["duplicate"]), (200, &false.into()));
+    // Each tenant's secret still holds.
+    let r = post_signed(
+        &s.url("/webhook/acme/"),
+        samples::TEST_WEBHOOK.as_bytes(),
+        "s3cret",
+    );
+    assert_eq!(r.status, 401);
+    let tenants: Vec<String> = s.stored().into_iter().map(|(t, _, _)| t).collect();
+    assert_eq!(tenants, ["default", "acme"]);
+    assert_eq!(post(&s.url("/webhook//"), b"{}", None).status, 404);
+}
+
 #[test]
 fn restart_keeps_idempotency_memory() {
     let mut s = TestServer::start(CONFIG);

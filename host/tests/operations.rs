@@ -230,12 +230,15 @@ fn admin_refuses_missing_or_wrong_token_and_is_off_without_one() {
         "/admin/plugins",
         "/admin/deliveries",
     ] {
-        assert_eq!(admin("GET", &s.url(path), None, None).status, 401, "{path}");
+        let missing = admin("GET", &s.url(path), None, None);
+        assert_eq!(missing.status, 401, "{path}");
         assert_eq!(
-            admin("GET", &s.url(path), Some("wrong"), None).status,
-            401,
-            "{path}"
+            missing.body["error"],
+            "admin token required (header `Authorization: Bearer TOKEN`)"
         );
+        let wrong = admin("GET", &s.url(path), Some("wrong"), None);
+        assert_eq!(wrong.status, 401, "{path}");
+        assert_eq!(wrong.body["error"], "wrong admin token");
         assert_eq!(
             admin("GET", &s.url(path), Some(TOKEN), None).status,
             200,

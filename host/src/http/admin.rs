@@ -66,8 +66,14 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or("");
-    if given.is_empty() || !bool::from(given.as_bytes().ct_eq(token.expose())) {
-        return AppError::Unauthorized("admin token required".into()).into_response();
+    if given.is_empty() {
+        return AppError::Unauthorized(
+            "admin token required (header `Authorization: Bearer TOKEN`)".into(),
+        )
+        .into_response();
+    }
+    if !bool::from(given.as_bytes().ct_eq(token.expose())) {
+        return AppError::Unauthorized("wrong admin token".into()).into_response();
     }
     next.run(req).await
 }

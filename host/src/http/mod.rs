@@ -71,6 +71,9 @@ pub fn router(state: AppState) -> Router {
     let webhook = Router::new()
         .route("/webhook", post(webhook::default_tenant))
         .route("/webhook/{tenant}", post(webhook::tenant))
+        // A receiver URL pasted with a trailing slash works as well.
+        .route("/webhook/", post(webhook::default_tenant))
+        .route("/webhook/{tenant}/", post(webhook::tenant))
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
