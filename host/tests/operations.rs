@@ -1006,6 +1006,13 @@ fn cli_reads_the_data_directory_and_the_running_server() {
         assert_eq!(list(&["--after", "1"]), vec![l[1].clone()]);
         assert_eq!(list(&["--limit", "1"]), vec![l[0].clone()]);
         assert!(list(&["--after", "2"]).is_empty());
+        // An event that is not there is named, both ways.
+        for cmd in [&["events", "show", "99"][..], &["replay", "99"]] {
+            let out = run(&[cmd, &place[..]].concat());
+            assert!(!out.status.success(), "{cmd:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("no event 99"), "{cmd:?} {place:?}: {err}");
+        }
     }
     // The table for people: a header, times in UTC.
     let table = cli(&["events", "list", "--data-dir", data.to_str().unwrap()]);

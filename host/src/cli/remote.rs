@@ -54,8 +54,9 @@ pub(super) fn remote(
     Ok(resp.body_mut().read_json().unwrap_or(Value::Null))
 }
 
-/// A GET whose answer is raw bytes; `None` for the route's own 404 ("not
-/// found"; an admin API that is off says more, and is an error).
+/// A GET of a key-value value, whose answer is raw bytes; `None` for the
+/// route's own 404 ("no key ..."; an admin API that is off, or an older
+/// server without the route, says otherwise, and is an error).
 pub(super) fn remote_bytes(t: &Target, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
     let (url, auth) = url_and_auth(t, path);
     let mut resp = agent()
@@ -66,7 +67,7 @@ pub(super) fn remote_bytes(t: &Target, path: &str) -> anyhow::Result<Option<Vec<
     match resp.status().as_u16() {
         200 => Ok(Some(resp.body_mut().read_to_vec()?)),
         status => match refused(status, resp) {
-            r if r.status == 404 && r.message == "not found" => Ok(None),
+            r if r.status == 404 && r.message.starts_with("no key ") => Ok(None),
             r => Err(r.into()),
         },
     }

@@ -130,7 +130,7 @@ async fn event(
         ))
     })
     .await?;
-    let ev = ev.ok_or(AppError::NotFound)?;
+    let ev = ev.ok_or_else(|| AppError::NotFound(format!("no event {seq}")))?;
     let body: Value = serde_json::from_slice(&ev.body).unwrap_or(Value::Null);
     Ok(Json(
         json!({ "event": ev, "body": body, "deliveries": dels }),
@@ -288,7 +288,7 @@ async fn replay(
     let body = body.map(|b| b.0).unwrap_or_default();
     let ev = blocking(&state.store, move |s| s.event(seq))
         .await?
-        .ok_or(AppError::NotFound)?;
+        .ok_or_else(|| AppError::NotFound(format!("no event {seq}")))?;
     let plugins = match body.plugin {
         Some(p) => {
             if !state.registry.plugins_for(&ev.tenant).contains(&p) {

@@ -13,8 +13,9 @@ pub enum AppError {
     Unauthorized(String),
     #[error("unknown tenant")]
     UnknownTenant,
-    #[error("not found")]
-    NotFound,
+    /// What was asked for and is not there.
+    #[error("{0}")]
+    NotFound(String),
     #[error("the admin API is off: set [admin] token to turn it on")]
     AdminOff,
     /// A path no route serves.
@@ -42,7 +43,7 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             AppError::UnknownTenant
-            | AppError::NotFound
+            | AppError::NotFound(_)
             | AppError::AdminOff
             | AppError::NoRoute => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,

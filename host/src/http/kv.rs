@@ -65,11 +65,15 @@ async fn value(
     Path((tenant, plugin)): Path<(String, String)>,
     Query(q): Query<ValueQuery>,
 ) -> Result<impl IntoResponse, AppError> {
+    let missing = format!(
+        "no key {:?} for plugin `{plugin}` of tenant `{tenant}`",
+        q.key
+    );
     let v = blocking(&state.store, move |s| {
         s.kv_get(store::kv_scope(&tenant, &plugin), &q.key)
     })
     .await?
-    .ok_or(AppError::NotFound)?;
+    .ok_or(AppError::NotFound(missing))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], v))
 }
 
