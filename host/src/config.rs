@@ -283,6 +283,31 @@ pub struct LimitsOverride {
     pub sql_rows: Option<u64>,
 }
 
+impl LimitsOverride {
+    /// The first of the limits every delivery needs above zero (fuel,
+    /// memory, time) that is set to 0: with it no delivery could run.
+    pub fn zero(&self) -> Option<&'static str> {
+        [
+            ("fuel", self.fuel),
+            ("memory_mb", self.memory_mb),
+            ("timeout_ms", self.timeout_ms),
+        ]
+        .into_iter()
+        .find(|(_, v)| *v == Some(0))
+        .map(|(name, _)| name)
+    }
+
+    /// [`Self::zero`] as an error naming where the limits are written.
+    pub fn check(&self, place: &str) -> Result<(), String> {
+        match self.zero() {
+            Some(name) => Err(format!(
+                "{place}: {name} must be above 0 (no delivery could run with 0)"
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Limits {
     pub fn apply(mut self, o: &LimitsOverride) -> Limits {
         macro_rules! set {
@@ -583,6 +608,15 @@ impl Config {
                     )));
                 }
             }
+            tc.limits
+                .check(&format!("[tenants.{name}] limits"))
+                .map_err(ConfigError::Invalid)?;
+            for (p, table) in &tc.plugin {
+                table
+                    .limits
+                    .check(&format!("[tenants.{name}.plugin.{p}] limits"))
+                    .map_err(ConfigError::Invalid)?;
+            }
             out.insert(
                 name.clone(),
                 Tenant {
@@ -593,6 +627,15 @@ impl Config {
                 },
             );
         }
+        let l = &self.limits;
+        LimitsOverride {
+            fuel: Some(l.fuel),
+            memory_mb: Some(l.memory_mb),
+            timeout_ms: Some(l.timeout_ms),
+            ..LimitsOverride::default()
+        }
+        .check("[limits]")
+        .map_err(ConfigError::Invalid)?;
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be > 0".into(),
@@ -705,6 +748,36 @@ mod tests {
         assert!(run(0).is_ok() && run(10_000).is_ok());
         let e = run(10_001).unwrap_err().to_string();
         assert!(e.contains("dispatch.run_ms must be at most 10000"), "{e}");
+    }
+
+    #[test]
+    fn a_zero_fuel_memory_or_time_limit_is_refused_where_it_is_written() {
+        let check = |text: &str| {
+            Config::parse(text)
+                .unwrap()
+                .tenants()
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let e = check("[limits]\nfuel = 0\n[tenants.a]").unwrap_err();
+        assert!(e.contains("[limits]: fuel must be above 0"), "{e}");
+        let e = check("[tenants.a]\nlimits = { timeout_ms = 0 }").unwrap_err();
+        assert!(
+            e.contains("[tenants.a] limits: timeout_ms must be above 0"),
+            "{e}"
+        );
+        let e = check("[tenants.a.plugin.p]\nlimits = { memory_mb = 0 }").unwrap_err();
+        assert!(
+            e.contains("[tenants.a.plugin.p] limits: memory_mb must be above 0"),
+            "{e}"
+        );
+        // Quotas may be 0 (nothing stored); other values are fine.
+        assert_eq!(
+            check("[tenants.a]\nlimits = { kv_keys = 0, sql_mb = 0, fuel = 1 }"),
+            Ok(())
+        );
+        let sidecar = crate::runtime::registry::Sidecar::parse("[limits]\nfuel = 0\n");
+        assert!(sidecar.unwrap_err().contains("fuel must be above 0"));
     }
 
     #[test]

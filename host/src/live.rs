@@ -191,7 +191,15 @@ fn restart_needed(running: &Config, next: &Config) -> Vec<String> {
             "[dispatch] idle_priority",
             running.dispatch.idle_priority != next.dispatch.idle_priority,
         ),
-        ("[runtime]", running.runtime != next.runtime),
+        ("[runtime]", {
+            // Not from the file: the binary's path, which an upgrade in
+            // place changes under a running server.
+            let file = |r: &crate::config::RuntimeConfig| crate::config::RuntimeConfig {
+                compiler_exe: None,
+                ..r.clone()
+            };
+            file(&running.runtime) != file(&next.runtime)
+        }),
     ];
     for (name, differs) in sections {
         if differs {
@@ -359,6 +367,26 @@ mod tests {
         let r = live.reload().unwrap();
         assert!(!r.anything(), "{r:?}");
         assert_eq!(r.restart_needed, ["[store] (other than retention)"]);
+    }
+
+    /// The compiler's path is the binary's, not the file's: a binary
+    /// upgraded in place (its path now ends in ` (deleted)`) is not a
+    /// `[runtime]` change to restart for.
+    #[test]
+    fn the_binarys_path_is_not_a_runtime_change() {
+        static TEXT: Mutex<String> = Mutex::new(String::new());
+        *TEXT.lock().unwrap() = "[runtime]\npooling = false\n[tenants.a]\n".into();
+        let mut started = Config::parse(&TEXT.lock().unwrap()).unwrap();
+        started.runtime.compiler_exe = Some("/usr/bin/hookhost".into());
+        let upgraded: Source = Box::new(|| {
+            let mut c = Config::parse(&TEXT.lock().unwrap()).map_err(anyhow::Error::msg)?;
+            c.runtime.compiler_exe = Some("/usr/bin/hookhost (deleted)".into());
+            Ok(c)
+        });
+        let live = Live::new(&started, Some(upgraded)).unwrap();
+        assert_eq!(live.reload().unwrap(), Reloaded::default());
+        *TEXT.lock().unwrap() = "[runtime]\npooling = true\n[tenants.a]\n".into();
+        assert_eq!(live.reload().unwrap().restart_needed, ["[runtime]"]);
     }
 
     #[test]

@@ -50,6 +50,7 @@ impl Sidecar {
     /// Checks the text of a `NAME.toml`.
     pub fn parse(text: &str) -> Result<Sidecar, String> {
         let mut sidecar = toml::from_str::<Sidecar>(text).map_err(|e| e.to_string())?;
+        sidecar.limits.check("[limits]")?;
         sidecar.hash = super::plugin::hash(text.as_bytes());
         Ok(sidecar)
     }
