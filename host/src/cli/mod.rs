@@ -211,7 +211,8 @@ pub struct SendArgs {
     /// Send this JSON file instead of a sample.
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Where to POST: a webhook URL, or a server address (its `/webhook`).
+    /// Where to POST: a webhook URL, or a server address (its `/webhook`);
+    /// `http://` when no scheme is given.
     #[arg(long, default_value = "http://127.0.0.1:3000/webhook")]
     pub url: String,
     /// Signing secret; no signature header when empty.
@@ -631,9 +632,19 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// A server's address without a path (`http://host:port`) means its
-/// default tenant's `/webhook`.
+/// `host:port` without a scheme is spoken to over plain HTTP.
+pub(crate) fn with_scheme(url: &str) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// A server's address without a path (`http://host:port`, or `host:port`)
+/// means its default tenant's `/webhook`.
 fn webhook_url(url: &str) -> String {
+    let url = &with_scheme(url);
     let after_scheme = url.find("://").map_or(0, |i| i + 3);
     match url[after_scheme..].find('/') {
         Some(i) if url[after_scheme + i..] != *"/" => url.to_string(),
@@ -758,6 +769,11 @@ mod tests {
             ("http://127.0.0.1:3000/", "http://127.0.0.1:3000/webhook"),
             ("http://h/webhook/acme", "http://h/webhook/acme"),
             ("https://h/hooks/in?x=1", "https://h/hooks/in?x=1"),
+            ("127.0.0.1:3000", "http://127.0.0.1:3000/webhook"),
+            (
+                "localhost:3000/webhook/acme",
+                "http://localhost:3000/webhook/acme",
+            ),
         ] {
             assert_eq!(webhook_url(given), posted);
         }

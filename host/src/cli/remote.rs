@@ -15,7 +15,7 @@ pub(super) struct Refused {
 fn url_and_auth(t: &Target, path: &str) -> (String, String) {
     let url = format!(
         "{}{}",
-        t.url.as_deref().unwrap_or_default().trim_end_matches('/'),
+        super::with_scheme(t.url.as_deref().unwrap_or_default()).trim_end_matches('/'),
         path
     );
     let auth = format!("Bearer {}", t.token.as_deref().unwrap_or_default());
