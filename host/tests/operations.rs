@@ -1864,6 +1864,19 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
             "{text}: {err}"
         );
     }
+    // A file that is not there, said once, by `config check` and `serve`.
+    let missing = dir.path().join("missing.toml");
+    let m = missing.to_str().unwrap();
+    for args in [&["config", "check", "-c", m][..], &["serve", "--config", m]] {
+        let out = run(args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("cannot read config file {m}: ")),
+            "{err}"
+        );
+        assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    }
 }
 
 /// `[store] retention` turned on by a reload: handled events go without a
