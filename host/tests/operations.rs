@@ -249,6 +249,21 @@ fn admin_refuses_missing_or_wrong_token_and_is_off_without_one() {
         admin("POST", &s.url("/admin/events/1/replay"), None, None).status,
         401
     );
+    // A state that no delivery has is a mistake to say, not an empty list.
+    let r = admin(
+        "GET",
+        &s.url("/admin/deliveries?state=dead-letter"),
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.body["error"],
+        "unknown state `dead-letter`: one of pending, running, done, failed, dead, discarded"
+    );
+    let out = run(&["deliveries", "--state", "dead-letter"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[possible values: pending,"));
     let off = TestServer::start("[tenants.default]");
     let r = admin("GET", &off.url("/admin/events"), Some(TOKEN), None);
     assert_eq!(r.status, 404);

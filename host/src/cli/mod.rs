@@ -297,8 +297,8 @@ pub enum EventsCommand {
 pub struct DeliveriesArgs {
     #[command(flatten)]
     pub target: Target,
-    /// Only this state (pending, running, done, failed, dead, discarded).
-    #[arg(long)]
+    /// Only this state.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(crate::store::DELIVERY_STATES))]
     pub state: Option<String>,
     /// Only this event (its sequence number).
     #[arg(long)]

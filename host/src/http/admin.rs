@@ -152,6 +152,14 @@ async fn deliveries(
     State(state): State<AppState>,
     Query(q): Query<DeliveriesQuery>,
 ) -> Result<Json<Value>, AppError> {
+    if let Some(s) = q.state.as_deref() {
+        if !store::DELIVERY_STATES.contains(&s) {
+            return Err(AppError::BadRequest(format!(
+                "unknown state `{s}`: one of {}",
+                store::DELIVERY_STATES.join(", ")
+            )));
+        }
+    }
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
     let filter = store::DeliveryFilter {
         event: q.event,

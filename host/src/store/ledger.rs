@@ -398,6 +398,10 @@ impl Store {
     }
 }
 
+/// The states a delivery goes through, as the ledger writes them.
+pub const DELIVERY_STATES: [&str; 6] =
+    ["pending", "running", "done", "failed", "dead", "discarded"];
+
 /// Which deliveries a listing shows; `None` takes any.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {

@@ -27,7 +27,7 @@ pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
 pub use ledger::{
     delivered_plugins, list_deliveries, list_last_deliveries, replay, replay_many, settle_dead,
     settle_dead_all, DeadFilter, DeadLetter, DeliveryFilter, DeliveryOutcome, DeliveryRow,
-    DueDelivery, LaneWalk, NewDelivery, ReplayError, Replayed,
+    DueDelivery, LaneWalk, NewDelivery, ReplayError, Replayed, DELIVERY_STATES,
 };
 
 use crate::config::{StoreConfig, Synchronous};
