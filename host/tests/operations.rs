@@ -1682,6 +1682,27 @@ fn a_backup_taken_while_running_is_a_data_directory() {
     let again = run(&["backup", "--to", &to, "--data-dir", data]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+    // A backup that fails part way (here a plugin database that is not
+    // one) leaves nothing that looks like a backup, nor its staging folder.
+    let broken = s.data_dir().join("plugin-data/a/broken.sqlite");
+    std::fs::write(&broken, vec![7u8; 8192]).unwrap();
+    let failed = dest.path().join("failed");
+    let out = run(&[
+        "backup",
+        "--to",
+        failed.to_str().unwrap(),
+        "--data-dir",
+        data,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("broken.sqlite"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dest.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["copy"], "{err}");
+    std::fs::remove_file(&broken).unwrap();
 
     let c = hookhost::store::open_read_only(&copy).unwrap();
     assert_eq!(

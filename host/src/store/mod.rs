@@ -386,8 +386,10 @@ pub fn open_for_update(data_dir: &Path) -> Result<Connection, StoreError> {
 /// snapshot taken with `VACUUM INTO` on a read-only connection, so a running
 /// server is neither stopped nor held up. The store goes first, so the
 /// plugins' databases hold at least what its ledger marks done: after a
-/// restore, deliveries are run again rather than lost. Returns the files
-/// written.
+/// restore, deliveries are run again rather than lost. The copy is made in
+/// `.NAME.partial` beside `dest`, synced, and renamed to `dest` only when
+/// whole: a backup that fails (a full disk) or is killed never leaves a
+/// folder that looks like a backup. Returns the files written.
 pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, StoreError> {
     let unavailable = |what: String| StoreError::Unavailable(what);
     if dest.exists()
@@ -405,6 +407,45 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, Store
     if !store.exists() {
         return Err(unavailable(format!("no store at {}", store.display())));
     }
+    let name = dest
+        .file_name()
+        .ok_or_else(|| StoreError::Invalid(format!("{}: not a folder name", dest.display())))?;
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| unavailable(format!("cannot create {}: {e}", parent.display())))?;
+    let staging = parent.join(format!(".{}.partial", name.to_string_lossy()));
+    // Left by a backup that was killed: ours, by its name.
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .map_err(|e| unavailable(format!("cannot remove {}: {e}", staging.display())))?;
+    }
+    let copied = copy_databases(data_dir, &staging).and_then(|files| {
+        if dest.exists() {
+            // Empty (checked above): rename replaces it.
+            std::fs::remove_dir(dest)
+                .map_err(|e| unavailable(format!("cannot replace {}: {e}", dest.display())))?;
+        }
+        std::fs::rename(&staging, dest)
+            .map_err(|e| unavailable(format!("cannot rename to {}: {e}", dest.display())))?;
+        sync_dir(&parent)?;
+        Ok(files
+            .into_iter()
+            .map(|(rel, bytes)| (dest.join(rel), bytes))
+            .collect())
+    });
+    if copied.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    copied
+}
+
+/// The databases of `data_dir` copied into `to`, each synced; returns their
+/// paths relative to it and sizes.
+fn copy_databases(data_dir: &Path, to: &Path) -> Result<Vec<(PathBuf, u64)>, StoreError> {
+    let unavailable = |what: String| StoreError::Unavailable(what);
     let mut sources = vec![PathBuf::from(STORE_FILE)];
     let plugins = data_dir.join(PLUGIN_DATA_DIR);
     if let Ok(tenants) = std::fs::read_dir(&plugins) {
@@ -422,19 +463,36 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<Vec<(PathBuf, u64)>, Store
     }
     sources[1..].sort();
     let mut written = Vec::new();
+    let mut dirs = std::collections::BTreeSet::new();
     for rel in sources {
-        let (from, to) = (data_dir.join(&rel), dest.join(&rel));
-        if let Some(dir) = to.parent() {
+        let (from, target) = (data_dir.join(&rel), to.join(&rel));
+        if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            dirs.insert(dir.to_path_buf());
         }
         let c = Connection::open_with_flags(&from, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         c.busy_timeout(Duration::from_secs(5))?;
-        c.execute("VACUUM INTO ?1", [to.to_string_lossy()])?;
-        let bytes = std::fs::metadata(&to).map(|m| m.len()).unwrap_or(0);
-        written.push((to, bytes));
+        c.execute("VACUUM INTO ?1", [target.to_string_lossy()])
+            .map_err(|e| unavailable(format!("copying {}: {e}", from.display())))?;
+        let file = std::fs::File::open(&target)
+            .and_then(|f| f.sync_all().map(|()| f))
+            .map_err(|e| unavailable(format!("cannot sync {}: {e}", target.display())))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        written.push((rel, bytes));
+    }
+    // Deepest first: each folder's entries are durable before its parent's.
+    for dir in dirs.iter().rev() {
+        sync_dir(dir)?;
     }
     Ok(written)
+}
+
+/// Makes a folder's entries (files created or renamed in it) durable.
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Unavailable(format!("cannot sync {}: {e}", dir.display())))
 }
 
 /// Opens an existing store read-only, for the offline CLI commands. Its
