@@ -1172,6 +1172,9 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     );
     assert!(remote[0]["sidecar"].is_null(), "{remote:?}");
     assert!(text.contains(&format!("sidecar {}", &good[..12])), "{text}");
+    let empty = tempfile::tempdir().unwrap();
+    let none = cli(&["plugins", "--plugins-dir", empty.path().to_str().unwrap()]);
+    assert_eq!(none, "no plugins\n");
 }
 
 /// Files in the plugins folder that cannot be plugins are named with the

@@ -131,6 +131,9 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
         }
         rows
     };
+    if rows.is_empty() && !json {
+        println!("no plugins");
+    }
     for r in &rows {
         if json {
             println!("{r}");
