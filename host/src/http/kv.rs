@@ -66,7 +66,7 @@ async fn value(
     Query(q): Query<ValueQuery>,
 ) -> Result<impl IntoResponse, AppError> {
     let missing = format!(
-        "no key {:?} for plugin `{plugin}` of tenant `{tenant}`",
+        "no key `{}` for plugin `{plugin}` of tenant `{tenant}`",
         q.key
     );
     let v = blocking(&state.store, move |s| {

@@ -469,7 +469,12 @@ fn copy_databases(data_dir: &Path, to: &Path) -> Result<Vec<(PathBuf, u64)>, Sto
         if let Some(dir) = target.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
-            dirs.insert(dir.to_path_buf());
+            // The folder and those above it up to `to`: each holds a new entry.
+            dirs.extend(
+                dir.ancestors()
+                    .take_while(|a| a.starts_with(to))
+                    .map(Path::to_path_buf),
+            );
         }
         let c = Connection::open_with_flags(&from, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         c.busy_timeout(Duration::from_secs(5))?;
