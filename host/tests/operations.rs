@@ -638,6 +638,7 @@ fn plugin_test_reports_what_the_sample_plugins_do() {
         "✅ ACK: WXYZ5678 -> delivered"
     );
     assert!(logger["fuel_used"].as_u64().unwrap() > 0);
+    assert_eq!(logger["server_would_refuse"], serde_json::json!([]));
 
     let persistence = plugin_test(
         &sp.join("persistence.wasm"),
@@ -691,6 +692,21 @@ fn plugin_test_reports_what_the_sample_plugins_do() {
             ("573001112233@c.us", "Menú")
         ]
     );
+    // Run with every grant, it is told what a server would refuse it.
+    assert_eq!(ar["server_would_refuse"], serde_json::json!(["messaging"]));
+    let text = cli(&[
+        "plugin",
+        "test",
+        sp.join("auto-reply.wasm").to_str().unwrap(),
+        "--file",
+        ev_file.to_str().unwrap(),
+        "--settings",
+        settings.to_str().unwrap(),
+    ]);
+    assert!(
+        text.contains("would refuse `messaging`: add it to the sidecar's `grants`"),
+        "{text}"
+    );
     // As the server would run it for a tenant: the configuration's limits,
     // the tenant's grants and settings over the sidecar's.
     let config = dir.path().join("hookhost.toml");
@@ -723,6 +739,7 @@ grants = ["log", "kv", "config", "messaging"]
     };
     let acme = as_tenant("acme");
     assert_eq!(acme["grants"], serde_json::json!(["log", "kv", "config"]));
+    assert!(acme["server_would_refuse"].is_null(), "{acme}");
     assert_eq!(
         acme["limits"],
         serde_json::json!({ "fuel": 5_000_000, "memory_mb": 64, "timeout_ms": 700 })

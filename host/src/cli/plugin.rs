@@ -8,6 +8,7 @@ use crate::runtime::registry::{policy_for, Policy, Sidecar};
 use crate::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
 use crate::store::{Store, StoreOptions};
 use anyhow::Context;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -176,8 +177,10 @@ pub struct TestArgs {
 
 /// The grants, limits and settings `plugin test` runs with: every grant and
 /// the sidecar beside the file, or, with `--config`, what the server would
-/// give the plugin for the tenant.
-fn policy(a: &TestArgs) -> anyhow::Result<Policy> {
+/// give the plugin for the tenant. Without `--config`, also the grants a
+/// server gives the plugin when no tenant's table names any (the sidecar's,
+/// or the defaults), to tell the author what it would refuse.
+fn policy(a: &TestArgs) -> anyhow::Result<(Policy, Option<BTreeSet<Grant>>)> {
     let sidecar_path = a.file.with_extension("toml");
     let sidecar = if sidecar_path.is_file() {
         Some(
@@ -194,8 +197,8 @@ fn policy(a: &TestArgs) -> anyhow::Result<Policy> {
         .unwrap_or_default();
     let Some(path) = &a.config else {
         let mut p = policy_for(Limits::default(), None, sidecar.as_ref(), &name);
-        p.grants = Grant::ALL.iter().copied().collect();
-        return Ok(p);
+        let server = std::mem::replace(&mut p.grants, Grant::ALL.iter().copied().collect());
+        return Ok((p, Some(server)));
     };
     let config = Config::load(path)?;
     let tenant = a.tenant.as_deref().unwrap_or(DEFAULT_TENANT);
@@ -211,7 +214,25 @@ fn policy(a: &TestArgs) -> anyhow::Result<Policy> {
                 .join(", ")
         );
     };
-    Ok(policy_for(config.limits, Some(t), sidecar.as_ref(), &name))
+    Ok((
+        policy_for(config.limits, Some(t), sidecar.as_ref(), &name),
+        None,
+    ))
+}
+
+/// The capabilities a run used that `granted` lacks.
+fn refused_by(granted: &BTreeSet<Grant>, actions: &[Action]) -> Vec<Grant> {
+    let used: BTreeSet<Grant> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Log { .. } => Some(Grant::Log),
+            Action::KvSet { .. } | Action::KvDelete { .. } => Some(Grant::Kv),
+            Action::Sql { .. } => Some(Grant::Sql),
+            Action::Send { .. } => Some(Grant::Messaging),
+            Action::Denied { .. } => None,
+        })
+        .collect();
+    used.difference(granted).copied().collect()
 }
 
 pub fn test(a: TestArgs) -> anyhow::Result<i32> {
@@ -238,7 +259,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
     };
     let parsed =
         crate::event::parse(&body).map_err(|e| anyhow::anyhow!("the event does not parse: {e}"))?;
-    let policy = policy(&a)?;
+    let (policy, server_grants) = policy(&a)?;
     let mut settings = (*policy.settings).clone();
     if let Some(p) = &a.settings {
         let t: toml::Table = toml::from_str(&std::fs::read_to_string(p)?)
@@ -330,6 +351,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
         .as_ref()
         .and_then(|r| r.journal.clone())
         .unwrap_or_default();
+    let server_refuses = server_grants.as_ref().map(|g| refused_by(g, &actions));
     if a.json {
         println!(
             "{}",
@@ -349,6 +371,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                 "instantiate_us": report.as_ref().map(|r| r.instantiate.as_micros() as u64),
                 "total_us": report.as_ref().map(|r| r.total.as_micros() as u64),
                 "actions": actions,
+                "server_would_refuse": server_refuses,
                 "output": report.as_ref().map(|r| r.output.clone()),
             })
         );
@@ -424,6 +447,24 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             .filter(|o| !o.is_empty())
         {
             println!("stdout/stderr:\n{out}");
+        }
+        if let (Some(granted), Some(refused)) = (&server_grants, &server_refuses) {
+            if !refused.is_empty() {
+                let names = |g: &mut dyn Iterator<Item = &Grant>| {
+                    g.map(|g| format!("`{}`", g.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!(
+                    "note: a server grants this plugin {} (its sidecar's `grants`, or the defaults) \
+                     and would refuse {}: add {} to the sidecar's `grants` or to the tenant's \
+                     [tenants.T.plugin.{}] table (--config FILE runs with a server's grants)",
+                    names(&mut granted.iter()),
+                    names(&mut refused.iter()),
+                    if refused.len() == 1 { "it" } else { "them" },
+                    p.name
+                );
+            }
         }
     }
     Ok(code)
