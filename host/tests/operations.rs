@@ -1166,6 +1166,13 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
         text.contains("a core WebAssembly module, not a component"),
         "{text}"
     );
+    // Offline, each file is a `file`, and the last line says how to see more.
+    let good = text.lines().find(|l| l.starts_with("good ")).unwrap();
+    assert_eq!(good.split_whitespace().nth(1), Some("file"), "{text}");
+    assert!(
+        text.ends_with("(files, not loaded: --url URL --token T for a running server's view)\n"),
+        "{text}"
+    );
     let offline: Vec<_> = all
         .into_iter()
         .filter(|r| r["name"] == "bad" || r["name"] == "good")

@@ -118,7 +118,7 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
             };
             rows.push(serde_json::json!({
                 "name": name,
-                "status": "file (not loaded: use --url for a running server)",
+                "status": OFFLINE,
                 "hash": crate::runtime::plugin::hash(&bytes),
                 "size": bytes.len(),
                 "component_error": component_problem(&bytes),
@@ -144,7 +144,11 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 r["reason"].as_str().unwrap_or("")
             );
         } else {
-            let mut status = r["status"].as_str().unwrap_or("").to_string();
+            // Offline, the column says `file`; a last line says why.
+            let mut status = match r["status"].as_str().unwrap_or("") {
+                OFFLINE => "file".to_string(),
+                s => s.to_string(),
+            };
             if let Some(ms) = r["compiling_for_ms"].as_u64() {
                 status.push_str(&format!(" for {} s", ms / 1000));
             }
@@ -170,8 +174,14 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
             );
         }
     }
+    if !json && t.url.is_none() && rows.iter().any(|r| r["status"] == OFFLINE) {
+        println!("(files, not loaded: --url URL --token T for a running server's view)");
+    }
     Ok(0)
 }
+
+/// The status of a plugin file listed without a server.
+const OFFLINE: &str = "file (not loaded: use --url for a running server)";
 
 /// A file of the folder that is not read as a plugin or a sidecar.
 fn ignored_row(file: &str, reason: &str) -> Value {
