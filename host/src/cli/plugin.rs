@@ -221,7 +221,7 @@ fn policy(a: &TestArgs) -> anyhow::Result<(Policy, Option<BTreeSet<Grant>>)> {
 }
 
 /// The capabilities a run used that `granted` lacks.
-fn refused_by(granted: &BTreeSet<Grant>, actions: &[Action]) -> Vec<Grant> {
+fn refused_by(granted: &BTreeSet<Grant>, actions: &[Action]) -> BTreeSet<Grant> {
     let used: BTreeSet<Grant> = actions
         .iter()
         .filter_map(|a| match a {
@@ -450,8 +450,9 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
         }
         if let (Some(granted), Some(refused)) = (&server_grants, &server_refuses) {
             if !refused.is_empty() {
-                let names = |g: &mut dyn Iterator<Item = &Grant>| {
-                    g.map(|g| format!("`{}`", g.as_str()))
+                let names = |g: &BTreeSet<Grant>| {
+                    g.iter()
+                        .map(|g| format!("`{}`", g.as_str()))
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
@@ -459,8 +460,8 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                     "note: a server grants this plugin {} (its sidecar's `grants`, or the defaults) \
                      and would refuse {}: add {} to the sidecar's `grants` or to the tenant's \
                      [tenants.T.plugin.{}] table (--config FILE runs with a server's grants)",
-                    names(&mut granted.iter()),
-                    names(&mut refused.iter()),
+                    names(granted),
+                    names(refused),
                     if refused.len() == 1 { "it" } else { "them" },
                     p.name
                 );
