@@ -1223,6 +1223,8 @@ fn files_the_plugins_folder_cannot_use_are_named_with_the_reason() {
     )
     .unwrap();
     std::fs::write(plugins.join("empty.wasm"), b"").unwrap();
+    // A sidecar with no plugin of its name (misnamed, or not a sidecar).
+    std::fs::write(plugins.join("Cargo.toml"), "[package]\nname = \"x\"\n").unwrap();
     // Passed over in silence: another extension, a hidden file.
     std::fs::write(plugins.join("notes.txt"), "x").unwrap();
     std::fs::write(plugins.join(".probe.tmp"), "x").unwrap();
@@ -1267,6 +1269,7 @@ fn files_the_plugins_folder_cannot_use_are_named_with_the_reason() {
     );
     assert_eq!(failed("empty"), "an empty file");
     let expected = [
+        ("Cargo.toml", "no `Cargo.wasm` beside it"),
         ("Loud.WASM", "the extension must be `.wasm`, in lower case"),
         ("dangling.wasm", "cannot be read: "),
         ("folder.wasm", "a directory"),
@@ -1352,7 +1355,9 @@ fn files_the_plugins_folder_cannot_use_are_named_with_the_reason() {
         .unwrap()
         .iter()
         .all(|i| i["file"] != "my plugin.wasm")));
-    assert_eq!(status()["ignored"].as_array().unwrap().len(), 3);
+    assert_eq!(status()["ignored"].as_array().unwrap().len(), 4);
+    // The misnamed sidecar's error was not logged as a refused sidecar.
+    assert_eq!(server.count_lines("invalid sidecar"), 0);
 }
 
 fn chat_event(i: usize) -> Vec<u8> {
@@ -1873,6 +1878,13 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
     deploy(&test_plugins(), "probe", &plugins, "logger", None);
     // A file the server would not read: named, with the reason.
     std::fs::copy(plugins.join("logger.wasm"), plugins.join("loger v2.wasm")).unwrap();
+    // A sidecar the server would refuse, and one with no plugin of its name.
+    std::fs::write(
+        plugins.join("logger.toml"),
+        "grants = [\"log\"]\nfuel = 5\n",
+    )
+    .unwrap();
+    std::fs::write(plugins.join("loger.toml"), "grants = [\"log\"]\n").unwrap();
     let cfg = dir.path().join("hookhost.toml");
     std::fs::write(
         &cfg,
@@ -1898,6 +1910,8 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
         "warning: tenant b: tenant has no secret: unsigned events are accepted".into(),
         "warning: tenant a, plugin loger: not in the plugins folder".into(),
         "warning: plugins folder: loger v2.wasm ignored: `loger v2` is not a plugin name: 1 to 64 ASCII letters, digits, `-` or `_`".into(),
+        "warning: plugins folder: loger.toml ignored: no `loger.wasm` beside it: a sidecar configures the plugin of its name".into(),
+        "warning: plugins folder: logger.toml refused: line 2, column 1: unknown field `fuel`, expected one of `tenants`, `grants`, `limits`, `settings`".into(),
     ];
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
 

@@ -906,6 +906,12 @@ fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
         "{}",
         status()
     );
+    // One line, placed: `line 1, column 18: ...`, not the TOML snippet.
+    let error = status()["sidecar_error"].as_str().unwrap().to_string();
+    assert!(
+        error.starts_with("line 1, column 18: unclosed array") && !error.contains('\n'),
+        "{error}"
+    );
     assert_eq!(status()["tenants"], serde_json::json!(["acme"]));
     assert_eq!(status()["sidecar"], hash("tenants = [\"acme\"]\n"));
     std::fs::write(&sidecar, "tenants = [\"default\"]\n").unwrap();

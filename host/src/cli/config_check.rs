@@ -78,6 +78,12 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
     for (file, reason) in listing.iter().flat_map(|l| &l.ignored) {
         println!("warning: plugins folder: {file} ignored: {reason}");
     }
+    for (name, path) in listing.iter().flat_map(|l| &l.sidecars) {
+        if let Err(e) = crate::runtime::registry::Sidecar::read(path) {
+            let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
+            println!("warning: plugins folder: {name}.toml refused: {e}");
+        }
+    }
     if present.is_none() {
         println!(
             "note: no plugins folder at {}: plugin names not checked",

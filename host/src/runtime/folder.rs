@@ -77,6 +77,22 @@ pub fn list(dir: &Path) -> std::io::Result<Listing> {
             out.plugins.insert(stem.to_string(), (path, meta));
         }
     }
+    // A sidecar configures the plugin of its name; one without it is a
+    // misnamed sidecar (`auto_reply.toml` for `auto-reply.wasm`) or a file
+    // that is not one (a `Cargo.toml`), and is not read.
+    let orphans: Vec<String> = out
+        .sidecars
+        .keys()
+        .filter(|name| !out.plugins.contains_key(*name))
+        .cloned()
+        .collect();
+    for name in orphans {
+        out.sidecars.remove(&name);
+        out.ignored.insert(
+            format!("{name}.toml"),
+            format!("no `{name}.wasm` beside it: a sidecar configures the plugin of its name"),
+        );
+    }
     Ok(out)
 }
 
@@ -91,6 +107,7 @@ mod tests {
         for f in [
             "logger.wasm",
             "logger.toml",
+            "auto_reply.toml",
             "my plugin.wasm",
             "Shout.WASM",
             "über.toml",
@@ -117,7 +134,7 @@ mod tests {
             .iter()
             .map(|(f, r)| (f.as_str(), r.as_str()))
             .collect();
-        assert_eq!(ignored.len(), 5, "{ignored:?}");
+        assert_eq!(ignored.len(), 6, "{ignored:?}");
         let reason = |f: &str| l.ignored.get(f).map(String::as_str).unwrap_or("");
         assert!(reason("my plugin.wasm").contains("`my plugin` is not a plugin name"));
         assert!(reason("über.toml").contains("is not a plugin name"));
@@ -126,6 +143,10 @@ mod tests {
             "the extension must be `.wasm`, in lower case"
         );
         assert_eq!(reason("dir.wasm"), "a directory");
+        assert_eq!(
+            reason("auto_reply.toml"),
+            "no `auto_reply.wasm` beside it: a sidecar configures the plugin of its name"
+        );
         assert!(reason("dangling.wasm").starts_with("cannot be read: "));
     }
 }

@@ -49,10 +49,25 @@ impl Sidecar {
 
     /// Checks the text of a `NAME.toml`.
     pub fn parse(text: &str) -> Result<Sidecar, String> {
-        let mut sidecar = toml::from_str::<Sidecar>(text).map_err(|e| e.to_string())?;
+        let mut sidecar = toml::from_str::<Sidecar>(text).map_err(|e| one_line(text, &e))?;
         sidecar.limits.check("[limits]")?;
         sidecar.hash = super::plugin::hash(text.as_bytes());
         Ok(sidecar)
+    }
+}
+
+/// A TOML error on one line, for a status field or a log line: `line 2,
+/// column 1: unknown field ...` rather than the multi-line snippet.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
     }
 }
 
