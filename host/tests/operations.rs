@@ -2174,6 +2174,19 @@ fn the_admin_api_answers_malformed_requests_in_json() {
     for (path, says) in [
         ("/admin/events/abc", "Cannot parse `abc`"),
         ("/admin/events?limit=x", "limit"),
+        (
+            "/admin/events?limit=-1",
+            "`limit` must be at least 1 (got -1)",
+        ),
+        ("/admin/events?last=0", "`last` must be at least 1 (got 0)"),
+        (
+            "/admin/deliveries?limit=0",
+            "`limit` must be at least 1 (got 0)",
+        ),
+        (
+            "/admin/kv/default/p?limit=0",
+            "`limit` must be at least 1 (got 0)",
+        ),
         ("/admin/kv/default/p/value", "missing field `key`"),
     ] {
         let (status, error) = answer(
@@ -2205,6 +2218,18 @@ fn the_admin_api_answers_malformed_requests_in_json() {
     );
     assert_eq!(status, 415);
     assert!(error.contains("application/json"), "{error}");
+    // The operator commands refuse the same counts before asking.
+    for args in [
+        &["events", "list", "--limit", "0"][..],
+        &["events", "list", "--last", "0"][..],
+        &["deliveries", "--limit=-1"][..],
+        &["kv", "list", "default", "p", "--limit", "0"][..],
+    ] {
+        let out = run(&[args, &["--url", &s.url(""), "--token", TOKEN][..]].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is not in 1.."), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -270,10 +270,10 @@ pub enum EventsCommand {
         /// Events after this sequence number (to page on).
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after: i64,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
         /// Only the newest N events.
-        #[arg(long, value_name = "N", conflicts_with_all = ["after", "limit"])]
+        #[arg(long, value_name = "N", conflicts_with_all = ["after", "limit"], value_parser = clap::value_parser!(i64).range(1..))]
         last: Option<i64>,
     },
     /// One event with its body and deliveries.
@@ -311,10 +311,10 @@ pub struct DeliveriesArgs {
     pub plugin: Option<String>,
     #[arg(long)]
     pub json: bool,
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
     pub limit: i64,
     /// Only the newest N.
-    #[arg(long, value_name = "N", conflicts_with = "limit")]
+    #[arg(long, value_name = "N", conflicts_with = "limit", value_parser = clap::value_parser!(i64).range(1..))]
     pub last: Option<i64>,
 }
 
@@ -375,7 +375,7 @@ pub enum KvCommand {
         /// Only the keys that start with this.
         #[arg(long, default_value = "")]
         prefix: String,
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
         limit: u64,
         #[arg(long)]
         json: bool,

@@ -96,6 +96,22 @@ pub(super) fn store_error(e: store::StoreError) -> AppError {
     }
 }
 
+/// A `limit` or `last` query value: `default` when absent, at most `max`
+/// rows (a page; ask again with `after` for more), refused below 1.
+pub(super) fn count(
+    name: &str,
+    value: Option<i64>,
+    default: i64,
+    max: i64,
+) -> Result<i64, AppError> {
+    match value.unwrap_or(default) {
+        n if n < 1 => Err(AppError::BadRequest(format!(
+            "`{name}` must be at least 1 (got {n})"
+        ))),
+        n => Ok(n.min(max)),
+    }
+}
+
 #[derive(Deserialize)]
 struct EventsQuery {
     tenant: Option<String>,
@@ -110,9 +126,13 @@ async fn events(
     State(state): State<AppState>,
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let rows = blocking(&state.store, move |s| match q.last {
-        Some(n) => s.last_events(q.tenant.as_deref(), n.clamp(1, 10_000)),
+    let limit = count("limit", q.limit, 100, 10_000)?;
+    let last = q
+        .last
+        .map(|n| count("last", Some(n), n, 10_000))
+        .transpose()?;
+    let rows = blocking(&state.store, move |s| match last {
+        Some(n) => s.last_events(q.tenant.as_deref(), n),
         None => s.events_after(q.tenant.as_deref(), q.after, limit),
     })
     .await?;
@@ -160,15 +180,19 @@ async fn deliveries(
             )));
         }
     }
-    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let limit = count("limit", q.limit, 1000, 100_000)?;
+    let last = q
+        .last
+        .map(|n| count("last", Some(n), n, 100_000))
+        .transpose()?;
     let filter = store::DeliveryFilter {
         event: q.event,
         state: q.state,
         tenant: q.tenant,
         plugin: q.plugin,
     };
-    let rows = blocking(&state.store, move |s| match q.last {
-        Some(n) => s.last_deliveries(&filter, n.clamp(1, 100_000)),
+    let rows = blocking(&state.store, move |s| match last {
+        Some(n) => s.last_deliveries(&filter, n),
         None => s.deliveries(&filter, limit),
     })
     .await?;

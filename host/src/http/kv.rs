@@ -2,7 +2,7 @@
 //! the quotas, a plugin's keys, one value, and deletes (a chat's state to
 //! reset, a departing tenant's data to remove).
 
-use super::admin::{blocking, store_error};
+use super::admin::{blocking, count, store_error};
 use super::{AppError, AppState};
 use crate::store::{self, KvSelection};
 use axum::extract::{Path, Query, State};
@@ -38,7 +38,7 @@ async fn usage(
 struct KeysQuery {
     #[serde(default)]
     prefix: String,
-    limit: Option<u64>,
+    limit: Option<i64>,
 }
 
 async fn keys(
@@ -46,7 +46,7 @@ async fn keys(
     Path((tenant, plugin)): Path<(String, String)>,
     Query(q): Query<KeysQuery>,
 ) -> Result<Json<Value>, AppError> {
-    let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let limit = count("limit", q.limit, 1000, 100_000)? as u64;
     let rows = blocking(&state.store, move |s| {
         s.kv_entries(&tenant, &plugin, &q.prefix, limit)
     })
