@@ -932,7 +932,9 @@ fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Fail
     );
     let _g = span.enter();
     let Some(plugin) = inner.registry.get(&d.plugin) else {
-        return Some(runtime::Failure::Instantiate("plugin is not loaded".into()));
+        return Some(runtime::Failure::Instantiate(
+            inner.registry.why_not_loaded(&d.plugin),
+        ));
     };
     // Queued before a reload took the tenant or the plugin away: it does
     // not run under another tenant's (or the default) grants. Retried like

@@ -247,7 +247,19 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
             .contains("hookhost:plugin/handler"),
         "{ww}"
     );
-    assert_eq!(err("wrongworld"), "instantiate: plugin is not loaded");
+    // The failed file is named by its hash and size; the dead letter says
+    // why it did not load.
+    let hash = ww["hash"].as_str().unwrap();
+    assert_eq!(hash.len(), 64, "{ww}");
+    assert!(ww["size"].as_u64().unwrap() > 0, "{ww}");
+    assert_eq!(
+        err("wrongworld"),
+        format!(
+            "instantiate: plugin is not loaded: its file ({}) failed to load: {}",
+            &hash[..12],
+            ww["last_error"].as_str().unwrap()
+        )
+    );
     assert_eq!(get(&s.url("/readyz")).status, 200);
 }
 

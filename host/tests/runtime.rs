@@ -994,7 +994,7 @@ fn the_compile_cache_drops_replaced_versions_past_its_limit() {
 #[test]
 fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
     let tp = test_plugins();
-    let s = TestServer::start(&fast_retries("[tenants.default]"));
+    let s = TestServer::start(&fast_retries("[admin]\ntoken = \"t\"\n[tenants.default]"));
     let dir = s.plugins_dir();
     let v1 = std::fs::read(tp.join("probe.wasm")).unwrap();
     let v2 = variant(&v1, "v2");
@@ -1043,6 +1043,19 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
     let rows = wait_settled(&s.data_dir(), 3, SETTLE);
     assert_eq!(rows[2].state, "done");
     assert_eq!(rows[2].plugin_hash.as_deref(), Some(h2.as_str()));
+    // The status gives the compiler's reason, not only its first context.
+    // (Cut short and new, the file is first given time for a copy to end.)
+    assert!(wait_until(SETTLE, || plugin_status(&s, "t", "hot")
+        ["status"]
+        == "loaded (newer file failed)"));
+    let status = plugin_status(&s, "t", "hot");
+    let error = status["last_error"].as_str().unwrap();
+    assert!(
+        error.starts_with("not a valid component: failed to parse WebAssembly module: ")
+            && error.len() > "not a valid component: failed to parse WebAssembly module: ".len(),
+        "{error}"
+    );
+    assert_eq!(status["hash"], h2.as_str(), "the version in force");
     assert_eq!(
         plugin_sql(&s.data_dir(), "default", "hot", "SELECT count(*) FROM seen"),
         vec![vec!["3".to_string()]]

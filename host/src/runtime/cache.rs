@@ -112,7 +112,7 @@ impl CompileCache {
         if cancel.load(Ordering::Relaxed) {
             anyhow::bail!("compile cancelled");
         }
-        let component = Component::new(&rt.engine, bytes).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let component = Component::new(&rt.engine, bytes).map_err(|e| anyhow::anyhow!("{e:#}"))?;
         if let Err(e) = self.store(&path, &component) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write compile cache");
         }
@@ -346,7 +346,9 @@ pub fn compile_worker(dir: PathBuf, settings: super::engine::EngineSettings) -> 
             2
         }
         Err(e) => {
-            eprintln!("error: {}", e.to_string().lines().next().unwrap_or(""));
+            // The whole chain: "failed to parse WebAssembly module" says
+            // less than what follows it ("unexpected end-of-file").
+            eprintln!("error: {}", format!("{e:#}").lines().next().unwrap_or(""));
             1
         }
     };

@@ -154,7 +154,7 @@ pub fn load_cancellable(
     let start = Instant::now();
     let (component, source) = cache
         .load_cancellable(rt, &hash, bytes, cancel)
-        .map_err(|e| LoadError::Compile(first_line(&e.to_string())))?;
+        .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
     let compile_time = start.elapsed();
     let pre = rt
         .linker

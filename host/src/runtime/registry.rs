@@ -148,6 +148,14 @@ pub struct IgnoredFile {
     pub reason: String,
 }
 
+/// A plugin file that failed to load: why, and which content.
+#[derive(Clone)]
+struct Failed {
+    error: String,
+    hash: String,
+    size: u64,
+}
+
 /// A file being compiled.
 struct Compiling {
     since: Instant,
@@ -166,7 +174,8 @@ struct State {
     sidecars: BTreeMap<String, Sidecar>,
     /// (size, mtime) of each file last looked at.
     stamps: BTreeMap<String, Stamp>,
-    errors: BTreeMap<String, String>,
+    /// The last file of each name that failed to load.
+    errors: BTreeMap<String, Failed>,
     /// Files being compiled (or read from the cache) now.
     compiling: BTreeMap<String, Compiling>,
     /// Why each invalid sidecar was refused.
@@ -329,6 +338,24 @@ impl Registry {
         self.state.read().unwrap().plugins.get(name).cloned()
     }
 
+    /// Why `name` has no loaded version, for a delivery that cannot run.
+    pub fn why_not_loaded(&self, name: &str) -> String {
+        let st = self.state.read().unwrap();
+        if let Some(f) = st.errors.get(name) {
+            format!(
+                "plugin is not loaded: its file ({}) failed to load: {}",
+                &f.hash[..12.min(f.hash.len())],
+                f.error
+            )
+        } else if st.compiling.contains_key(name) {
+            "plugin is not loaded yet: its file is compiling".into()
+        } else if st.stamps.contains_key(name) {
+            "plugin is not loaded yet: its file is queued to compile".into()
+        } else {
+            format!("plugin is not loaded: no {name}.wasm in the plugins folder")
+        }
+    }
+
     /// Plugins (present in the folder) that run for `tenant`.
     pub fn plugins_for(&self, tenant: &str) -> Vec<String> {
         let st = self.state.read().unwrap();
@@ -404,7 +431,8 @@ impl Registry {
             .keys()
             .map(|name| {
                 let p = st.plugins.get(name);
-                let err = st.errors.get(name).cloned();
+                let failed = st.errors.get(name);
+                let err = failed.map(|f| f.error.clone());
                 let compiling = st.compiling.get(name);
                 PluginStatus {
                     name: name.clone(),
@@ -417,8 +445,9 @@ impl Registry {
                         // Seen in the folder, waiting behind another compile.
                         (None, None, None) => "queued",
                     },
-                    hash: p.map(|p| p.hash.clone()),
-                    size: p.map(|p| p.size),
+                    // The loaded version's; with none, the failed file's.
+                    hash: p.map(|p| &p.hash).or(failed.map(|f| &f.hash)).cloned(),
+                    size: p.map(|p| p.size).or(failed.map(|f| f.size)),
                     loaded_at_ms: p.map(|p| {
                         p.loaded_at
                             .duration_since(SystemTime::UNIX_EPOCH)
@@ -761,7 +790,14 @@ impl Registry {
                 st.compiling.remove(name);
                 if st.stamps.contains_key(name) {
                     st.stamps.insert(name.to_string(), stamp);
-                    st.errors.insert(name.to_string(), e);
+                    st.errors.insert(
+                        name.to_string(),
+                        Failed {
+                            error: e,
+                            hash,
+                            size: bytes.len() as u64,
+                        },
+                    );
                 }
             }
         }
