@@ -1287,6 +1287,33 @@ fn plugin_check_accepts_the_world_and_refuses_another() {
             && err.contains("hookhost:plugin/handler"),
         "{err}"
     );
+    // Cut short: not readable as a component, so no imports or exports to
+    // list, and the compiler's reason past its first context.
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut.wasm");
+    let probe = std::fs::read(tp.join("probe.wasm")).unwrap();
+    std::fs::write(&cut, &probe[..probe.len() / 2]).unwrap();
+    let (code, bad) = check(&cut);
+    assert_eq!(code, Some(1));
+    assert!(
+        bad["imports"].is_null() && bad["exports"].is_null(),
+        "{bad}"
+    );
+    let err = bad["error"].as_str().unwrap();
+    assert!(
+        err.starts_with("not a valid component: failed to parse WebAssembly module: ")
+            && err.contains("out of bounds"),
+        "{err}"
+    );
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["plugin", "check"])
+        .arg(&cut)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[1], format!("error: {err}"));
 }
 
 /// `hookhost compile-worker`, as `serve` runs it for large components:

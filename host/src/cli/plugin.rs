@@ -63,13 +63,13 @@ fn load(file: &Path) -> anyhow::Result<Loaded> {
 
 pub fn check(file: &Path, json: bool) -> anyhow::Result<i32> {
     let (rt, bytes, loaded) = load(file)?;
-    let (imports, exports) = match &loaded {
-        Ok(p) => plugin::interface_names(&rt.engine, &p.component),
+    // None when the file is not a component the engine can read.
+    let names = match &loaded {
+        Ok(p) => Some(plugin::interface_names(&rt.engine, &p.component)),
         // Not linkable: still list what it asks for when it is a component.
-        Err(_) => match wasmtime::component::Component::new(&rt.engine, &bytes) {
-            Ok(c) => plugin::interface_names(&rt.engine, &c),
-            Err(_) => (vec![], vec![]),
-        },
+        Err(_) => wasmtime::component::Component::new(&rt.engine, &bytes)
+            .ok()
+            .map(|c| plugin::interface_names(&rt.engine, &c)),
     };
     let scratch = tempfile::tempdir()?;
     let result = loaded.and_then(|mut p| {
@@ -98,8 +98,8 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<i32> {
                 "error": result.as_ref().err(),
                 "sha256": plugin::hash(&bytes),
                 "size": bytes.len(),
-                "imports": imports,
-                "exports": exports,
+                "imports": names.as_ref().map(|(i, _)| i),
+                "exports": names.as_ref().map(|(_, e)| e),
                 "subscriptions": subs,
             })
         );
@@ -110,13 +110,19 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<i32> {
             bytes.len(),
             plugin::hash(&bytes)
         );
-        println!("imports:");
-        for i in &imports {
-            println!("  {i}");
-        }
-        println!("exports:");
-        for e in &exports {
-            println!("  {e}");
+        for (title, list) in names
+            .iter()
+            .flat_map(|(i, e)| [("imports", i), ("exports", e)])
+        {
+            if list.is_empty() {
+                println!("{title}: none");
+            }
+            for (n, name) in list.iter().enumerate() {
+                if n == 0 {
+                    println!("{title}:");
+                }
+                println!("  {name}");
+            }
         }
         match &result {
             Ok(_) => println!("subscriptions: {}", subs.unwrap_or_default().join(", ")),
