@@ -189,6 +189,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Loaded plugins by name and content hash.",
     ),
     (
+        "hookhost_plugin_file_failed",
+        "gauge",
+        "1 for each plugin whose newest file failed to load (an older version may still run).",
+    ),
+    (
         "hookhost_inbox_lag",
         "gauge",
         "Events stored but not yet fanned out to plugins.",

@@ -1056,6 +1056,9 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
         "{error}"
     );
     assert_eq!(status["hash"], h2.as_str(), "the version in force");
+    let failed_gauge = "hookhost_plugin_file_failed{plugin=\"hot\"} 1";
+    assert!(wait_until(SETTLE, || metrics_text(&s.url("/metrics"))
+        .contains(failed_gauge)));
     assert_eq!(
         plugin_sql(&s.data_dir(), "default", "hot", "SELECT count(*) FROM seen"),
         vec![vec!["3".to_string()]]
@@ -1067,6 +1070,7 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
         &s.url("/metrics"),
         &["hot"]
     )));
+    assert!(!metrics_text(&s.url("/metrics")).contains(failed_gauge));
     post(
         &s.url("/webhook"),
         br#"{"event_type":"ack_update","id":"d","ack":"sent"}"#,

@@ -851,6 +851,18 @@ impl Registry {
                 1.0,
             );
         }
+        // The plugins whose newest file did not load (an older version may
+        // still run): one series each, gone once a good file loads or the
+        // file is removed.
+        let failed: BTreeSet<String> = st.errors.keys().cloned().collect();
+        self.metrics
+            .remove_gauges("hookhost_plugin_file_failed", |l| {
+                l.iter().any(|(k, v)| *k == "plugin" && failed.contains(v))
+            });
+        for name in failed {
+            self.metrics
+                .set("hookhost_plugin_file_failed", vec![("plugin", name)], 1.0);
+        }
     }
 }
 
