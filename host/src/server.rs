@@ -79,11 +79,25 @@ pub(crate) struct Pipeline {
     pub wake: Arc<crate::wake::Wake>,
     pub registry: Arc<Registry>,
     pub dispatcher: Dispatcher,
+    /// This server's hold on its data directory, let go when it stops.
+    _lock: Option<crate::store::serve_lock::ServeLock>,
 }
 
 impl Pipeline {
     pub(crate) fn start(config: &Config, source: Option<Source>) -> anyhow::Result<Pipeline> {
         let live = Live::new(config, source)?;
+        // Before the store is opened: opening it takes interrupted
+        // deliveries back, which would be another server's running ones.
+        let lock = match crate::store::serve_lock::acquire(&config.server.data_dir) {
+            Ok(lock) => Some(lock),
+            Err(e @ crate::store::serve_lock::LockError::InUse { .. }) => return Err(e.into()),
+            // The store says what is wrong with the directory (and the
+            // server answers 503 until it is fixed).
+            Err(e) => {
+                tracing::warn!(error = %e, "running without the data directory's lock");
+                None
+            }
+        };
         crate::store::check_not_newer(&config.server.data_dir)?;
         let store = Store::open(&config.server.data_dir, StoreOptions::from(&config.store));
         let metrics = Arc::new(Metrics::default());
@@ -112,6 +126,7 @@ impl Pipeline {
             wake,
             registry,
             dispatcher,
+            _lock: lock,
         })
     }
 }

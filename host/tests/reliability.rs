@@ -322,14 +322,58 @@ fn sigterm_shuts_down_gracefully() {
             200
         );
     }
+    // A second server on the same data directory is refused while the
+    // first runs (each would run the other's deliveries).
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--plugins-dir")
+        .arg(dir.path().join("plugins"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        second.try_wait().unwrap()
+    });
+    if ended.is_none() {
+        let _ = second.kill();
+    }
+    assert!(ended.is_some_and(|s| !s.success()), "{ended:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains(&format!(
+            "data directory {} is in use by another `hookhost serve` (pid {})",
+            data.display(),
+            server.child.id()
+        )),
+        "{err}"
+    );
+    assert_eq!(
+        post(
+            &server.url("/webhook"),
+            br#"{"event_type":"ack_update","id":"after","ack":"read"}"#,
+            None
+        )
+        .status,
+        200,
+        "the first server carries on"
+    );
     assert!(server.terminate(), "the server did not exit after SIGTERM");
     assert_eq!(server.child.wait().unwrap().code(), Some(0));
+    // Stopped, it lets the directory go.
+    let mut next = Proc::start(&cfg, &data, &dir.path().join("plugins"));
+    assert!(next.terminate());
     let c = hookhost::store::open_read_only(&data).unwrap();
     assert_eq!(
         hookhost::store::list_events(&c, None, 0, 100)
             .unwrap()
             .len(),
-        20
+        21
     );
     let logs = server.logs.lock().unwrap();
     assert!(logs

@@ -9,6 +9,7 @@ mod ledger;
 pub mod retention;
 mod schema;
 mod sends;
+pub mod serve_lock;
 mod writer;
 
 pub use inbox::{
