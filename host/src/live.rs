@@ -249,6 +249,22 @@ pub fn warnings<'a>(tenants: &Tenants, names: impl Iterator<Item = &'a String>) 
                 message: "tenant has no secret: unsigned events are accepted",
             });
         }
+        // Settings the plugin could not read: they would be ignored in
+        // silence (a `config` read without the grant finds nothing).
+        for (plugin, p) in &t.config.plugin {
+            let reads = p
+                .grants
+                .as_ref()
+                .is_none_or(|g| g.contains(&crate::config::Grant::Config));
+            if !reads && !p.settings.is_empty() {
+                out.push(Warning {
+                    tenant: t.name.clone(),
+                    plugin: Some(plugin.clone()),
+                    message: "settings are given but `config` is not in the plugin's grants: \
+                              it reads none of them",
+                });
+            }
+        }
         if t.whapi.is_some() {
             continue;
         }

@@ -707,6 +707,33 @@ fn plugin_test_reports_what_the_sample_plugins_do() {
         text.contains("would refuse `messaging`: add it to the sidecar's `grants`"),
         "{text}"
     );
+    // Reading settings counts too: a sidecar that grants sends but not
+    // `config` leaves the plugin on its defaults in a server.
+    let noconfig = dir.path().join("noconfig");
+    std::fs::create_dir(&noconfig).unwrap();
+    std::fs::copy(sp.join("auto-reply.wasm"), noconfig.join("auto-reply.wasm")).unwrap();
+    std::fs::write(
+        noconfig.join("auto-reply.toml"),
+        "grants = [\"log\", \"kv\", \"messaging\"]\n",
+    )
+    .unwrap();
+    let r = plugin_test(
+        &noconfig.join("auto-reply.wasm"),
+        &["--settings", settings.to_str().unwrap()],
+    );
+    assert_eq!(
+        r["server_would_refuse"],
+        serde_json::json!(["config"]),
+        "{r}"
+    );
+    assert!(
+        r["actions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "config"),
+        "{r}"
+    );
     // As the server would run it for a tenant: the configuration's limits,
     // the tenant's grants and settings over the sidecar's.
     let config = dir.path().join("hookhost.toml");
@@ -1889,7 +1916,8 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
     std::fs::write(
         &cfg,
         "[tenants.a]\nsecrets = [\"s\"]\nplugins = [\"logger\", \"loger\"]\n\
-         [tenants.a.plugin.logger]\ngrants = [\"log\", \"messaging\"]\n[tenants.b]\n",
+         [tenants.a.plugin.logger]\ngrants = [\"log\", \"messaging\"]\nsettings = { level = \"debug\" }\n\
+         [tenants.b]\n",
     )
     .unwrap();
     let p = plugins.to_str().unwrap();
@@ -1906,6 +1934,7 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
         "tenant a: 1 secret, plugins logger, loger, gateway account no".into(),
         "  plugin logger: grants log, messaging".into(),
         "tenant b: 0 secrets, plugins none named, gateway account no".into(),
+        "warning: tenant a, plugin logger: settings are given but `config` is not in the plugin's grants: it reads none of them".into(),
         "warning: tenant a, plugin logger: plugin may send messages but the tenant has no gateway account ([tenants.T.whapi] token and instance_id): its sends will be refused".into(),
         "warning: tenant b: tenant has no secret: unsigned events are accepted".into(),
         "warning: tenant a, plugin loger: not in the plugins folder".into(),

@@ -76,6 +76,10 @@ pub enum Action {
         text: String,
         quoted_message_id: Option<String>,
     },
+    /// A read of the plugin's settings: one key, or all of them (`None`).
+    Config {
+        key: Option<String>,
+    },
     /// A call refused because the capability is not granted.
     Denied {
         capability: Grant,

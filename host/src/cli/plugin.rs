@@ -235,6 +235,7 @@ fn refused_by(granted: &BTreeSet<Grant>, actions: &[Action]) -> BTreeSet<Grant> 
             Action::KvSet { .. } | Action::KvDelete { .. } => Some(Grant::Kv),
             Action::Sql { .. } => Some(Grant::Sql),
             Action::Send { .. } => Some(Grant::Messaging),
+            Action::Config { .. } => Some(Grant::Config),
             Action::Denied { .. } => None,
         })
         .collect();
@@ -430,6 +431,8 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                 }
                 Action::KvSet { key, bytes } => println!("  kv set {key} ({bytes} bytes)"),
                 Action::KvDelete { key } => println!("  kv delete {key}"),
+                Action::Config { key: Some(key) } => println!("  config get {key}"),
+                Action::Config { key: None } => println!("  config get-json"),
                 Action::Denied { capability } => {
                     println!("  denied: {} (not granted)", capability.as_str())
                 }
