@@ -212,6 +212,14 @@ fn oversize_unknown_tenant_and_wrong_method() {
         "s3cret",
     );
     assert_eq!(r.status, 404);
+    assert_eq!(r.body["error"], "unknown tenant `nobody`");
+    // A name that cannot be a tenant's is not echoed back.
+    let r = post_signed(
+        &s.url("/webhook/%3Cscript%3E"),
+        samples::ACK_UPDATE.as_bytes(),
+        "s3cret",
+    );
+    assert_eq!(r.status, 404);
     assert_eq!(r.body["error"], "unknown tenant");
     let r = get(&s.url("/webhook"));
     assert_eq!(r.status, 405);

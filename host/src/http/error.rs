@@ -11,8 +11,10 @@ pub enum AppError {
     BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
-    #[error("unknown tenant")]
-    UnknownTenant,
+    /// The tenant named in the URL, when it is a valid name (anything
+    /// else is not echoed).
+    #[error("unknown tenant{}", .0.as_deref().map(|t| format!(" `{t}`")).unwrap_or_default())]
+    UnknownTenant(Option<String>),
     /// What was asked for and is not there.
     #[error("{0}")]
     NotFound(String),
@@ -42,7 +44,7 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            AppError::UnknownTenant
+            AppError::UnknownTenant(_)
             | AppError::NotFound(_)
             | AppError::AdminOff
             | AppError::NoRoute => StatusCode::NOT_FOUND,

@@ -55,10 +55,11 @@ async fn receive(
             }
         })?;
         let settings = state.live.get();
-        let tenant = settings
-            .tenants
-            .get(tenant_name)
-            .ok_or(AppError::UnknownTenant)?;
+        let tenant = settings.tenants.get(tenant_name).ok_or_else(|| {
+            AppError::UnknownTenant(
+                crate::config::valid_name(tenant_name).then(|| tenant_name.to_string()),
+            )
+        })?;
         if !tenant.secrets.is_empty() {
             let sig = headers.get(signature::HEADER).map(|v| v.as_bytes());
             signature::verify(&tenant.secrets, sig, &body)
@@ -111,7 +112,7 @@ async fn receive(
         Err(e) => {
             let label = match &e {
                 AppError::TooLarge(_) => "too_large",
-                AppError::UnknownTenant => "unknown_tenant",
+                AppError::UnknownTenant(_) => "unknown_tenant",
                 AppError::Unauthorized(_) => "bad_signature",
                 AppError::BadRequest(_) => "bad_request",
                 AppError::StoreUnavailable => "store_unavailable",
@@ -120,7 +121,7 @@ async fn receive(
             };
             // Unknown tenants are not labelled by name: anyone could fill the
             // metrics with invented names.
-            let t = if matches!(e, AppError::UnknownTenant) {
+            let t = if matches!(e, AppError::UnknownTenant(_)) {
                 "-"
             } else {
                 tenant_name
