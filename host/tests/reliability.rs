@@ -353,6 +353,8 @@ fn sigterm_shuts_down_gracefully() {
         )),
         "{err}"
     );
+    // Its log lines went to a pipe: no terminal colour codes in them.
+    assert!(err.contains("WARN") && !err.contains('\x1b'), "{err:?}");
     assert_eq!(
         post(
             &server.url("/webhook"),
