@@ -62,9 +62,10 @@ fn one_line(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim_end();
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
             format!("line {line}, column {column}: {message}")
         }
         None => message.to_string(),
@@ -924,5 +925,19 @@ fn compile_cache(config: &Config) -> CompileCache {
             },
         ),
         _ => CompileCache::new(dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sidecar;
+
+    #[test]
+    fn a_sidecar_error_is_one_line_placed_by_line_and_character() {
+        let err = Sidecar::parse("grants = [\"log\"]\ntenants = [\"ñ\" x]\n").unwrap_err();
+        assert!(err.starts_with("line 2, column 16: "), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let err = Sidecar::parse("[limits]\nfuel = 0\n").unwrap_err();
+        assert!(!err.contains('\n') && err.contains("fuel"), "{err}");
     }
 }
