@@ -1,4 +1,4 @@
-//! Write [hookhost](https://github.com/) plugins in Rust.
+//! Write hookhost plugins in Rust (the host and its README are in the same repository).
 //!
 //! A plugin is a type implementing [`Plugin`]; every method has a default
 //! that does nothing, so you write only the events you care about. One call
