@@ -80,7 +80,6 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
     }
     for (name, path) in listing.iter().flat_map(|l| &l.sidecars) {
         if let Err(e) = crate::runtime::registry::Sidecar::read(path) {
-            let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
             println!("warning: plugins folder: {name}.toml refused: {e}");
         }
     }

@@ -157,7 +157,6 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 problems.push_str(e);
             }
             if let Some(e) = r["sidecar_error"].as_str() {
-                let e = e.split_whitespace().collect::<Vec<_>>().join(" ");
                 problems.push_str(&format!(" sidecar refused: {e}"));
             }
             let short = |v: &Value| v.as_str().map(|h| h[..h.len().min(12)].to_string());
