@@ -1099,6 +1099,63 @@ fn cli_reads_the_data_directory_and_the_running_server() {
     assert_eq!(none.trim(), "no events");
 }
 
+/// `hookhost events list --follow`: the events asked for, then each new
+/// one as it is stored, through the server and from the data directory.
+#[test]
+fn events_follow_prints_new_events_as_they_arrive() {
+    use std::io::BufRead;
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    let ack = |i: usize| {
+        let body = format!(r#"{{"event_type":"ack_update","id":"f{i}","ack":"read"}}"#);
+        assert_eq!(post(&s.url("/webhook"), body.as_bytes(), None).status, 200);
+    };
+    ack(1);
+    ack(2);
+    let url = s.url("");
+    let data = s.data_dir();
+    let data = data.to_str().unwrap();
+    for remote in [true, false] {
+        // Either way, the newest event first.
+        let newest = s.stored().len() as i64;
+        let after = (newest - 1).to_string();
+        let args = if remote {
+            vec!["--last", "1", "--url", &url, "--token", TOKEN]
+        } else {
+            vec!["--after", &after, "--data-dir", data]
+        };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+            .args(["events", "list", "--follow", "--json"])
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+                if tx.send(v["seq"].as_i64().unwrap()).is_err() {
+                    break;
+                }
+            }
+        });
+        let next = || rx.recv_timeout(SETTLE).ok();
+        let first = next();
+        let before = s.stored().len();
+        ack(before + 1);
+        ack(before + 2);
+        let seen = [first, next(), next()];
+        let _ = child.kill();
+        let _ = child.wait();
+        let n = before as i64;
+        assert_eq!(seen, [Some(newest), Some(n + 1), Some(n + 2)], "{args:?}");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "{args:?}"
+        );
+    }
+}
+
 #[test]
 fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));

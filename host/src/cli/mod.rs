@@ -268,13 +268,17 @@ pub enum EventsCommand {
         #[arg(long)]
         json: bool,
         /// Events after this sequence number (to page on).
-        #[arg(long, value_name = "SEQ", default_value_t = 0)]
-        after: i64,
+        #[arg(long, value_name = "SEQ")]
+        after: Option<i64>,
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
         limit: i64,
         /// Only the newest N events.
         #[arg(long, value_name = "N", conflicts_with_all = ["after", "limit"], value_parser = clap::value_parser!(i64).range(1..))]
         last: Option<i64>,
+        /// Then keep printing events as they are stored, until interrupted
+        /// (starting with the newest 10 unless --after or --last says).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// One event with its body and deliveries.
     Show {
@@ -501,12 +505,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 after,
                 limit,
                 last,
+                follow,
             } => {
-                let page = match last {
-                    Some(n) => operate::Page::Last(n),
-                    None => operate::Page::After(after, limit),
+                let page = match (last, after) {
+                    (Some(n), _) => operate::Page::Last(n),
+                    (None, None) if follow => operate::Page::Last(10),
+                    (None, after) => operate::Page::After(after.unwrap_or(0), limit),
                 };
-                operate::events_list(&target, tenant.as_deref(), json, page)
+                operate::events_list(&target, tenant.as_deref(), json, page, follow)
             }
             EventsCommand::Show { seq, target } => operate::event_show(&target, seq),
             EventsCommand::Prune { older_than, target } => {

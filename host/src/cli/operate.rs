@@ -9,19 +9,26 @@ use anyhow::Context;
 use serde_json::Value;
 use std::path::Path;
 
-fn print_events(rows: &[Value], json: bool) {
-    if json {
-        rows.iter().for_each(|r| println!("{r}"));
-        return;
-    }
-    if rows.is_empty() {
-        println!("no events");
-        return;
-    }
+fn events_header() {
     println!(
         "{:>6}  {:<24}  {:<10}  {:<18}  KEY",
         "SEQ", "RECEIVED", "TENANT", "TYPE"
     );
+}
+
+/// Prints rows of events; `header` false when following (printed once).
+fn print_events(rows: &[Value], json: bool, header: bool) {
+    if json {
+        rows.iter().for_each(|r| println!("{r}"));
+        return;
+    }
+    if header {
+        if rows.is_empty() {
+            println!("no events");
+            return;
+        }
+        events_header();
+    }
     for r in rows {
         println!(
             "{:>6}  {:<24}  {:<10}  {:<18}  {}",
@@ -88,8 +95,36 @@ pub fn events_list(
     tenant: Option<&str>,
     json: bool,
     page: Page,
+    follow: bool,
 ) -> anyhow::Result<i32> {
-    let rows = if t.url.is_some() {
+    let rows = fetch_events(t, tenant, page)?;
+    if !follow {
+        print_events(&rows, json, true);
+        return Ok(0);
+    }
+    // The header even with nothing yet: what follows goes under it.
+    if !json && rows.is_empty() {
+        events_header();
+    } else {
+        print_events(&rows, json, true);
+    }
+    let mut after = match (rows.last(), page) {
+        (Some(r), _) => r["seq"].as_i64().unwrap_or(0),
+        (None, Page::After(after, _)) => after,
+        (None, Page::Last(_)) => 0,
+    };
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let rows = fetch_events(t, tenant, Page::After(after, 1000))?;
+        if let Some(last) = rows.last() {
+            after = last["seq"].as_i64().unwrap_or(after);
+        }
+        print_events(&rows, json, false);
+    }
+}
+
+fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<Vec<Value>> {
+    Ok(if t.url.is_some() {
         let mut q = match page {
             Page::After(after, limit) => format!("after={after}&limit={limit}"),
             Page::Last(n) => format!("last={n}"),
@@ -108,9 +143,7 @@ pub fn events_list(
             Page::Last(n) => store::list_last_events(&c, tenant, n)?,
         };
         to_values(&rows)
-    };
-    print_events(&rows, json);
-    Ok(0)
+    })
 }
 
 pub fn event_show(t: &Target, seq: i64) -> anyhow::Result<i32> {
