@@ -673,6 +673,39 @@ fn server_with_held_compile(
     (s, child)
 }
 
+/// A child compiler killed from outside (the OOM killer, an operator)
+/// says nothing about the file: the plugin is reported failed with the
+/// reason and compiled again a few seconds later, and loads.
+#[test]
+fn a_killed_compile_is_tried_again_and_loads() {
+    let (s, child) =
+        server_with_held_compile("[admin]\ntoken = \"t\"\n[tenants.default]", |_| {}, "stats");
+    // SAFETY: as in `server_with_held_compile`.
+    unsafe { libc::kill(child, libc::SIGKILL) };
+    let status = || plugin_status(&s, "t", "stats");
+    assert!(
+        wait_until(SETTLE, || status()["status"] == "failed"),
+        "{}",
+        status()
+    );
+    let error = status()["last_error"].as_str().unwrap().to_string();
+    assert!(
+        error.starts_with(
+            "the compiler stopped before it finished: child compiler ended with signal: 9"
+        ) && error.ends_with("(tried 1 time; trying again in 5 s)"),
+        "{error}"
+    );
+    // Compiled again (another child) after the delay, at the loader's low
+    // priority: it may take a while on a busy machine.
+    assert!(
+        wait_until(4 * SETTLE, || status()["status"] == "loaded"),
+        "{}",
+        status()
+    );
+    assert!(status()["last_error"].is_null(), "{}", status());
+    assert!(!metrics_text(&s.url("/metrics")).contains("hookhost_plugin_file_failed{"));
+}
+
 /// While a plugin compiles, the deliveries waiting for it do not push
 /// fan-out past `max_pending` (every pass would step over them); once it
 /// loads, every event reaches it.

@@ -87,8 +87,9 @@ impl CompileCache {
                     Err(ChildError::Refused(msg)) => anyhow::bail!("{msg}"),
                     Err(ChildError::Cancelled) => anyhow::bail!("compile cancelled"),
                     // Killed (out of memory, say): compiling in the server
-                    // would only move the problem here.
-                    Err(ChildError::Died(msg)) => anyhow::bail!("{msg}"),
+                    // would only move the problem here. The caller may try
+                    // again later.
+                    Err(ChildError::Died(msg)) => return Err(CompilerDied(msg).into()),
                     Err(ChildError::NotStarted(msg)) => {
                         tracing::warn!(error = %msg, "child compiler did not start; compiling in process")
                     }
@@ -197,6 +198,12 @@ fn touch(path: &Path) {
         let _ = f.set_modified(SystemTime::now());
     }
 }
+
+/// The child compiler ended without an answer (killed, out of memory):
+/// nothing is known about the component, so its compile may be tried again.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CompilerDied(pub String);
 
 enum ChildError {
     /// The component does not compile: the child said why.

@@ -126,6 +126,16 @@ pub enum LoadError {
     Compile(String),
     #[error("does not match the hookhost:plugin world: {0}")]
     World(String),
+    /// The child compiler stopped without an answer: worth trying again.
+    #[error("the compiler stopped before it finished: {0}")]
+    CompilerDied(String),
+}
+
+impl LoadError {
+    /// Whether the same file may load at another try.
+    pub fn transient(&self) -> bool {
+        matches!(self, LoadError::CompilerDied(_))
+    }
 }
 
 /// Compiles (or loads from cache) and links a component. Subscriptions are
@@ -154,7 +164,10 @@ pub fn load_cancellable(
     let start = Instant::now();
     let (component, source) = cache
         .load_cancellable(rt, &hash, bytes, cancel)
-        .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
+        .map_err(|e| match e.downcast::<super::cache::CompilerDied>() {
+            Ok(died) => LoadError::CompilerDied(died.0),
+            Err(e) => LoadError::Compile(first_line(&format!("{e:#}"))),
+        })?;
     let compile_time = start.elapsed();
     let pre = rt
         .linker

@@ -150,11 +150,19 @@ pub struct IgnoredFile {
 }
 
 /// A plugin file that failed to load: why, and which content.
-#[derive(Clone)]
 struct Failed {
     error: String,
     hash: String,
     size: u64,
+    /// For a failure that says nothing about the file (the child compiler
+    /// was killed): when to try it again, and how many tries so far.
+    retry: Option<(Instant, u32)>,
+}
+
+/// How long after its `tries`-th killed compile a file is compiled again:
+/// 5 s, doubling, at most 10 minutes.
+fn retry_delay(tries: u32) -> Duration {
+    Duration::from_secs(5 << tries.clamp(1, 8).saturating_sub(1)).min(Duration::from_secs(600))
 }
 
 /// A file being compiled.
@@ -521,7 +529,15 @@ impl Registry {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let unchanged = self.state.read().unwrap().stamps.get(&name) == Some(&stamp);
+            let unchanged = {
+                let st = self.state.read().unwrap();
+                let due = st
+                    .errors
+                    .get(&name)
+                    .and_then(|f| f.retry)
+                    .is_some_and(|(at, _)| Instant::now() >= at);
+                st.stamps.get(&name) == Some(&stamp) && !due
+            };
             if !unchanged {
                 self.load_file(&name, &path, stamp);
                 self.changed();
@@ -784,19 +800,40 @@ impl Registry {
                 st.stamps.insert(name.to_string(), stamp);
                 st.errors.remove(name);
             }
-            Err(e) => {
+            Err((e, transient)) => {
                 let kept = self.get(name).map(|p| p.short_hash().to_string());
-                tracing::error!(plugin = name, error = %e, kept_version = ?kept, "plugin failed to load");
                 let mut st = self.state.write().unwrap();
                 st.compiling.remove(name);
+                // A killed compile is tried again later, backing off while
+                // it keeps being killed; any other failure waits for
+                // another file.
+                let retry = transient.then(|| {
+                    let tries = st
+                        .errors
+                        .get(name)
+                        .filter(|f| f.hash == hash)
+                        .and_then(|f| f.retry)
+                        .map_or(1, |(_, tries)| tries + 1);
+                    (Instant::now() + retry_delay(tries), tries)
+                });
+                let error = match retry {
+                    Some((_, tries)) => format!(
+                        "{e} (tried {tries} time{}; trying again in {} s)",
+                        if tries == 1 { "" } else { "s" },
+                        retry_delay(tries).as_secs()
+                    ),
+                    None => e,
+                };
+                tracing::error!(plugin = name, error = %error, kept_version = ?kept, "plugin failed to load");
                 if st.stamps.contains_key(name) {
                     st.stamps.insert(name.to_string(), stamp);
                     st.errors.insert(
                         name.to_string(),
                         Failed {
-                            error: e,
+                            error,
                             hash,
                             size: bytes.len() as u64,
+                            retry,
                         },
                     );
                 }
@@ -810,9 +847,9 @@ impl Registry {
         name: &str,
         bytes: &[u8],
         cancel: &AtomicBool,
-    ) -> Result<LoadedPlugin, String> {
+    ) -> Result<LoadedPlugin, (String, bool)> {
         let mut p = plugin::load_cancellable(&self.runtime, &self.cache, name, bytes, cancel)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| (e.to_string(), e.transient()))?;
         let defaults = self.live.get().limits;
         let policy = Policy {
             grants: BTreeSet::new(),
@@ -821,7 +858,7 @@ impl Registry {
         };
         let caps = self.capabilities("-", name, -1, &policy);
         p.subscriptions = sandbox::subscriptions(&p, caps, &defaults)
-            .map_err(|e| format!("subscriptions() failed: {e}"))?;
+            .map_err(|e| (format!("subscriptions() failed: {e}"), false))?;
         Ok(p)
     }
 
@@ -931,6 +968,15 @@ fn compile_cache(config: &Config) -> CompileCache {
 #[cfg(test)]
 mod tests {
     use super::Sidecar;
+
+    #[test]
+    fn a_killed_compile_is_tried_again_backing_off_to_ten_minutes() {
+        let secs: Vec<u64> = [1, 2, 3, 7, 8, 9, 100]
+            .iter()
+            .map(|t| super::retry_delay(*t).as_secs())
+            .collect();
+        assert_eq!(secs, [5, 10, 20, 320, 600, 600, 600]);
+    }
 
     #[test]
     fn a_sidecar_error_is_one_line_placed_by_line_and_character() {
