@@ -1099,6 +1099,47 @@ fn cli_reads_the_data_directory_and_the_running_server() {
     assert_eq!(none.trim(), "no events");
 }
 
+/// The admin API answers events in pages of at most 10 000; `events list
+/// --url` asks on until it has what `--limit` said, as it does offline.
+#[test]
+fn events_list_through_a_server_pages_past_the_servers_maximum() {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    // One through the webhook (the store is made at the first write), the
+    // rest written straight into it.
+    let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
+    assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
+    {
+        let mut c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
+        let tx = c.transaction().unwrap();
+        for i in 1..10_050 {
+            tx.execute(
+                "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
+                 VALUES ('default', ?1, 'test_webhook', '', X'7b7d', 0)",
+                [format!("bulk:{i}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let url = s.url("");
+    let count = |extra: &[&str]| -> Vec<i64> {
+        let mut args = vec!["events", "list", "--json", "--url", &url, "--token", TOKEN];
+        args.extend_from_slice(extra);
+        json_lines(&cli(&args))
+            .iter()
+            .map(|r| r["seq"].as_i64().unwrap())
+            .collect()
+    };
+    let all = count(&["--limit", "20000"]);
+    assert_eq!(all.len(), 10_050);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+    assert_eq!(count(&["--limit", "10020"]).len(), 10_020);
+    assert_eq!(
+        count(&["--after", "10040"]),
+        (10_041..=10_050).collect::<Vec<_>>()
+    );
+}
+
 /// `hookhost events list --follow`: the events asked for, then each new
 /// one as it is stored, through the server and from the data directory.
 #[test]

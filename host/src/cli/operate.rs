@@ -125,17 +125,42 @@ pub fn events_list(
 
 fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<Vec<Value>> {
     Ok(if t.url.is_some() {
-        let mut q = match page {
-            Page::After(after, limit) => format!("after={after}&limit={limit}"),
-            Page::Last(n) => format!("last={n}"),
+        let ask = |page: Page| -> anyhow::Result<Vec<Value>> {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            match page {
+                Page::After(after, limit) => q
+                    .append_pair("after", &after.to_string())
+                    .append_pair("limit", &limit.to_string()),
+                Page::Last(n) => q.append_pair("last", &n.to_string()),
+            };
+            if let Some(t) = tenant {
+                q.append_pair("tenant", t);
+            }
+            let q = q.finish();
+            Ok(
+                remote(t, "GET", &format!("/admin/events?{q}"), None)?["events"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+            )
         };
-        if let Some(t) = tenant {
-            q.push_str(&format!("&tenant={t}"));
+        match page {
+            // The server answers in pages (10 000 at most): ask on from
+            // the last one until the limit is reached or nothing is left.
+            Page::After(mut after, limit) => {
+                let mut rows = Vec::new();
+                while (rows.len() as i64) < limit {
+                    let got = ask(Page::After(after, limit - rows.len() as i64))?;
+                    match got.last().and_then(|r| r["seq"].as_i64()) {
+                        Some(seq) => after = seq,
+                        None => break,
+                    }
+                    rows.extend(got);
+                }
+                rows
+            }
+            Page::Last(_) => ask(page)?,
         }
-        remote(t, "GET", &format!("/admin/events?{q}"), None)?["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
     } else {
         let c = store::open_read_only(&t.data_dir)?;
         let rows: Vec<EventRow> = match page {
