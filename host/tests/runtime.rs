@@ -695,6 +695,20 @@ fn a_killed_compile_is_tried_again_and_loads() {
         ) && error.ends_with("(tried 1 time; trying again in 5 s)"),
         "{error}"
     );
+    // Events meanwhile wait for the next try, as during a compile, rather
+    // than fail.
+    for i in 0..3 {
+        assert_eq!(
+            post(&s.url("/webhook"), hola(i, "k@c.us").as_bytes(), None).status,
+            200
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let waiting = deliveries(&s.data_dir());
+    assert!(
+        waiting.len() == 3 && waiting.iter().all(|d| d.attempts == 0),
+        "{waiting:?}"
+    );
     // Compiled again (another child) after the delay, at the loader's low
     // priority: it may take a while on a busy machine.
     assert!(
@@ -704,6 +718,11 @@ fn a_killed_compile_is_tried_again_and_loads() {
     );
     assert!(status()["last_error"].is_null(), "{}", status());
     assert!(!metrics_text(&s.url("/metrics")).contains("hookhost_plugin_file_failed{"));
+    let rows = wait_settled(&s.data_dir(), 3, SETTLE);
+    assert!(
+        rows.iter().all(|d| d.state == "done" && d.attempts == 1),
+        "{rows:?}"
+    );
 }
 
 /// While a plugin compiles, the deliveries waiting for it do not push

@@ -159,6 +159,12 @@ struct Failed {
     retry: Option<(Instant, u32)>,
 }
 
+/// While a plugin with no loaded version has had at most this many killed
+/// compiles, its deliveries wait for the next try (about 35 s and the
+/// compiles); after that they run and fail, so that a compile killed every
+/// time does not hold fan-out at `max_pending` for good.
+const HOLD_KILLED_TRIES: u32 = 3;
+
 /// How long after its `tries`-th killed compile a file is compiled again:
 /// 5 s, doubling, at most 10 minutes.
 fn retry_delay(tries: u32) -> Duration {
@@ -509,12 +515,19 @@ impl Registry {
         self.scan_then(|| {});
     }
 
-    /// Plugins whose first version is still being compiled.
+    /// Plugins whose first version is still being compiled, or will be
+    /// again soon after its compile was killed (the first
+    /// [`HOLD_KILLED_TRIES`] times): their deliveries wait rather than fail.
     pub fn loading(&self) -> Vec<String> {
         let st = self.state.read().unwrap();
         st.stamps
             .keys()
-            .filter(|n| !st.plugins.contains_key(*n) && !st.errors.contains_key(*n))
+            .filter(|n| {
+                !st.plugins.contains_key(*n)
+                    && st.errors.get(*n).is_none_or(|f| {
+                        f.retry.is_some_and(|(_, tries)| tries <= HOLD_KILLED_TRIES)
+                    })
+            })
             .cloned()
             .collect()
     }
