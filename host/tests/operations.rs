@@ -2010,6 +2010,9 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
     )
     .unwrap();
     std::fs::write(plugins.join("loger.toml"), "grants = [\"log\"]\n").unwrap();
+    // A sidecar naming a tenant the file does not have.
+    std::fs::copy(plugins.join("logger.wasm"), plugins.join("extra.wasm")).unwrap();
+    std::fs::write(plugins.join("extra.toml"), "tenants = [\"a\", \"c\"]\n").unwrap();
     let cfg = dir.path().join("hookhost.toml");
     std::fs::write(
         &cfg,
@@ -2038,6 +2041,7 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
         "warning: tenant a, plugin loger: not in the plugins folder".into(),
         "warning: plugins folder: loger v2.wasm ignored: `loger v2` is not a plugin name: 1 to 64 ASCII letters, digits, `-` or `_`".into(),
         "warning: plugins folder: loger.toml ignored: no `loger.wasm` beside it: a sidecar configures the plugin of its name".into(),
+        "warning: plugins folder: extra.toml names tenant `c`, which this file does not have: the plugin does not run for it".into(),
         "warning: plugins folder: logger.toml refused: line 2, column 1: unknown field `fuel`, expected one of `tenants`, `grants`, `limits`, `settings`".into(),
     ];
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);

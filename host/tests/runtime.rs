@@ -152,7 +152,14 @@ fn the_log_names_missing_plugins_and_refused_grants() {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    deploy(&test_plugins(), "probe", &plugins, "locked", None);
+    // Its sidecar names a tenant the configuration does not have.
+    deploy(
+        &test_plugins(),
+        "probe",
+        &plugins,
+        "locked",
+        Some("tenants = [\"default\", \"ghost\"]\n"),
+    );
     let cfg = dir.path().join("hookhost.toml");
     std::fs::write(
         &cfg,
@@ -233,6 +240,19 @@ grants = ["log", "messaging"]
         assert!(counted.contains(label), "{counted}");
     }
     assert!(counted.ends_with(" 2"), "{counted}");
+    // Settings it cannot read (no `config` grant), and the sidecar's
+    // unknown tenant, each said once though the folder is read again
+    // every two seconds.
+    let unread = lines("settings are given but `config` is not in the plugin's grants");
+    assert_eq!(unread.len(), 1, "{unread:?}");
+    assert_eq!(unread[0]["plugin"], "locked");
+    std::thread::sleep(Duration::from_millis(4500));
+    let ghost = lines("the sidecar names tenants the configuration does not have");
+    assert_eq!(ghost.len(), 1, "{ghost:?}");
+    assert_eq!(
+        (&ghost[0]["plugin"], &ghost[0]["tenants"]),
+        (&"locked".into(), &"ghost".into())
+    );
 }
 
 #[test]
@@ -981,6 +1001,51 @@ fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
         wait_until(SETTLE, || status()["sidecar"].is_null()),
         "{}",
         status()
+    );
+}
+
+/// A sidecar whose `tenants` are all missing from the configuration (a
+/// typo) leaves the plugin running for nobody, not for the default
+/// tenant's events; fixed, the plugin runs for the tenant it names.
+#[test]
+fn a_sidecar_naming_only_unknown_tenants_runs_the_plugin_for_nobody() {
+    let s = TestServer::start("[admin]\ntoken = \"t\"\n[tenants.default]\n[tenants.acme]");
+    deploy(
+        &test_plugins(),
+        "probe",
+        &s.plugins_dir(),
+        "side",
+        Some("tenants = [\"acmee\"]\n"),
+    );
+    let status = || plugin_status(&s, "t", "side");
+    assert!(wait_until(SETTLE, || status()["status"] == "loaded"));
+    assert_eq!(status()["tenants"], serde_json::json!([]), "{}", status());
+    let ack = |tenant: &str, id: &str| {
+        let body = format!(r#"{{"event_type":"ack_update","id":"{id}","ack":"read"}}"#);
+        assert_eq!(
+            post(&s.url(&format!("/webhook/{tenant}")), body.as_bytes(), None).status,
+            200
+        );
+    };
+    ack("default", "a1");
+    ack("acme", "a2");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        deliveries(&s.data_dir()).is_empty(),
+        "{:?}",
+        deliveries(&s.data_dir())
+    );
+    std::fs::write(s.plugins_dir().join("side.toml"), "tenants = [\"acme\"]\n").unwrap();
+    assert!(wait_until(SETTLE, || status()["tenants"]
+        == serde_json::json!(["acme"])));
+    ack("acme", "a3");
+    let rows = wait_settled(&s.data_dir(), 1, SETTLE);
+    assert_eq!(
+        rows.iter()
+            .map(|d| (d.tenant.as_str(), d.state.as_str()))
+            .collect::<Vec<_>>(),
+        [("acme", "done")],
+        "{rows:?}"
     );
 }
 

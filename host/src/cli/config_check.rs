@@ -79,8 +79,16 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
         println!("warning: plugins folder: {file} ignored: {reason}");
     }
     for (name, path) in listing.iter().flat_map(|l| &l.sidecars) {
-        if let Err(e) = crate::runtime::registry::Sidecar::read(path) {
-            println!("warning: plugins folder: {name}.toml refused: {e}");
+        match crate::runtime::registry::Sidecar::read(path) {
+            Err(e) => println!("warning: plugins folder: {name}.toml refused: {e}"),
+            Ok(sidecar) => {
+                for t in crate::runtime::registry::unknown_tenants(&sidecar, &tenants) {
+                    println!(
+                        "warning: plugins folder: {name}.toml names tenant `{t}`, which this file \
+                         does not have: the plugin does not run for it"
+                    );
+                }
+            }
         }
     }
     if present.is_none() {

@@ -195,6 +195,8 @@ struct State {
     compiling: BTreeMap<String, Compiling>,
     /// Why each invalid sidecar was refused.
     sidecar_errors: BTreeMap<String, String>,
+    /// The tenants each sidecar names that the configuration lacks.
+    sidecar_unknown_tenants: BTreeMap<String, Vec<String>>,
     /// Files of the folder not read as plugins or sidecars, and why.
     ignored: BTreeMap<String, String>,
 }
@@ -711,7 +713,31 @@ impl Registry {
                 }
             }
         }
+        // Tenants a sidecar names that the configuration lacks: said once
+        // (again when the list changes, after an edit or a reload).
+        let tenants = &self.live.get().tenants;
+        let unknown: BTreeMap<String, Vec<String>> = parsed
+            .iter()
+            .map(|(name, s)| {
+                let missing = unknown_tenants(s, tenants);
+                (
+                    name.clone(),
+                    missing.into_iter().map(String::from).collect(),
+                )
+            })
+            .filter(|(_, missing): &(String, Vec<String>)| !missing.is_empty())
+            .collect();
         let mut st = self.state.write().unwrap();
+        for (name, missing) in &unknown {
+            if st.sidecar_unknown_tenants.get(name) != Some(missing) {
+                tracing::warn!(
+                    plugin = %name,
+                    tenants = %missing.join(", "),
+                    "the sidecar names tenants the configuration does not have: the plugin does not run for them"
+                );
+            }
+        }
+        st.sidecar_unknown_tenants = unknown;
         st.sidecars = parsed;
         st.sidecar_errors = errors;
     }
@@ -927,17 +953,33 @@ fn assigned(st: &State, tenants: &Tenants, plugin: &str) -> Vec<String> {
         })
         .map(|t| t.name.clone())
         .collect();
-    if let Some(ts) = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref()) {
+    let sidecar_tenants = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref());
+    if let Some(ts) = sidecar_tenants {
         for t in ts {
             if tenants.contains_key(t) && !out.contains(t) {
                 out.push(t.clone());
             }
         }
     }
-    if out.is_empty() && tenants.contains_key(DEFAULT_TENANT) {
+    // Only a plugin nothing assigns falls to the default tenant: one whose
+    // sidecar names tenants that are all missing (a typo, a tenant taken
+    // out of the configuration) runs for nobody rather than for another
+    // tenant's events.
+    if out.is_empty() && sidecar_tenants.is_none() && tenants.contains_key(DEFAULT_TENANT) {
         out.push(DEFAULT_TENANT.to_string());
     }
     out
+}
+
+/// The tenants `sidecar` names that the configuration does not have.
+pub fn unknown_tenants<'a>(sidecar: &'a Sidecar, tenants: &Tenants) -> Vec<&'a str> {
+    sidecar
+        .tenants
+        .iter()
+        .flatten()
+        .filter(|t| !tenants.contains_key(*t))
+        .map(String::as_str)
+        .collect()
 }
 
 fn watch(dir: &Path, tx: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
