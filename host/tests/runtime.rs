@@ -952,18 +952,25 @@ fn a_plugin_file_seen_half_written_waits_for_its_copy_to_end() {
     assert!(plugin_status(&s, "t", "cut")["last_error"].is_string());
 }
 
-/// A sidecar assigns tenants; a broken one is reported and the previous
-/// one stays in force until the file is fixed.
-#[test]
-fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
+/// A server with tenants `default` and `acme` (admin token `t`) and the
+/// probe deployed as `side` with `sidecar` beside it.
+fn server_with_side(sidecar: &str) -> TestServer {
     let s = TestServer::start("[admin]\ntoken = \"t\"\n[tenants.default]\n[tenants.acme]");
     deploy(
         &test_plugins(),
         "probe",
         &s.plugins_dir(),
         "side",
-        Some("tenants = [\"acme\"]\n"),
+        Some(sidecar),
     );
+    s
+}
+
+/// A sidecar assigns tenants; a broken one is reported and the previous
+/// one stays in force until the file is fixed.
+#[test]
+fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
+    let s = server_with_side("tenants = [\"acme\"]\n");
     let status = || plugin_status(&s, "t", "side");
     let hash = |text: &str| hookhost::runtime::plugin::hash(text.as_bytes());
     assert!(wait_until(SETTLE, || status()["status"] == "loaded"));
@@ -1009,14 +1016,7 @@ fn an_invalid_sidecar_is_reported_and_the_previous_one_kept() {
 /// tenant's events; fixed, the plugin runs for the tenant it names.
 #[test]
 fn a_sidecar_naming_only_unknown_tenants_runs_the_plugin_for_nobody() {
-    let s = TestServer::start("[admin]\ntoken = \"t\"\n[tenants.default]\n[tenants.acme]");
-    deploy(
-        &test_plugins(),
-        "probe",
-        &s.plugins_dir(),
-        "side",
-        Some("tenants = [\"acmee\"]\n"),
-    );
+    let s = server_with_side("tenants = [\"acmee\"]\n");
     let status = || plugin_status(&s, "t", "side");
     assert!(wait_until(SETTLE, || status()["status"] == "loaded"));
     assert_eq!(status()["tenants"], serde_json::json!([]), "{}", status());
