@@ -1216,6 +1216,10 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
     let rows = |args: &[&str]| json_lines(&cli(&[&["plugins", "--json"], args].concat()));
     let dir = s.plugins_dir();
     let remote = rows(&["--url", &s.url(""), "--token", TOKEN]);
+    // In text, a server's view says whom each plugin runs for.
+    let text = cli(&["plugins", "--url", &s.url(""), "--token", TOKEN]);
+    let good = text.lines().find(|l| l.starts_with("good ")).unwrap();
+    assert!(good.contains("  for default"), "{text}");
     // Offline, files that cannot be plugins are told apart without a
     // compile. (Written after the server's listing: it refuses them.)
     let folder = tempfile::tempdir().unwrap();

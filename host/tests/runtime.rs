@@ -1020,6 +1020,16 @@ fn a_sidecar_naming_only_unknown_tenants_runs_the_plugin_for_nobody() {
     let status = || plugin_status(&s, "t", "side");
     assert!(wait_until(SETTLE, || status()["status"] == "loaded"));
     assert_eq!(status()["tenants"], serde_json::json!([]), "{}", status());
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["plugins", "--url", &s.url(""), "--token", "t"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("side ") && l.contains("  for no tenant")),
+        "{text}"
+    );
     let ack = |tenant: &str, id: &str| {
         let body = format!(r#"{{"event_type":"ack_update","id":"{id}","ack":"read"}}"#);
         assert_eq!(

@@ -163,8 +163,21 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
             let sidecar = short(&r["sidecar"])
                 .map(|h| format!("  sidecar {h}"))
                 .unwrap_or_default();
+            // A server says whom it runs for (none: a sidecar naming only
+            // unknown tenants, say).
+            let tenants = match r["tenants"].as_array() {
+                Some(ts) if ts.is_empty() => "  for no tenant".to_string(),
+                Some(ts) => format!(
+                    "  for {}",
+                    ts.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => String::new(),
+            };
             println!(
-                "{:<16} {:<10} {:>10} bytes  {}{sidecar}  {}",
+                "{:<16} {:<10} {:>10} bytes  {}{sidecar}{tenants}  {}",
                 r["name"].as_str().unwrap_or(""),
                 status,
                 r["size"].as_u64().map_or("-".into(), |n| n.to_string()),
