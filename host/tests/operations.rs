@@ -1099,6 +1099,76 @@ fn cli_reads_the_data_directory_and_the_running_server() {
     assert_eq!(none.trim(), "no events");
 }
 
+/// `events list --follow` through a server that restarts: it says so
+/// once, waits, and goes on from where it was.
+#[test]
+fn events_follow_waits_for_a_restarting_server() {
+    use std::io::{BufRead, Read};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(
+        dir.path(),
+        &format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"),
+    );
+    // A fixed port, so that the server is found again after its restart.
+    cfg.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut s = TestServer::start_in(dir, cfg);
+    let ack = |s: &TestServer, id: &str| {
+        let body = format!(r#"{{"event_type":"ack_update","id":"{id}","ack":"read"}}"#);
+        assert_eq!(post(&s.url("/webhook"), body.as_bytes(), None).status, 200);
+    };
+    ack(&s, "r1");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args([
+            "events",
+            "list",
+            "--follow",
+            "--json",
+            "--url",
+            &s.url(""),
+            "--token",
+            TOKEN,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if tx.send(v["seq"].as_i64().unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(rx.recv_timeout(SETTLE).ok(), Some(1));
+    s.stop();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.start_again();
+    ack(&s, "r2");
+    let next = rx.recv_timeout(SETTLE).ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(next, Some(2));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(lines[0].ends_with("; trying again every second"), "{err}");
+    assert_eq!(lines[1], "reached again; following on after event 1");
+}
+
 /// The admin API answers events in pages of at most 10 000; `events list
 /// --url` asks on until it has what `--limit` said, as it does offline.
 #[test]

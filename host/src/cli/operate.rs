@@ -113,9 +113,26 @@ pub fn events_list(
         (None, Page::After(after, _)) => after,
         (None, Page::Last(_)) => 0,
     };
+    // A server restarting (or a store briefly unreadable) is waited for,
+    // said once on standard error, as `tail -F` waits for its file.
+    let mut lost = false;
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let rows = fetch_events(t, tenant, Page::After(after, 1000))?;
+        let rows = match fetch_events(t, tenant, Page::After(after, 1000)) {
+            Ok(rows) => rows,
+            Err(e) => {
+                if !lost {
+                    eprintln!("{e:#}; trying again every second");
+                    lost = true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+                continue;
+            }
+        };
+        if lost {
+            eprintln!("reached again; following on after event {after}");
+            lost = false;
+        }
         if let Some(last) = rows.last() {
             after = last["seq"].as_i64().unwrap_or(after);
         }

@@ -55,6 +55,13 @@ impl TestServer {
         }
     }
 
+    /// Starts again after [`TestServer::stop`], on the same data (and
+    /// the same port when the configuration fixes one).
+    pub fn start_again(&mut self) {
+        assert!(self.handle.is_none(), "still running");
+        self.handle = Some(spawn(self.config.clone()).expect("server restarts"));
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.config.server.data_dir.clone()
     }
