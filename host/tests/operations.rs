@@ -1099,11 +1099,35 @@ fn cli_reads_the_data_directory_and_the_running_server() {
     assert_eq!(none.trim(), "no events");
 }
 
+/// `hookhost events list --follow --json ARGS`, its standard error piped;
+/// the sequence numbers it prints arrive on the receiver.
+fn follow_events(args: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<i64>) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["events", "list", "--follow", "--json"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if tx.send(v["seq"].as_i64().unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
 /// `events list --follow` through a server that restarts: it says so
 /// once, waits, and goes on from where it was.
 #[test]
 fn events_follow_waits_for_a_restarting_server() {
-    use std::io::{BufRead, Read};
+    use std::io::Read;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1122,31 +1146,7 @@ fn events_follow_waits_for_a_restarting_server() {
         assert_eq!(post(&s.url("/webhook"), body.as_bytes(), None).status, 200);
     };
     ack(&s, "r1");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-        .args([
-            "events",
-            "list",
-            "--follow",
-            "--json",
-            "--url",
-            &s.url(""),
-            "--token",
-            TOKEN,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if tx.send(v["seq"].as_i64().unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, rx) = follow_events(&["--url", &s.url(""), "--token", TOKEN]);
     assert_eq!(rx.recv_timeout(SETTLE).ok(), Some(1));
     s.stop();
     std::thread::sleep(Duration::from_millis(1500));
@@ -1214,7 +1214,6 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
 /// one as it is stored, through the server and from the data directory.
 #[test]
 fn events_follow_prints_new_events_as_they_arrive() {
-    use std::io::BufRead;
     let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
     let ack = |i: usize| {
         let body = format!(r#"{{"event_type":"ack_update","id":"f{i}","ack":"read"}}"#);
@@ -1234,22 +1233,7 @@ fn events_follow_prints_new_events_as_they_arrive() {
         } else {
             vec!["--after", &after, "--data-dir", data]
         };
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
-            .args(["events", "list", "--follow", "--json"])
-            .args(&args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-                if tx.send(v["seq"].as_i64().unwrap()).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, rx) = follow_events(&args);
         let next = || rx.recv_timeout(SETTLE).ok();
         let first = next();
         let before = s.stored().len();
