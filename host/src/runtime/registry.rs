@@ -718,14 +718,13 @@ impl Registry {
         let tenants = &self.live.get().tenants;
         let unknown: BTreeMap<String, Vec<String>> = parsed
             .iter()
-            .map(|(name, s)| {
-                let missing = unknown_tenants(s, tenants);
-                (
-                    name.clone(),
-                    missing.into_iter().map(String::from).collect(),
-                )
+            .filter_map(|(name, s)| {
+                let missing: Vec<String> = unknown_tenants(s, tenants)
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                (!missing.is_empty()).then(|| (name.clone(), missing))
             })
-            .filter(|(_, missing): &(String, Vec<String>)| !missing.is_empty())
             .collect();
         let mut st = self.state.write().unwrap();
         for (name, missing) in &unknown {
