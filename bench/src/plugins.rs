@@ -18,6 +18,7 @@ const PLUGINS: &[(&str, &str)] = &[
     ("stats", "JavaScript"),
     ("keyword-alert", "Python"),
     ("read-times", "C"),
+    ("first-response", "Go"),
 ];
 
 fn settings(name: &str) -> serde_json::Value {

@@ -582,3 +582,83 @@ fn the_c_plugin_times_how_long_sent_messages_took_to_be_delivered_and_read() {
         ]
     );
 }
+
+/// The Go sample: how long a customer waited for the number's first answer.
+#[test]
+fn the_go_plugin_times_how_long_customers_waited_for_an_answer() {
+    let samples = sample_plugins();
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    deploy(&samples, "first-response", &plugins, "first-response", None);
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[runtime]\ncache_dir = \"{}\"\n[tenants.default]\nsecrets = [\"{SECRET}\"]\n\
+             plugins = [\"first-response\"]\n[tenants.default.plugin.first-response]\n\
+             grants = [\"log\", \"kv\"]\n",
+            cache_dir()
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = Proc::start(&cfg, &data, &plugins);
+    assert!(wait_until(LOAD, || all_loaded(
+        &server.url("/metrics"),
+        &["first-response"]
+    )));
+    let send = |v: serde_json::Value| {
+        let status = post_signed(&server.url("/webhook"), v.to_string().as_bytes(), SECRET).status;
+        assert_eq!(status, 200);
+    };
+    let at = |mut m: serde_json::Value, ts: i64, sent: bool| {
+        m["timestamp"] = ts.into();
+        if sent {
+            m["event_type"] = "message_sent".into();
+            m["from_me"] = 1.into();
+        }
+        m
+    };
+    let chat = "573001112233@c.us";
+    // The customer writes twice; the chat waits from the first message.
+    send(at(msg("G1", chat, "hola"), 1_000_000, false));
+    send(at(msg("G2", chat, "¿hay alguien?"), 1_000_100, false));
+    // Our answer, five minutes after the first; a second one times nothing.
+    send(at(msg("G3", chat, "¡Hola! Sí, dígame"), 1_000_300, true));
+    send(at(msg("G4", chat, "¿en qué le ayudo?"), 1_000_310, true));
+    // A group: left out.
+    let mut group = at(msg("G5", "120363@g.us", "hola grupo"), 1_000_000, false);
+    group["is_group"] = 1.into();
+    send(group);
+    send(at(
+        {
+            let mut m = msg("G6", "120363@g.us", "respuesta");
+            m["is_group"] = 1.into();
+            m
+        },
+        1_000_050,
+        true,
+    ));
+    let rows = wait_settled(&data, 6, SETTLE);
+    assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
+    assert!(wait_until(SETTLE, || !server
+        .plugin_lines("first-response")
+        .is_empty()));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        server.plugin_lines("first-response"),
+        vec![format!(
+            "⏱️ Answered after 5 min: {chat} (waited since message G1)"
+        )]
+    );
+    // Nothing waits any more.
+    let c = hookhost::store::open_read_only(&data).unwrap();
+    let keys: i64 = c
+        .query_row(
+            "SELECT count(*) FROM kv WHERE plugin = 'first-response'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(keys, 0);
+}
