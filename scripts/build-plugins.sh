@@ -150,6 +150,11 @@ if [ -d c ]; then
       component_tools
       # shellcheck disable=SC2086
       if ! dpkg -s $DEBIAN_PACKAGES >/dev/null 2>&1; then
+        if ! command -v apt-get >/dev/null; then
+          echo "the C sample $src needs $DEBIAN_PACKAGES, installed here with apt-get," \
+            "which this machine lacks: install them or remove $ws/c" >&2
+          exit 1
+        fi
         SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
         $SUDO apt-get update -qq >&2
         # shellcheck disable=SC2086
