@@ -56,6 +56,14 @@ stale() { # out_file source_dir lockfile
 built() { # out_file source_dir lockfile
   inputs "$2" "$3" >"$stamps/$(stamp_of "$1")"
 }
+placed() { # new_file out_file source_dir lockfile: the new build takes out_file's place
+  mv "$1" "$2"
+  built "$2" "$3" "$4"
+  echo "built $2 ($(stat -c %s "$2") bytes)"
+}
+current() { # out_file
+  echo "up to date: $1 (its sources, the WIT and the tools are unchanged)"
+}
 wit="$here/wit/since_v0.1.0"
 
 # JavaScript plugins: js/NAME/NAME.js, built with componentize-js (npm, pinned
@@ -69,11 +77,9 @@ if [ -d js ]; then
       [ -x js/node_modules/.bin/componentize-js ] || (cd js && npm ci --no-audit --no-fund --loglevel=error >&2)
       js/node_modules/.bin/componentize-js "$src/$name.js" --wit "$wit" -n plugin \
         -o "$out/.$name.wasm.tmp" -d stdio random clocks http fetch-event >/dev/null
-      mv "$out/.$name.wasm.tmp" "$dest"
-      built "$dest" "$src" js/package-lock.json
-      echo "built $dest ($(stat -c %s "$dest") bytes)"
+      placed "$out/.$name.wasm.tmp" "$dest" "$src" js/package-lock.json
     else
-      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
+      current "$dest"
     fi
   done
 fi
@@ -97,11 +103,9 @@ if [ -d python ]; then
       fi
       (cd "$src" && "$venv/bin/python3" "$venv/bin/componentize-py" -d "$wit" -w plugin componentize app \
         -o "$out/.$name.wasm.tmp" -s >/dev/null)
-      mv "$out/.$name.wasm.tmp" "$dest"
-      built "$dest" "$src" python/requirements.txt
-      echo "built $dest ($(stat -c %s "$dest") bytes)"
+      placed "$out/.$name.wasm.tmp" "$dest" "$src" python/requirements.txt
     else
-      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
+      current "$dest"
     fi
   done
 fi
@@ -168,11 +172,9 @@ if [ -d c ]; then
         -Wall -Wextra -Werror -Wno-unused-parameter -I"$gen" -Wl,--strip-debug \
         -o "$gen/core.wasm" "$src/$name.c" "$gen/plugin.c" "$gen/plugin_component_type.o"
       "$tools/venv/bin/wasm-tools" component new "$gen/core.wasm" -o "$out/.$name.wasm.tmp"
-      mv "$out/.$name.wasm.tmp" "$dest"
-      built "$dest" "$src" toolchain
-      echo "built $dest ($(stat -c %s "$dest") bytes)"
+      placed "$out/.$name.wasm.tmp" "$dest" "$src" toolchain
     else
-      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
+      current "$dest"
     fi
   done
 fi
@@ -232,11 +234,9 @@ if [ -d go ]; then
         go build -buildmode=c-shared -ldflags=-checklinkname=0 -trimpath -o core.wasm .)
       "$tools/venv/bin/wasm-tools" component embed "$wit" --world plugin "$gen/core.wasm" -o "$gen/embedded.wasm"
       "$tools/venv/bin/wasm-tools" component new "$gen/embedded.wasm" --adapt "$adapter" -o "$out/.$name.wasm.tmp"
-      mv "$out/.$name.wasm.tmp" "$dest"
-      built "$dest" "$src" toolchain
-      echo "built $dest ($(stat -c %s "$dest") bytes)"
+      placed "$out/.$name.wasm.tmp" "$dest" "$src" toolchain
     else
-      echo "up to date: $dest (its sources, the WIT and the tools are unchanged)"
+      current "$dest"
     fi
   done
 fi

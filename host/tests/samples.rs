@@ -480,21 +480,20 @@ fn events_wait_for_a_plugin_that_is_still_compiling() {
     );
 }
 
-/// The C sample: the time from a sent message to its `delivered` and
-/// `read` acks, from the message's timestamp to when each ack was stored,
-/// whichever of them is handled first.
-#[test]
-fn the_c_plugin_times_how_long_sent_messages_took_to_be_delivered_and_read() {
-    let samples = sample_plugins();
+/// A server running one sample plugin for the default tenant, with these
+/// grants, loaded: its folder (kept while the test runs), data directory
+/// and process.
+fn one_sample(name: &str, grants: &str) -> (tempfile::TempDir, PathBuf, Proc) {
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
-    deploy(&samples, "read-times", &plugins, "read-times", None);
+    deploy(&sample_plugins(), name, &plugins, name, None);
     let cfg = dir.path().join("hookhost.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[tenants.default]\nsecrets = [\"{SECRET}\"]\nplugins = [\"read-times\"]\n\
-             [tenants.default.plugin.read-times]\ngrants = [\"log\", \"sql\"]\n"
+            "[runtime]\ncache_dir = \"{}\"\n[tenants.default]\nsecrets = [\"{SECRET}\"]\n\
+             plugins = [\"{name}\"]\n[tenants.default.plugin.{name}]\ngrants = {grants}\n",
+            cache_dir()
         ),
     )
     .unwrap();
@@ -502,8 +501,17 @@ fn the_c_plugin_times_how_long_sent_messages_took_to_be_delivered_and_read() {
     let server = Proc::start(&cfg, &data, &plugins);
     assert!(wait_until(LOAD, || all_loaded(
         &server.url("/metrics"),
-        &["read-times"]
+        &[name]
     )));
+    (dir, data, server)
+}
+
+/// The C sample: the time from a sent message to its `delivered` and
+/// `read` acks, from the message's timestamp to when each ack was stored,
+/// whichever of them is handled first.
+#[test]
+fn the_c_plugin_times_how_long_sent_messages_took_to_be_delivered_and_read() {
+    let (_dir, data, server) = one_sample("read-times", r#"["log", "sql"]"#);
     let mut handled = 0;
     let mut send = |v: serde_json::Value, delivered: bool| {
         let status = post_signed(&server.url("/webhook"), v.to_string().as_bytes(), SECRET).status;
@@ -586,27 +594,7 @@ fn the_c_plugin_times_how_long_sent_messages_took_to_be_delivered_and_read() {
 /// The Go sample: how long a customer waited for the number's first answer.
 #[test]
 fn the_go_plugin_times_how_long_customers_waited_for_an_answer() {
-    let samples = sample_plugins();
-    let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    deploy(&samples, "first-response", &plugins, "first-response", None);
-    let cfg = dir.path().join("hookhost.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[runtime]\ncache_dir = \"{}\"\n[tenants.default]\nsecrets = [\"{SECRET}\"]\n\
-             plugins = [\"first-response\"]\n[tenants.default.plugin.first-response]\n\
-             grants = [\"log\", \"kv\"]\n",
-            cache_dir()
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    let server = Proc::start(&cfg, &data, &plugins);
-    assert!(wait_until(LOAD, || all_loaded(
-        &server.url("/metrics"),
-        &["first-response"]
-    )));
+    let (_dir, data, server) = one_sample("first-response", r#"["log", "kv"]"#);
     let send = |v: serde_json::Value| {
         let status = post_signed(&server.url("/webhook"), v.to_string().as_bytes(), SECRET).status;
         assert_eq!(status, 200);
