@@ -43,17 +43,27 @@ func Handle(event types.Event, context types.DeliveryContext) outcome {
 	return ok()
 }
 
+// A chat's wait: its key, and "<unix seconds> <message id>" if it waits.
+func waiting(chat string) (string, witTypes.Option[[]byte], *types.HostError) {
+	key := "waiting/" + chat
+	found := hookhost_plugin_kv.Get(key)
+	if found.IsErr() {
+		e := found.Err()
+		return key, witTypes.None[[]byte](), &e
+	}
+	return key, found.Ok(), nil
+}
+
 // A customer's message: the chat waits from it, unless it already waits.
 func received(m types.Message) outcome {
 	if m.IsGroup || m.FromMe {
 		return ok()
 	}
-	key := "waiting/" + m.ChatId
-	found := hookhost_plugin_kv.Get(key)
-	if found.IsErr() {
-		return failed("reading the chat's wait", found.Err())
+	key, since, e := waiting(m.ChatId)
+	if e != nil {
+		return failed("reading the chat's wait", *e)
 	}
-	if found.Ok().IsSome() {
+	if since.IsSome() {
 		return ok()
 	}
 	value := strconv.FormatInt(m.Timestamp, 10) + " " + m.Id
@@ -75,16 +85,15 @@ func sent(m types.Message) outcome {
 	if m.IsGroup {
 		return ok()
 	}
-	key := "waiting/" + m.ChatId
-	found := hookhost_plugin_kv.Get(key)
-	if found.IsErr() {
-		return failed("reading the chat's wait", found.Err())
+	key, since, e := waiting(m.ChatId)
+	if e != nil {
+		return failed("reading the chat's wait", *e)
 	}
-	if found.Ok().IsNone() {
+	if since.IsNone() {
 		return ok()
 	}
-	since, first, _ := strings.Cut(string(found.Ok().Some()), " ")
-	from, err := strconv.ParseInt(since, 10, 64)
+	at, first, _ := strings.Cut(string(since.Some()), " ")
+	from, err := strconv.ParseInt(at, 10, 64)
 	if err == nil {
 		waited := max(m.Timestamp-from, 0)
 		hookhost_plugin_log.Log(hookhost_plugin_log.Level_Info,
