@@ -801,6 +801,9 @@ plugins = ["stats"]
             .collect::<Vec<_>>()
             .join("\n")
     );
+    // Compiled by the child: not a load from the cache.
+    let status = plugin_status(&s, "t", "stats");
+    assert_eq!(status["from_cache"], false, "{status}");
     let rows = wait_settled(&s.data_dir(), 200, SETTLE);
     assert_eq!(
         rows.iter().filter(|d| d.state == "done").count(),

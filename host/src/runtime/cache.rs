@@ -24,7 +24,9 @@ pub struct ChildCompiler {
 }
 
 pub enum Source {
+    /// Read from an entry an earlier compile left.
     Cache,
+    /// Compiled by this call, in process or by a child compiler.
     Compiled,
 }
 
@@ -72,6 +74,9 @@ impl CompileCache {
         cancel: &AtomicBool,
     ) -> anyhow::Result<(Component, Source)> {
         let path = self.path(rt, hash);
+        // The entry a child compiler writes is this call's compile, not a
+        // cached one.
+        let mut compiled_by_child = false;
         if !path.exists() {
             if let Some(c) = self
                 .compiler
@@ -79,7 +84,7 @@ impl CompileCache {
                 .filter(|c| bytes.len() >= c.min_bytes)
             {
                 match compile_in_child(c, rt, &self.dir, bytes, cancel) {
-                    Ok(()) if path.exists() => {}
+                    Ok(()) if path.exists() => compiled_by_child = true,
                     Ok(()) => tracing::warn!(
                         path = %path.display(),
                         "the child compiler wrote no entry for this engine; compiling in process"
@@ -103,7 +108,12 @@ impl CompileCache {
             match unsafe { Component::deserialize_file(&rt.engine, &path) } {
                 Ok(c) => {
                     touch(&path);
-                    return Ok((c, Source::Cache));
+                    let source = if compiled_by_child {
+                        Source::Compiled
+                    } else {
+                        Source::Cache
+                    };
+                    return Ok((c, source));
                 }
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "ignoring unreadable cache entry")
