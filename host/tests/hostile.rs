@@ -194,9 +194,10 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
         storm.updated_at - received
     );
     // A Rust panic (panic = abort) reaches the host as `unreachable`; its
-    // message went to the plugin's captured stderr, logged by the host.
+    // message, from the plugin's captured stderr, is in the error too.
     assert!(
-        err("trapstorm").starts_with("trap: "),
+        err("trapstorm").starts_with("trap: ")
+            && err("trapstorm").ends_with(": probe was told to panic)"),
         "{}",
         err("trapstorm")
     );

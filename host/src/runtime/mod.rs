@@ -1,12 +1,14 @@
 //! The plugin runtime: engine and linker ([`engine`]), compile cache,
 //! loaded plugins and the live plugins folder ([`registry`], read through
 //! [`folder`]), and one
-//! sandboxed delivery ([`sandbox`]).
+//! sandboxed delivery ([`sandbox`], with what a trapped plugin printed from
+//! [`last_words`]).
 
 pub mod cache;
 pub mod convert;
 pub mod engine;
 pub mod folder;
+pub mod last_words;
 pub mod plugin;
 pub mod registry;
 pub mod sandbox;

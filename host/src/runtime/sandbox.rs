@@ -235,6 +235,17 @@ pub fn deliver(
     };
     let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let data = store.into_data();
+    let output = String::from_utf8_lossy(&out.contents()).into_owned();
+    // A trap says only `unreachable`: a panic's message is in the output.
+    let result = match result {
+        Err(f @ (Failure::Trap(_) | Failure::Instantiate(_))) => {
+            Err(match super::last_words::last_words(&output) {
+                Some(words) => f.with_note(&format!("it printed: {words}")),
+                None => f,
+            })
+        }
+        r => r,
+    };
     let result = match (result, data.caps.denied) {
         (Err(f), Some(g)) => Err(f.with_note(&format!("`{}` is not granted", g.as_str()))),
         (r, _) => r,
@@ -244,7 +255,7 @@ pub fn deliver(
         fuel_used,
         instantiate,
         total: start.elapsed(),
-        output: String::from_utf8_lossy(&out.contents()).into_owned(),
+        output,
         journal: data.caps.journal,
         log_dropped: data.caps.log_dropped,
         denied: data.caps.denied,
