@@ -5,11 +5,14 @@
 /// At most this many characters of what the plugin printed.
 const MAX_CHARS: usize = 300;
 
-/// The part of a plugin's captured output that says why it stopped: a Rust
-/// panic's place and message, a Go panic's line, a Python exception's
-/// last line, or else the last line it printed. `None` when it printed
-/// nothing.
+/// The part of a plugin's captured output that says why it stopped: a
+/// Python exception (the line after its traceback; componentize-py's own
+/// panic follows it), a Rust panic's place and message, a Go panic's
+/// line, or else the last line it printed. `None` when it printed nothing.
 pub fn last_words(output: &str) -> Option<String> {
+    if let Some(exception) = python_exception(output) {
+        return Some(truncate(exception));
+    }
     let lines: Vec<&str> = output
         .lines()
         .map(str::trim)
@@ -29,6 +32,17 @@ pub fn last_words(output: &str) -> Option<String> {
         lines.last()?.to_string()
     };
     Some(truncate(&said))
+}
+
+/// The exception line of the last Python traceback: the first line after
+/// it that is not indented (the traceback's frames are).
+fn python_exception(output: &str) -> Option<&str> {
+    let (_, after) = output.rsplit_once("Traceback (most recent call last):")?;
+    after
+        .lines()
+        .skip(1)
+        .find(|l| !l.trim().is_empty() && !l.starts_with(char::is_whitespace))
+        .map(str::trim_end)
 }
 
 fn truncate(s: &str) -> String {
@@ -63,10 +77,20 @@ mod tests {
     }
 
     #[test]
-    fn otherwise_the_last_line_printed_and_none_for_silence() {
-        let out = "Traceback (most recent call last):\n  File \"app.py\", line 3\n\
-                   KeyError: 'notify_to'\n\n";
+    fn a_python_exception_gives_its_line_rather_than_the_runtime_panic_after_it() {
+        // As componentize-py prints it (a chained exception: the last one).
+        let out = "handling 1\nTraceback (most recent call last):\n  File \"/0/app.py\", line 9, in f\n\
+                   ValueError: first\n\nDuring handling of the above exception, another exception occurred:\n\n\
+                   Traceback (most recent call last):\n  File \"/0/app.py\", line 11, in handle\n\
+                   \x20   return settings[\"notify_to\"]\nKeyError: 'notify_to'\n\n\
+                   thread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:\n\
+                   Python function threw an unexpected exception\n";
         assert_eq!(last_words(out).unwrap(), "KeyError: 'notify_to'");
+    }
+
+    #[test]
+    fn otherwise_the_last_line_printed_and_none_for_silence() {
+        assert_eq!(last_words("one\ntwo  \n\n").unwrap(), "two");
         assert_eq!(last_words(" \n\n"), None);
         let long = "é".repeat(400);
         let cut = last_words(&long).unwrap();
