@@ -37,7 +37,7 @@ for manifest in */Cargo.toml; do
 done
 
 # A non-Rust component is rebuilt only when its inputs changed: its sources,
-# the WIT and the pinned tool versions, compared by content rather than
+# the WIT, the pinned tool versions and this script (its commands), compared by content rather than
 # time, so that a fresh clone reuses a build left in the target folder (the
 # JavaScript and Python builds are not byte-for-byte reproducible, and new
 # bytes would mean compiling them again too). The record of what each output
@@ -45,7 +45,7 @@ done
 stamps="$target_dir/component-inputs"
 mkdir -p "$stamps"
 inputs() { # source_dir lockfile: a hash of the files a build reads
-  (cd "$here" && find "$ws/$1" wit "$ws/$2" -type f -not -path '*/node_modules/*' \
+  (cd "$here" && find "$ws/$1" wit "$ws/$2" scripts/build-plugins.sh -type f -not -path '*/node_modules/*' \
     -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum) | sha256sum | cut -d' ' -f1
 }
 stamp_of() { printf %s "$1" | sha256sum | cut -c1-32; }
@@ -76,7 +76,7 @@ if [ -d js ]; then
     if stale "$dest" "$src" js/package-lock.json; then
       [ -x js/node_modules/.bin/componentize-js ] || (cd js && npm ci --no-audit --no-fund --loglevel=error >&2)
       js/node_modules/.bin/componentize-js "$src/$name.js" --wit "$wit" -n plugin \
-        -o "$out/.$name.wasm.tmp" -d stdio random clocks http fetch-event >/dev/null
+        -o "$out/.$name.wasm.tmp" -d random clocks http fetch-event >/dev/null
       placed "$out/.$name.wasm.tmp" "$dest" "$src" js/package-lock.json
     else
       current "$dest"

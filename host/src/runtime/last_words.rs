@@ -7,8 +7,9 @@ const MAX_CHARS: usize = 300;
 
 /// The part of a plugin's captured output that says why it stopped: a
 /// Python exception (the line after its traceback; componentize-py's own
-/// panic follows it), a Rust panic's place and message, a Go panic's
-/// line, or else the last line it printed. `None` when it printed nothing.
+/// panic follows it), a JavaScript error (the line before its stack), a
+/// Rust panic's place and message, a Go panic's line, or else the last
+/// line it printed. `None` when it printed nothing.
 pub fn last_words(output: &str) -> Option<String> {
     if let Some(exception) = python_exception(output) {
         return Some(truncate(exception));
@@ -18,7 +19,17 @@ pub fn last_words(output: &str) -> Option<String> {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let said = if let Some(i) = lines.iter().position(|l| l.contains(" panicked at ")) {
+    let said = if let Some(i) = lines.iter().position(|l| *l == "Stack:").filter(|i| *i > 0) {
+        // componentize-js: the error, then its stack, then the abort.
+        let error = lines[i - 1];
+        match error
+            .split_once("(received `")
+            .and_then(|(_, r)| r.rsplit_once("`)"))
+        {
+            Some((thrown, _)) => thrown.to_string(),
+            None => error.to_string(),
+        }
+    } else if let Some(i) = lines.iter().position(|l| l.contains(" panicked at ")) {
         // thread '<unnamed>' panicked at src/lib.rs:12:5:
         // the message
         let at = &lines[i][lines[i].find("panicked at ").unwrap_or(0)..];
@@ -86,6 +97,23 @@ mod tests {
                    thread '<unnamed>' (1) panicked at runtime/src/lib.rs:1293:29:\n\
                    Python function threw an unexpected exception\n";
         assert_eq!(last_words(out).unwrap(), "KeyError: 'notify_to'");
+    }
+
+    #[test]
+    fn a_javascript_error_gives_what_was_thrown() {
+        // As componentize-js prints an error thrown out of `handle`.
+        let out = "handling 1\ninvalid variant tag value `undefined` (received `TypeError: can't access \
+                   property \"notifyTo\", settings is undefined`) specified for `HandlerError`\nStack:\n\
+                   \x20 export_handler_0_1_0$handle@/tmp/x/initializer.js:1955:17\n\n\
+                   Redirecting call to abort() to mozalloc_abort\n";
+        assert_eq!(
+            last_words(out).unwrap(),
+            "TypeError: can't access property \"notifyTo\", settings is undefined"
+        );
+        assert_eq!(
+            last_words("Error: boom\nStack:\n  f@x.js:1:1\n").unwrap(),
+            "Error: boom"
+        );
     }
 
     #[test]
