@@ -121,6 +121,7 @@ component_tools() {
     echo "installing wit-bindgen-cli $WIT_BINDGEN_VERSION (a few minutes, once)" >&2
     CARGO_TARGET_DIR="$target_dir/component-tools-build" cargo install --quiet --locked --root "$tools" \
       "wit-bindgen-cli@$WIT_BINDGEN_VERSION" --no-default-features --features c,go >&2
+    rm -rf "$target_dir/component-tools-build"
   fi
   # A virtual environment left by a removed Python is made again.
   if ! "$tools/venv/bin/python3" -c '' 2>/dev/null; then
