@@ -11,49 +11,62 @@ const MAX_CHARS: usize = 300;
 /// Rust panic's place and message, a Go panic's line, or else the last
 /// line it printed. `None` when it printed nothing.
 pub fn last_words(output: &str) -> Option<String> {
-    if let Some(exception) = python_exception(output) {
-        return Some(truncate(exception));
-    }
     let lines: Vec<&str> = output
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    let said = if let Some(i) = lines.iter().position(|l| *l == "Stack:").filter(|i| *i > 0) {
-        // componentize-js: the error, then its stack, then the abort.
-        let error = lines[i - 1];
-        match error
-            .split_once("(received `")
-            .and_then(|(_, r)| r.rsplit_once("`)"))
-        {
-            Some((thrown, _)) => thrown.to_string(),
-            None => error.to_string(),
-        }
-    } else if let Some(i) = lines.iter().position(|l| l.contains(" panicked at ")) {
-        // thread '<unnamed>' panicked at src/lib.rs:12:5:
-        // the message
-        let at = &lines[i][lines[i].find("panicked at ").unwrap_or(0)..];
-        match lines.get(i + 1) {
-            Some(message) if !message.starts_with("note: ") => format!("{at} {message}"),
-            _ => at.to_string(),
-        }
-    } else if let Some(panic) = lines.iter().find(|l| l.starts_with("panic: ")) {
-        panic.to_string()
-    } else {
-        lines.last()?.to_string()
-    };
+    let said = python_exception(output)
+        .or_else(|| javascript_error(&lines))
+        .or_else(|| rust_panic(&lines))
+        .or_else(|| go_panic(&lines))
+        .or_else(|| lines.last().map(|l| l.to_string()))?;
     Some(truncate(&said))
 }
 
 /// The exception line of the last Python traceback: the first line after
 /// it that is not indented (the traceback's frames are).
-fn python_exception(output: &str) -> Option<&str> {
+fn python_exception(output: &str) -> Option<String> {
     let (_, after) = output.rsplit_once("Traceback (most recent call last):")?;
     after
         .lines()
         .skip(1)
         .find(|l| !l.trim().is_empty() && !l.starts_with(char::is_whitespace))
-        .map(str::trim_end)
+        .map(|l| l.trim_end().to_string())
+}
+
+/// componentize-js prints the error, then `Stack:` and its frames, then the
+/// abort; an error thrown out of `handle` is quoted as "received `…`".
+fn javascript_error(lines: &[&str]) -> Option<String> {
+    let i = lines
+        .iter()
+        .position(|l| *l == "Stack:")
+        .filter(|i| *i > 0)?;
+    let error = lines[i - 1];
+    let thrown = error
+        .split_once("(received `")
+        .and_then(|(_, r)| r.rsplit_once("`)"))
+        .map_or(error, |(thrown, _)| thrown);
+    Some(thrown.to_string())
+}
+
+/// `thread '<unnamed>' panicked at src/lib.rs:12:5:` and the message on
+/// the next line, as `panicked at src/lib.rs:12:5: the message`.
+fn rust_panic(lines: &[&str]) -> Option<String> {
+    let i = lines.iter().position(|l| l.contains(" panicked at "))?;
+    let at = &lines[i][lines[i].find("panicked at ").unwrap_or(0)..];
+    Some(match lines.get(i + 1) {
+        Some(message) if !message.starts_with("note: ") => format!("{at} {message}"),
+        _ => at.to_string(),
+    })
+}
+
+/// `panic: …`, before the goroutines' stacks.
+fn go_panic(lines: &[&str]) -> Option<String> {
+    lines
+        .iter()
+        .find(|l| l.starts_with("panic: "))
+        .map(|l| l.to_string())
 }
 
 fn truncate(s: &str) -> String {
