@@ -214,7 +214,7 @@ static bool on_sent(const hookhost_plugin_types_message_t *m, int64_t now,
              params, 4, &rows, err)) {
     return false;
   }
-  if (rows.rows.len == 1) {
+  if (rows.rows.len == 1 && rows.rows.ptr[0].len == 3) {
     value_t *row = rows.rows.ptr[0].ptr;
     if (is_integer(&row[1])) {
       log_took("📬 Delivered", row[1].val.integer - m->timestamp, &row[0],
@@ -263,7 +263,7 @@ static bool on_ack(const hookhost_plugin_types_ack_update_t *ack, int64_t now,
   if (!query(statement, params, 2, &rows, err)) {
     return false;
   }
-  if (rows.rows.len == 1) {
+  if (rows.rows.len == 1 && rows.rows.ptr[0].len == 3) {
     value_t *row = rows.rows.ptr[0].ptr;
     if (is_integer(&row[1]) && is_integer(&row[2])) {
       log_took(what, row[2].val.integer - row[1].val.integer, &row[0],
