@@ -17,6 +17,7 @@ const ATTACKS: &[(&str, &str)] = &[
     ("stack", r#"settings = { attack = "stack" }"#),
     ("shadowstack", r#"settings = { attack = "recurse" }"#),
     ("trapstorm", r#"settings = { attack = "panic" }"#),
+    ("chatter", r#"settings = { attack = "chatter" }"#),
     ("logflood", r#"settings = { attack = "logflood" }"#),
     (
         "kvflood",
@@ -200,6 +201,13 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
             && err("trapstorm").ends_with(": probe was told to panic)"),
         "{}",
         err("trapstorm")
+    );
+    // One that printed 200 KB first: the output's end is kept.
+    assert!(
+        err("chatter").starts_with("trap: ")
+            && err("chatter").ends_with(": probe was told to panic after talking)"),
+        "{}",
+        err("chatter")
     );
     // Refused capabilities.
     assert_eq!(err("kvflood"), "reject: kv stopped at 15: quota-exceeded");

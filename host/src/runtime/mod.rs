@@ -5,6 +5,7 @@
 //! [`last_words`]).
 
 pub mod cache;
+pub mod capture;
 pub mod convert;
 pub mod engine;
 pub mod folder;

@@ -3,6 +3,7 @@
 //! `InstancePre`, one call to `handle`. Whatever the guest does, the result
 //! is a typed outcome; the host never panics on guest behaviour.
 
+use super::capture::Capture;
 use super::engine::TICK;
 use super::plugin::LoadedPlugin;
 use crate::bindings::types as wit;
@@ -10,10 +11,7 @@ use crate::capabilities::{Action, Capabilities};
 use crate::config::Limits;
 use std::time::{Duration, Instant};
 use wasmtime::{ResourceLimiter, Store, Trap};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-
-const CAPTURE_BYTES: usize = 64 * 1024;
 
 pub struct HostState {
     wasi: WasiCtx,
@@ -161,8 +159,8 @@ fn store_for(
     plugin: &LoadedPlugin,
     caps: Capabilities,
     limits: &Limits,
-) -> (Store<HostState>, MemoryOutputPipe) {
-    let out = MemoryOutputPipe::new(CAPTURE_BYTES);
+) -> (Store<HostState>, Capture) {
+    let out = Capture::new();
     // Nothing is granted: no preopens, no environment, no arguments, no
     // network. Clocks and random are available.
     let wasi = WasiCtxBuilder::new()
@@ -235,7 +233,7 @@ pub fn deliver(
     };
     let fuel_used = limits.fuel.saturating_sub(store.get_fuel().unwrap_or(0));
     let data = store.into_data();
-    let output = String::from_utf8_lossy(&out.contents()).into_owned();
+    let output = out.contents();
     // A trap says only `unreachable`: a panic's message is in the output.
     let result = match result {
         Err(f @ (Failure::Trap(_) | Failure::Instantiate(_))) => {

@@ -133,6 +133,14 @@ fn attack(name: &str) -> Result {
             Err(Error::reject(format!("recursion ended at {n}")))
         }
         "panic" => panic!("probe was told to panic"),
+        // 200 KB on stderr, then a panic: its message comes last.
+        "chatter" => {
+            let line = "y".repeat(99);
+            for _ in 0..2000 {
+                eprintln!("{line}");
+            }
+            panic!("probe was told to panic after talking")
+        }
         "logflood" => {
             let line = "x".repeat(10_000);
             for i in 0..1_000_000u32 {
