@@ -53,10 +53,7 @@ fn metrics_reflect_a_known_sequence_exactly() {
         "[tenants.default]\nsecrets = [\"k\"]\nplugins = [\"recorder\"]\n[tenants.acme]",
     );
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["recorder"]
-    )));
+    s.wait_loaded(&["recorder"]);
     let url = s.url("/webhook");
     for name in ["message_received", "ack_update", "test_webhook"] {
         assert_eq!(
@@ -341,10 +338,7 @@ fn a_dead_letter_retried_after_fixing_the_plugin_succeeds() {
         "fixme",
         Some("[settings]\nattack = \"panic\"\n"),
     );
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["fixme"]
-    )));
+    s.wait_loaded(&["fixme"]);
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -407,10 +401,7 @@ settings = {{ reply = "hola" }}
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "one", None);
     deploy(&tp, "probe", &s.plugins_dir(), "two", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["one", "two"]
-    )));
+    s.wait_loaded(&["one", "two"]);
     post(
         &s.url("/webhook"),
         samples::MESSAGE_RECEIVED.as_bytes(),
@@ -848,10 +839,7 @@ fn dead_letters_are_retried_and_discarded_in_bulk() {
             Some("[settings]\nattack = \"panic\"\n"),
         );
     }
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["fixme", "other"]
-    )));
+    s.wait_loaded(&["fixme", "other"]);
     for (tenant, id) in [("a", "A1"), ("a", "A2"), ("b", "B1")] {
         let r = post(
             &s.url(&format!("/webhook/{tenant}")),
@@ -1263,10 +1251,7 @@ fn cli_plugins_lists_the_folder_and_the_running_servers_view() {
         Some("[settings]\nx = \"1\"\n"),
     );
     deploy(&tp, "probe", &s.plugins_dir(), "bad", Some("[settings\n"));
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["good", "bad"]
-    )));
+    s.wait_loaded(&["good", "bad"]);
     let rows = |args: &[&str]| json_lines(&cli(&[&["plugins", "--json"], args].concat()));
     let dir = s.plugins_dir();
     let remote = rows(&["--url", &s.url(""), "--token", TOKEN]);
@@ -1529,10 +1514,7 @@ fn files_the_plugins_folder_cannot_use_are_named_with_the_reason() {
         plugins.join("my-plugin.wasm"),
     )
     .unwrap();
-    assert!(wait_until(SETTLE, || all_loaded(
-        &server.url("/metrics"),
-        &["my-plugin"]
-    )));
+    wait_loaded(&server.url("/metrics"), &["my-plugin"]);
     assert!(wait_until(SETTLE, || status()["ignored"]
         .as_array()
         .unwrap()
@@ -1573,10 +1555,7 @@ plugins = ["bad"]
         "bad",
         Some("[settings]\nattack = \"panic\"\n"),
     );
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["good", "bad"]
-    )));
+    s.wait_loaded(&["good", "bad"]);
     for i in 0..3 {
         assert_eq!(post(&s.url("/webhook/a"), &chat_event(i), None).status, 200);
     }
@@ -1636,10 +1615,7 @@ plugins = ["bad"]
         "[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nplugins = [\"good\"]"
     ));
     deploy(&tp, "probe", &s2.plugins_dir(), "good", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s2.url("/metrics"),
-        &["good"]
-    )));
+    s2.wait_loaded(&["good"]);
     let data = s2.data_dir();
     let data = data.to_str().unwrap();
     let url = s2.url("");
@@ -1762,10 +1738,7 @@ fn a_range_replay_gives_a_new_plugin_the_history() {
         "[admin]\ntoken = \"{TOKEN}\"\n[tenants.a]\nplugins = [\"first\", \"second\"]\n[tenants.b]\nplugins = [\"first\"]\n"
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "first", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["first"]
-    )));
+    s.wait_loaded(&["first"]);
     for i in 0..5 {
         assert_eq!(post(&s.url("/webhook/a"), &chat_event(i), None).status, 200);
     }
@@ -1774,10 +1747,7 @@ fn a_range_replay_gives_a_new_plugin_the_history() {
     assert_eq!(wait_settled(&data, 6, SETTLE).len(), 6);
     // `second` arrives: new events reach it, the five old ones did not.
     deploy(&tp, "probe", &s.plugins_dir(), "second", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["second"]
-    )));
+    s.wait_loaded(&["second"]);
     assert_eq!(post(&s.url("/webhook/a"), &chat_event(5), None).status, 200);
     let rows = wait_settled(&data, 8, SETTLE);
     let of = |rows: &[hookhost::store::DeliveryRow], p: &str| -> Vec<i64> {
@@ -1878,10 +1848,7 @@ fn a_backup_taken_while_running_is_a_data_directory() {
     let tp = test_plugins();
     let s = TestServer::start("[tenants.a]\nplugins = [\"rec\"]");
     deploy(&tp, "probe", &s.plugins_dir(), "rec", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["rec"]
-    )));
+    s.wait_loaded(&["rec"]);
     for i in 0..3 {
         assert_eq!(post(&s.url("/webhook/a"), &chat_event(i), None).status, 200);
     }
@@ -2198,10 +2165,7 @@ fn cli_kv_shows_a_plugins_data_and_deletes_what_the_operator_names() {
         "[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]\nplugins = [\"recorder\"]\n[tenants.b]\nplugins = [\"recorder\"]"
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["recorder"]
-    )));
+    s.wait_loaded(&["recorder"]);
     for (i, path) in ["/webhook", "/webhook", "/webhook", "/webhook/b"]
         .iter()
         .enumerate()

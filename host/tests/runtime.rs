@@ -13,10 +13,7 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// Deploys the probe test plugin as `name` and waits until it is loaded.
 fn deploy_probe(s: &TestServer, name: &str) {
     deploy(&test_plugins(), "probe", &s.plugins_dir(), name, None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &[name]
-    )));
+    s.wait_loaded(&[name]);
 }
 
 fn fast_retries(extra: &str) -> String {
@@ -39,10 +36,7 @@ fn a_plugin_receives_every_event_type_with_all_fields() {
     wait_until(SETTLE, || get(&s.url("/readyz")).status == 200);
     // The plugin must be loaded before events arrive, or they predate it.
     std::thread::sleep(Duration::from_millis(100));
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["recorder"]
-    )));
+    s.wait_loaded(&["recorder"]);
     for name in samples::NAMES {
         assert_eq!(
             post(
@@ -175,10 +169,7 @@ grants = ["log", "messaging"]
     )
     .unwrap();
     let server = process::Proc::start(&cfg, &dir.path().join("data"), &plugins);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &server.url("/metrics"),
-        &["locked"]
-    )));
+    wait_loaded(&server.url("/metrics"), &["locked"]);
     let lines = |text: &str| -> Vec<serde_json::Value> {
         server
             .logs
@@ -278,13 +269,7 @@ settings = {{ probe = "1" }}
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "locked", None);
     deploy(&tp, "probe", &s.plugins_dir(), "open", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["locked"]
-    ) && all_loaded(
-        &s.url("/metrics"),
-        &["open"]
-    )));
+    s.wait_loaded(&["locked", "open"]);
     post(&s.url("/webhook"), samples::TEST_WEBHOOK.as_bytes(), None);
     let rows = wait_settled(&s.data_dir(), 2, SETTLE);
     let err = |p: &str| {
@@ -323,13 +308,7 @@ read_kv = "seen/message_received:[\"ABCD1234\"]"
     );
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
     deploy(&tp, "probe", &s.plugins_dir(), "reader", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["recorder"]
-    ) && all_loaded(
-        &s.url("/metrics"),
-        &["reader"]
-    )));
+    s.wait_loaded(&["recorder", "reader"]);
     assert_eq!(
         post(
             &s.url("/webhook/a"),
@@ -558,13 +537,7 @@ settings = { attack = "sleep", sleep_ms = "5000" }
     ] {
         deploy(&tp, "probe", &s.plugins_dir(), p, None);
     }
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["sleeper"]
-    ) && all_loaded(
-        &s.url("/metrics"),
-        &["recorder"]
-    )));
+    s.wait_loaded(&["sleeper", "recorder"]);
     let bad = s.url("/webhook/bad");
     let good = s.url("/webhook/good");
     assert_eq!(
@@ -834,10 +807,7 @@ settings = { fail_until_attempt = "100" }
 "#,
         |s| {
             deploy(&test_plugins(), "probe", &s.plugins_dir(), "gone", None);
-            assert!(wait_until(SETTLE, || all_loaded(
-                &s.url("/metrics"),
-                &["gone"]
-            )));
+            s.wait_loaded(&["gone"]);
         },
         "stats",
     );
@@ -1098,10 +1068,7 @@ fn the_compile_cache_drops_replaced_versions_past_its_limit() {
     let h1 = hookhost::runtime::plugin::hash(&v1);
     let h2 = hookhost::runtime::plugin::hash(&v2);
     deploy(&tp, "probe", &dir, "p", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["p"]
-    )));
+    s.wait_loaded(&["p"]);
     let first = entries();
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(
@@ -1133,10 +1100,7 @@ fn hot_reload_replaces_and_a_broken_file_keeps_the_working_one() {
         hookhost::runtime::plugin::hash(&v2),
     );
     deploy(&tp, "probe", &dir, "hot", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["hot"]
-    )));
+    s.wait_loaded(&["hot"]);
     post(
         &s.url("/webhook"),
         br#"{"event_type":"ack_update","id":"a","ack":"sent"}"#,
@@ -1521,10 +1485,7 @@ plugins = ["recorder"]
     );
     deploy(&tp, "probe", &s.plugins_dir(), "failing", None);
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["failing", "recorder"]
-    )));
+    s.wait_loaded(&["failing", "recorder"]);
     // Twenty events of one chat: the first fails and waits a minute for its
     // retry; the other nineteen wait behind it.
     for i in 0..20 {
@@ -1589,10 +1550,7 @@ plugins = ["recorder"]
     );
     deploy(&tp, "probe", &s.plugins_dir(), "slow", None);
     deploy(&tp, "probe", &s.plugins_dir(), "recorder", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["slow", "recorder"]
-    )));
+    s.wait_loaded(&["slow", "recorder"]);
     for i in 0..80 {
         let chat = format!("b{i}@c.us");
         let r = post(&s.url("/webhook/busy"), hola(i, &chat).as_bytes(), None);
@@ -1697,10 +1655,7 @@ settings = {{ reply = "ok" }}
         whapi.url
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "replier", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["replier"]
-    )));
+    s.wait_loaded(&["replier"]);
     let n = 40;
     for i in 0..n {
         let body = hola_event(&format!("M{i}"), &format!("chat-{i}@s.whatsapp.net"));
@@ -1739,10 +1694,7 @@ sleep_ms = "1500"
     for p in ["slow", "quick"] {
         deploy(&tp, "probe", &s.plugins_dir(), p, None);
     }
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["slow", "quick"]
-    )));
+    s.wait_loaded(&["slow", "quick"]);
     let url = s.url("/webhook/shop");
     for i in 0..6 {
         let body = hola(i, &format!("c{i}@c.us"));
@@ -1782,10 +1734,7 @@ sleep_ms = "1500"
 "#,
     ));
     deploy(&tp, "probe", &s.plugins_dir(), "quick", None);
-    assert!(wait_until(SETTLE, || all_loaded(
-        &s.url("/metrics"),
-        &["quick"]
-    )));
+    s.wait_loaded(&["quick"]);
     let url = s.url("/webhook/shop");
     // The tenant's one slot is busy for 1.5 s while the backlog arrives.
     let gate = serde_json::json!({"event_type": "message_received", "id": "gate", "chat_id": "g@c.us", "body": "please sleep"});

@@ -70,6 +70,11 @@ impl TestServer {
         self.config.server.plugins_dir.clone()
     }
 
+    /// Waits for every named plugin to be loaded: [`wait_loaded`].
+    pub fn wait_loaded(&self, names: &[&str]) {
+        wait_loaded(&self.url("/metrics"), names);
+    }
+
     /// Events stored, straight from the SQLite file.
     pub fn stored(&self) -> Vec<(String, String, String)> {
         let c = hookhost::store::open_read_only(&self.data_dir()).unwrap();
@@ -307,6 +312,20 @@ pub fn all_loaded(url: &str, names: &[&str]) -> bool {
     names
         .iter()
         .all(|p| t.contains(&format!("hookhost_plugins_loaded{{plugin=\"{p}\"")))
+}
+
+/// Waits up to a minute for the metrics at `url` to show every named
+/// plugin loaded; panics with the plugin gauges it saw instead.
+pub fn wait_loaded(url: &str, names: &[&str]) {
+    if wait_until(Duration::from_secs(60), || all_loaded(url, names)) {
+        return;
+    }
+    let gauges: Vec<String> = metrics_text(url)
+        .lines()
+        .filter(|l| l.starts_with("hookhost_plugins_"))
+        .map(String::from)
+        .collect();
+    panic!("{names:?} not loaded within 60 s:\n{}", gauges.join("\n"));
 }
 
 /// How many plugins the gauge at `url` shows loaded.
