@@ -33,7 +33,8 @@ usage: hookhost-bench                  every suite, then the report (what `make 
 environment: BENCH_ONLY=ingest,plugins,background,memory,startup (suites to run),
   BENCH_ROUNDS (ingest rounds, 5), BENCH_SECONDS (per server and round, 8),
   BENCH_CONNECTIONS (64), BENCH_DUPLICATE_PERCENT (10), BENCH_CHATS (500), BENCH_DELIVERIES (1000),
-  BENCH_PLUGIN (one plugin), BENCH_PLUGIN_ROUNDS (3), BENCH_PLUGINS_DIR (the compiled plugins)";
+  BENCH_PLUGIN (one plugin), BENCH_PLUGIN_ROUNDS (3), BENCH_PLUGINS_DIR (the compiled plugins),
+  BENCH_HOOKHOST_CONFIG (TOML added to each hookhost's configuration; \\n for a new line)";
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();

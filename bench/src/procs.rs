@@ -175,6 +175,12 @@ pub fn config(dir: &Path, plugins: &[&str], whapi: Option<&str>) -> PathBuf {
             "[tenants.default.whapi]\nbase_url = \"{url}\"\ninstance_id = \"1\"\ntoken = \"t\"\n[tenants.default.plugin.auto-reply]\ngrants = [\"log\", \"kv\", \"config\", \"messaging\"]\n[tenants.default.plugin.auto-reply.settings]\ngreeting = \"Hola\"\nmax_replies = 1000\nrules = [{{ keywords = [\"menu\"], reply = \"Menú\" }}]\n"
         ));
     }
+    // Settings to try against the shipped ones, e.g. "[dispatch]\nworkers = 2".
+    if let Ok(extra) = std::env::var("BENCH_HOOKHOST_CONFIG") {
+        c.push('\n');
+        c.push_str(&extra.replace("\\n", "\n"));
+        c.push('\n');
+    }
     let p = dir.join("hookhost.toml");
     std::fs::write(&p, c).unwrap();
     p
