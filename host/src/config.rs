@@ -330,6 +330,13 @@ pub struct DispatchConfig {
     pub backoff_max_ms: u64,
     /// Deliveries running at once in the whole process.
     pub workers: usize,
+    /// Deliveries running at once in the whole process while webhook
+    /// events queue for the store (eight or more waiting for one commit,
+    /// within the last quarter second): each delivery's ledger marks and
+    /// key-value writes go through the same commits and lengthen that
+    /// wait, so ingest comes first and the plugins catch up once the
+    /// queue is short. At most `workers`; equal to it, no difference.
+    pub busy_workers: usize,
     /// Deliveries running at once for one tenant.
     pub tenant_concurrency: usize,
     /// How long one of those slots may go on running a plugin's queued
@@ -369,6 +376,7 @@ impl Default for DispatchConfig {
             backoff_base_ms: 500,
             backoff_max_ms: 5 * 60_000,
             workers: 16,
+            busy_workers: 2,
             tenant_concurrency: 4,
             run_ms: 5,
             nice: 10,
@@ -643,9 +651,13 @@ impl Config {
                 "server.max_body_bytes must be > 0".into(),
             ));
         }
-        if self.dispatch.workers == 0 || self.dispatch.tenant_concurrency == 0 {
+        if self.dispatch.workers == 0
+            || self.dispatch.busy_workers == 0
+            || self.dispatch.tenant_concurrency == 0
+        {
             return Err(ConfigError::Invalid(
-                "dispatch.workers and dispatch.tenant_concurrency must be > 0".into(),
+                "dispatch.workers, dispatch.busy_workers and dispatch.tenant_concurrency must be > 0"
+                    .into(),
             ));
         }
         if self.dispatch.run_ms > MAX_RUN_MS {
@@ -750,6 +762,20 @@ mod tests {
         assert!(run(0).is_ok() && run(10_000).is_ok());
         let e = run(10_001).unwrap_err().to_string();
         assert!(e.contains("dispatch.run_ms must be at most 10000"), "{e}");
+    }
+
+    #[test]
+    fn no_slots_for_deliveries_is_refused_even_under_load() {
+        let slots = |line: &str| {
+            Config::parse(&format!("[dispatch]\n{line}\n[tenants.a]"))
+                .unwrap()
+                .tenants()
+                .map(|_| ())
+        };
+        assert!(slots("busy_workers = 1").is_ok());
+        let e = slots("busy_workers = 0").unwrap_err().to_string();
+        assert!(e.contains("dispatch.busy_workers"), "{e}");
+        assert!(slots("workers = 0").is_err());
     }
 
     #[test]

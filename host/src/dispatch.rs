@@ -104,6 +104,8 @@ struct Inner {
     pace: runs::Pace,
     /// Set by [`Dispatcher::stop`]: runs start no more deliveries.
     stopping: Arc<AtomicBool>,
+    /// The slots the last pass planned with (see [`slots`]).
+    slots: AtomicUsize,
 }
 
 /// A (tenant, plugin) queue of deliveries.
@@ -177,6 +179,7 @@ impl Dispatcher {
             in_flight: AtomicUsize::new(0),
             pace: runs::Pace::default(),
             stopping: Arc::new(AtomicBool::new(false)),
+            slots: AtomicUsize::new(0),
         });
         let stopping = inner.stopping.clone();
         let stop = Arc::new(Notify::new());
@@ -569,9 +572,10 @@ async fn schedule(
     // than can start.
     let settings = inner.live.get();
     let cfg = &settings.dispatch;
+    let workers = slots(inner, cfg);
     let (startable, full) = {
         let r = inner.running.lock().unwrap();
-        let free = cfg.workers.saturating_sub(r.total);
+        let free = workers.saturating_sub(r.total);
         let mut room = 0;
         let mut full = Vec::new();
         for name in settings.tenants.keys() {
@@ -634,7 +638,7 @@ async fn schedule(
         let share = |t: &str| shares.get(t).copied().unwrap_or_else(|| tenant(t));
         let run_length = |(_, p): &Lane| run_lengths.get(p.as_str()).copied().unwrap_or(1);
         let caps = runs::Caps {
-            workers: cfg.workers,
+            workers,
             tenant: &tenant,
             share: &share,
             run_length: &run_length,
@@ -694,6 +698,23 @@ async fn schedule(
         });
     }
     Ok(false)
+}
+
+/// Deliveries that may run at once now: `busy_workers` while webhook
+/// events queue for the store, else `workers`. Shown as
+/// `hookhost_dispatch_slots`.
+fn slots(inner: &Inner, cfg: &crate::config::DispatchConfig) -> usize {
+    let n = if inner.store.ingest_crowded() {
+        cfg.busy_workers.min(cfg.workers)
+    } else {
+        cfg.workers
+    };
+    if inner.slots.swap(n, Ordering::Relaxed) != n {
+        inner
+            .metrics
+            .set("hookhost_dispatch_slots", vec![], n as f64);
+    }
+    n
 }
 
 /// Runs a slot's deliveries one after another on a blocking thread, as

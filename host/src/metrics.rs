@@ -214,6 +214,11 @@ const HELP: &[(&str, &str, &str)] = &[
         "Deliveries pending, running or waiting for a retry.",
     ),
     (
+        "hookhost_dispatch_slots",
+        "gauge",
+        "Deliveries that may run at once now: dispatch.busy_workers while webhook events queue for the store, else dispatch.workers.",
+    ),
+    (
         "hookhost_kv_keys",
         "gauge",
         "Key-value keys a plugin holds for a tenant.",

@@ -1774,3 +1774,65 @@ sleep_ms = "1500"
     assert_eq!(rows.len(), N + 1);
     assert!(rows.iter().all(|d| d.attempts == 1), "{rows:?}");
 }
+
+/// The `hookhost_dispatch_slots` gauge, if shown yet.
+fn dispatch_slots(s: &TestServer) -> Option<String> {
+    metrics_text(&s.url("/metrics"))
+        .lines()
+        .find_map(|l| l.strip_prefix("hookhost_dispatch_slots "))
+        .map(String::from)
+}
+
+/// While webhook events queue for the store, deliveries run on
+/// `dispatch.busy_workers` slots, and on `workers` again once the queue
+/// is short; every event is still delivered.
+#[test]
+fn deliveries_give_way_while_webhooks_queue_for_the_store() {
+    let s = TestServer::start(
+        "[dispatch]\nworkers = 6\nbusy_workers = 1\n[tenants.default]\nplugins = [\"recorder\"]\nrate_limit = { per_second = 0 }\n",
+    );
+    deploy_probe(&s, "recorder");
+    assert!(wait_until(SETTLE, || dispatch_slots(&s).as_deref() == Some("6")));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let posted = std::sync::atomic::AtomicUsize::new(0);
+    let url = s.url("/webhook");
+    let crowded = std::thread::scope(|scope| {
+        // Forty-eight clients post back to back, each waiting for its
+        // answer: far more than eight requests wait for each commit.
+        for t in 0..48 {
+            let (stop, posted, url) = (&stop, &posted, &url);
+            scope.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 2000 {
+                    let body = hola_event(&format!("c{t}-{i}"), &format!("{t}@c.us"));
+                    assert_eq!(post(url, body.as_bytes(), None).status, 200);
+                    posted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += 1;
+                }
+            });
+        }
+        let seen = wait_until(Duration::from_secs(30), || {
+            dispatch_slots(&s).as_deref() == Some("1")
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        seen
+    });
+    assert!(
+        crowded,
+        "the slots never went down to busy_workers under the flood"
+    );
+    // Quiet again: all slots, and every event delivered once.
+    assert!(
+        wait_until(SETTLE, || dispatch_slots(&s).as_deref() == Some("6")),
+        "slots after the flood: {:?}",
+        dispatch_slots(&s)
+    );
+    let n = posted.load(std::sync::atomic::Ordering::Relaxed);
+    let rows = wait_settled(&s.data_dir(), n, SETTLE);
+    assert_eq!(rows.len(), n);
+    assert!(
+        rows.iter().all(|d| d.state == "done"),
+        "{:?}",
+        rows.iter().find(|d| d.state != "done")
+    );
+}

@@ -138,7 +138,14 @@ pub fn get(c: &Connection, seq: i64) -> Result<Option<EventRow>, StoreError> {
 impl Store {
     /// Commits `event` (or finds its duplicate) before returning.
     pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
+        let _waiting = self.inner.pressure.wait();
         self.write_statement(move |c| insert(c, &event)).await
+    }
+
+    /// Whether webhook events have been queueing for the store (see
+    /// [`super::pressure`]).
+    pub fn ingest_crowded(&self) -> bool {
+        self.inner.pressure.crowded()
     }
 
     pub fn events_after(

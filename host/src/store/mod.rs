@@ -6,6 +6,7 @@
 mod inbox;
 mod kv;
 mod ledger;
+pub mod pressure;
 pub mod retention;
 mod schema;
 mod sends;
@@ -150,6 +151,8 @@ struct Inner {
     /// Counts the operator's changes to the ledger made through this
     /// handle (replays, dead letters retried or discarded).
     ledger_changes: std::sync::atomic::AtomicU64,
+    /// Webhook events waiting for their commit.
+    pressure: pressure::Pressure,
 }
 
 impl Store {
@@ -187,6 +190,7 @@ impl Store {
                 writer: Mutex::new(Some(handle)),
                 stats,
                 ledger_changes: Default::default(),
+                pressure: Default::default(),
             }),
         }
     }
