@@ -6,7 +6,7 @@
 mod inbox;
 mod kv;
 mod ledger;
-pub mod pressure;
+mod pressure;
 pub mod retention;
 mod schema;
 mod sends;
