@@ -40,12 +40,6 @@ fn admin(method: &str, url: &str, token: Option<&str>, body: Option<serde_json::
     }
 }
 
-fn metric(text: &str, line_prefix: &str) -> Option<String> {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .map(|l| l.rsplit(' ').next().unwrap().to_string())
-}
-
 #[test]
 fn metrics_reflect_a_known_sequence_exactly() {
     let tp = test_plugins();

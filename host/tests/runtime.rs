@@ -1777,10 +1777,10 @@ sleep_ms = "1500"
 
 /// The `hookhost_dispatch_slots` gauge, if shown yet.
 fn dispatch_slots(s: &TestServer) -> Option<String> {
-    metrics_text(&s.url("/metrics"))
-        .lines()
-        .find_map(|l| l.strip_prefix("hookhost_dispatch_slots "))
-        .map(String::from)
+    metric(
+        &metrics_text(&s.url("/metrics")),
+        "hookhost_dispatch_slots ",
+    )
 }
 
 /// While webhook events queue for the store, deliveries run on
@@ -1788,13 +1788,14 @@ fn dispatch_slots(s: &TestServer) -> Option<String> {
 /// is short; every event is still delivered.
 #[test]
 fn deliveries_give_way_while_webhooks_queue_for_the_store() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
     let s = TestServer::start(
         "[dispatch]\nworkers = 6\nbusy_workers = 1\n[tenants.default]\nplugins = [\"recorder\"]\nrate_limit = { per_second = 0 }\n",
     );
     deploy_probe(&s, "recorder");
     assert!(wait_until(SETTLE, || dispatch_slots(&s).as_deref() == Some("6")));
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let posted = std::sync::atomic::AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let posted = AtomicUsize::new(0);
     let url = s.url("/webhook");
     let crowded = std::thread::scope(|scope| {
         // Forty-eight clients post back to back, each waiting for its
@@ -1803,10 +1804,10 @@ fn deliveries_give_way_while_webhooks_queue_for_the_store() {
             let (stop, posted, url) = (&stop, &posted, &url);
             scope.spawn(move || {
                 let mut i = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && i < 2000 {
+                while !stop.load(Relaxed) && i < 2000 {
                     let body = hola_event(&format!("c{t}-{i}"), &format!("{t}@c.us"));
                     assert_eq!(post(url, body.as_bytes(), None).status, 200);
-                    posted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    posted.fetch_add(1, Relaxed);
                     i += 1;
                 }
             });
@@ -1814,7 +1815,7 @@ fn deliveries_give_way_while_webhooks_queue_for_the_store() {
         let seen = wait_until(Duration::from_secs(30), || {
             dispatch_slots(&s).as_deref() == Some("1")
         });
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Relaxed);
         seen
     });
     assert!(
@@ -1827,7 +1828,7 @@ fn deliveries_give_way_while_webhooks_queue_for_the_store() {
         "slots after the flood: {:?}",
         dispatch_slots(&s)
     );
-    let n = posted.load(std::sync::atomic::Ordering::Relaxed);
+    let n = posted.load(Relaxed);
     let rows = wait_settled(&s.data_dir(), n, SETTLE);
     assert_eq!(rows.len(), n);
     assert!(

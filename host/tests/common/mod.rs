@@ -328,6 +328,14 @@ pub fn wait_loaded(url: &str, names: &[&str]) {
     panic!("{names:?} not loaded within 60 s:\n{}", gauges.join("\n"));
 }
 
+/// The value of the first line of metrics `text` that starts with
+/// `line_prefix` (a series' name and labels).
+pub fn metric(text: &str, line_prefix: &str) -> Option<String> {
+    text.lines()
+        .find(|l| l.starts_with(line_prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().to_string())
+}
+
 /// How many plugins the gauge at `url` shows loaded.
 pub fn loaded_count(url: &str) -> usize {
     metrics_text(url)
