@@ -138,6 +138,9 @@ pub struct ServerConfig {
     /// A client must send a request's headers within this time, and an idle
     /// keep-alive connection is closed after it (slow-loris senders).
     pub header_timeout_ms: u64,
+    /// Keep each request thread on a CPU of its own (`hookhost serve`,
+    /// when there is one thread per CPU; see `pinning`). Restart to change.
+    pub pin_request_threads: bool,
 }
 
 impl Default for ServerConfig {
@@ -151,6 +154,7 @@ impl Default for ServerConfig {
             max_inflight: 1024,
             max_connections: 4096,
             header_timeout_ms: 10_000,
+            pin_request_threads: true,
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod http;
 mod json_strict;
 pub mod live;
 pub mod metrics;
+mod pinning;
 mod priority;
 pub mod runtime;
 pub mod samples;

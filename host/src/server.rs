@@ -15,6 +15,32 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The runtime of `hookhost serve`'s request threads: one per CPU the
+/// process may use, named so that `top -H` tells them from the store's
+/// writer, the dispatcher and the delivery threads, and each kept on its
+/// own CPU unless `pin_request_threads` is off (see `pinning`).
+pub fn request_runtime(
+    server: &crate::config::ServerConfig,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(workers)
+        .thread_name("hookhost-http")
+        .enable_all();
+    if server.pin_request_threads {
+        if let Some(plan) = crate::pinning::Pinning::plan(workers) {
+            tracing::debug!(cpus = ?plan.cpus(), "request threads kept one per CPU");
+            let plan = Arc::new(plan);
+            let release = plan.clone();
+            builder
+                .on_thread_start(move || release.release_current())
+                .on_thread_park(move || plan.pin_current());
+        }
+    }
+    builder.build()
+}
+
 /// Runs the server until `shutdown` completes. `source` reads the
 /// configuration again for a reload (`SIGHUP`, `POST /admin/reload`);
 /// without one there is nothing to reload.

@@ -513,3 +513,112 @@ fn deliveries_and_dispatcher_run_at_idle_priority_unless_configured_at_nice() {
         }
     }
 }
+
+/// The CPUs a thread may run on, from `Cpus_allowed_list` (`0-1,4`).
+fn cpus_allowed(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// Each thread of a process by name, with the CPUs it may run on.
+fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|t| {
+            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
+            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+            Some((name.trim().to_string(), cpus_allowed(&status)))
+        })
+        .collect()
+}
+
+/// With one request thread per CPU (the default on a machine of two or
+/// more), each request thread keeps to a CPU of its own, a different one
+/// each; the store's writer, the dispatcher and the request runtime's
+/// blocking threads may run on every CPU. With `pin_request_threads =
+/// false` every thread may.
+#[cfg(target_os = "linux")]
+#[test]
+fn request_threads_keep_one_cpu_each_unless_configured_not_to() {
+    let all = cpus_allowed(&std::fs::read_to_string("/proc/self/status").unwrap());
+    if all.len() < 2 {
+        eprintln!("one CPU: no request thread is pinned");
+        return;
+    }
+    for pin in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let cfg = dir.path().join("hookhost.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                // Pinned by default: the key is left out.
+                "{}[tenants.default]\nrate_limit = {{ per_second = 0, burst = 0 }}\n",
+                if pin {
+                    ""
+                } else {
+                    "[server]\npin_request_threads = false\n"
+                }
+            ),
+        )
+        .unwrap();
+        let server = Proc::start(&cfg, &dir.path().join("data"), &plugins);
+        // Requests from several connections at once, so that every request
+        // thread has worked and paused.
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let url = server.url("/webhook");
+                s.spawn(move || {
+                    let body = hola_event(&format!("m{i}"), "c1@c.us");
+                    assert_eq!(post(&url, body.as_bytes(), None).status, 200);
+                });
+            }
+        });
+        let pinned = |threads: &[(String, Vec<usize>)]| -> Vec<usize> {
+            let mut p: Vec<usize> = threads
+                .iter()
+                .filter(|t| t.0 == "hookhost-http" && t.1.len() == 1)
+                .map(|t| t.1[0])
+                .collect();
+            p.sort();
+            p
+        };
+        let want = if pin { all.clone() } else { Vec::new() };
+        assert!(
+            wait_until(Duration::from_secs(10), || pinned(&thread_cpus(
+                server.child.id()
+            )) == want),
+            "{:?}",
+            thread_cpus(server.child.id())
+        );
+        // /metrics renders on a blocking thread, started from a request
+        // thread: it must not keep that thread's CPU.
+        assert_eq!(get(&server.url("/metrics")).status, 200);
+        let threads = thread_cpus(server.child.id());
+        let http = threads.iter().filter(|t| t.0 == "hookhost-http").count();
+        assert!(
+            http > all.len(),
+            "a blocking thread besides the workers: {threads:?}"
+        );
+        assert_eq!(pinned(&threads), want, "{threads:?}");
+        for (name, cpus) in &threads {
+            if name != "hookhost-http" || !pin {
+                assert_eq!(cpus, &all, "{name}: {threads:?}");
+            }
+        }
+        for name in ["store-writer", "dispatcher"] {
+            assert!(threads.iter().any(|t| t.0 == name), "{name}: {threads:?}");
+        }
+    }
+}

@@ -464,12 +464,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .config
                 .is_some()
                 .then(|| Box::new(move || args.load()) as crate::live::Source);
-            // Named so that `top -H` tells the request threads from the
-            // store's writer, the dispatcher and the delivery threads.
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .thread_name("hookhost-http")
-                .enable_all()
-                .build()?;
+            let rt = crate::server::request_runtime(&config.server)?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await

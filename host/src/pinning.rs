@@ -1,0 +1,155 @@
+//! The request threads, one per CPU, each kept on its own CPU
+//! (`[server] pin_request_threads`).
+//!
+//! Left to the scheduler, the request threads gather on the CPU that runs
+//! the load's network work while the other sits idle each time the store's
+//! writer waits for `fsync`: a thread that ran within the last half
+//! millisecond counts as cache-hot and is not moved to the idle CPU.
+//! Kept one per CPU, each CPU has a request thread to run when it frees up,
+//! and Tokio's work stealing still moves tasks between them.
+//!
+//! Threads inherit the CPUs of the thread that starts them, so every thread
+//! of the request runtime first takes the process's whole set back (the
+//! blocking pool's threads are started from request threads); a worker
+//! then keeps to its CPU from its first pause on (Tokio calls
+//! `on_thread_park` on its workers only).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+thread_local! {
+    static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The CPUs the process may run on, and which one the next worker takes.
+#[derive(Debug)]
+pub struct Pinning {
+    cpus: Vec<usize>,
+    next: AtomicUsize,
+}
+
+impl Pinning {
+    /// A plan for `workers` request threads, when they can go one per CPU:
+    /// the process may run on exactly that many CPUs, at least two. `None`
+    /// otherwise (one CPU, fewer workers than CPUs, or the CPUs unknown),
+    /// and the scheduler places them.
+    pub fn plan(workers: usize) -> Option<Pinning> {
+        let cpus = allowed_cpus()?;
+        (cpus.len() >= 2 && cpus.len() == workers).then(|| Pinning {
+            cpus,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn cpus(&self) -> &[usize] {
+        &self.cpus
+    }
+
+    /// For `on_thread_start`: the calling thread may run on every CPU of
+    /// the process again.
+    pub fn release_current(&self) {
+        set_current(&self.cpus);
+    }
+
+    /// For `on_thread_park`: the calling worker takes the next CPU, once.
+    pub fn pin_current(&self) {
+        PINNED.with(|p| {
+            if !p.get() {
+                p.set(true);
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                if let Some(cpu) = self.cpus.get(i) {
+                    set_current(&[*cpu]);
+                }
+            }
+        });
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: `set` is a plain bit set written by the kernel; pid 0 is the
+    // calling thread, and its size is passed.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        Some(
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn allowed_cpus() -> Option<Vec<usize>> {
+    None
+}
+
+#[cfg(target_os = "linux")]
+fn set_current(cpus: &[usize]) {
+    // SAFETY: as above; pid 0 changes only the calling thread's CPUs.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_current(_: &[usize]) {}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_take_one_cpu_each_and_other_threads_get_them_all_back() {
+        let all = allowed_cpus().unwrap();
+        if all.len() < 2 {
+            eprintln!("one CPU: nothing to pin");
+            assert!(Pinning::plan(1).is_none());
+            return;
+        }
+        assert!(Pinning::plan(all.len() + 1).is_none());
+        assert!(Pinning::plan(all.len() - 1).is_none());
+        let plan = std::sync::Arc::new(Pinning::plan(all.len()).unwrap());
+        assert_eq!(plan.cpus(), &all[..]);
+        let threads: Vec<_> = (0..all.len())
+            .map(|_| {
+                let plan = plan.clone();
+                std::thread::spawn(move || {
+                    plan.pin_current();
+                    plan.pin_current(); // a second pause keeps the first CPU
+                    let pinned = allowed_cpus().unwrap();
+                    // A thread started from a pinned one inherits its CPU
+                    // until it is released.
+                    let child = {
+                        let plan = plan.clone();
+                        std::thread::spawn(move || {
+                            let inherited = allowed_cpus().unwrap();
+                            plan.release_current();
+                            (inherited, allowed_cpus().unwrap())
+                        })
+                        .join()
+                        .unwrap()
+                    };
+                    (pinned, child)
+                })
+            })
+            .collect();
+        let mut taken = Vec::new();
+        for t in threads {
+            let (pinned, (inherited, released)) = t.join().unwrap();
+            assert_eq!(pinned.len(), 1, "{pinned:?}");
+            assert_eq!(inherited, pinned);
+            assert_eq!(released, all);
+            taken.push(pinned[0]);
+        }
+        taken.sort();
+        assert_eq!(taken, all, "each CPU taken once");
+        assert_eq!(allowed_cpus().unwrap(), all, "the test's thread untouched");
+    }
+}
