@@ -28,15 +28,20 @@ pub fn request_runtime(
         .worker_threads(workers)
         .thread_name("hookhost-http")
         .enable_all();
-    if server.pin_request_threads {
-        if let Some(plan) = crate::pinning::Pinning::plan(workers) {
-            tracing::debug!(cpus = ?plan.cpus(), "request threads kept one per CPU");
+    let plan = server
+        .pin_request_threads
+        .then(|| crate::pinning::Pinning::plan(workers))
+        .flatten();
+    match plan {
+        Some(plan) => {
+            tracing::info!(threads = workers, cpus = ?plan.cpus(), "request threads, one kept on each CPU");
             let plan = Arc::new(plan);
             let release = plan.clone();
             builder
                 .on_thread_start(move || release.release_current())
                 .on_thread_park(move || plan.pin_current());
         }
+        None => tracing::info!(threads = workers, "request threads, placed by the kernel"),
     }
     builder.build()
 }
