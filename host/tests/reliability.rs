@@ -431,28 +431,63 @@ fn remount(dir: &std::path::Path, options: &str) {
     assert!(ok, "mount -o {options} failed");
 }
 
-/// Each of a process's threads with its name, scheduling policy and nice
-/// value (from `/proc/PID/task/*/stat`).
+/// One thread of a process, from `/proc/PID/task/TID`.
 #[cfg(target_os = "linux")]
-fn threads(pid: u32) -> Vec<(String, i64, i64)> {
+#[derive(Debug)]
+struct Thread {
+    name: String,
+    /// Scheduling policy (`SCHED_*`).
+    policy: i64,
+    nice: i64,
+    /// The CPUs it may run on.
+    cpus: Vec<usize>,
+}
+
+/// Each of a process's threads (`/proc/PID/task/*/stat` and `status`); a
+/// thread that ended meanwhile is left out.
+#[cfg(target_os = "linux")]
+fn threads(pid: u32) -> Vec<Thread> {
     let mut out = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .flatten()
     {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+        let (Ok(stat), Ok(status)) = (
+            std::fs::read_to_string(t.path().join("stat")),
+            std::fs::read_to_string(t.path().join("status")),
+        ) else {
             continue;
         };
         // `pid (comm) state ...`: the fields after the name, from the 3rd.
         let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
             continue;
         };
-        let name = stat[open + 1..close].to_string();
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
         let field = |n: usize| fields[n - 3].parse::<i64>().unwrap();
-        out.push((name, field(41), field(19)));
+        out.push(Thread {
+            name: stat[open + 1..close].to_string(),
+            policy: field(41),
+            nice: field(19),
+            cpus: cpus_allowed(&status),
+        });
     }
     out
+}
+
+/// The CPUs a thread may run on, from `Cpus_allowed_list` (`0-1,4`).
+#[cfg(target_os = "linux")]
+fn cpus_allowed(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    cpus
 }
 
 /// Deliveries run at the idle scheduling policy by default, so a request
@@ -486,60 +521,34 @@ fn deliveries_and_dispatcher_run_at_idle_priority_unless_configured_at_nice() {
             "not delivered"
         );
         let all = threads(server.child.id());
-        let delivering: Vec<_> = all.iter().filter(|t| t.0 == "hookhost-delive").collect();
-        let http: Vec<_> = all.iter().filter(|t| t.0 == "hookhost-http").collect();
-        let dispatcher: Vec<_> = all.iter().filter(|t| t.0 == "dispatcher").collect();
+        let delivering: Vec<_> = all.iter().filter(|t| t.name == "hookhost-delive").collect();
+        let http: Vec<_> = all.iter().filter(|t| t.name == "hookhost-http").collect();
+        let dispatcher: Vec<_> = all.iter().filter(|t| t.name == "dispatcher").collect();
         assert!(!http.is_empty(), "{all:?}");
         assert_eq!(dispatcher.len(), 1, "{all:?}");
         assert!(
-            http.iter().all(|t| t.1 == SCHED_OTHER && t.2 == 0),
+            http.iter().all(|t| t.policy == SCHED_OTHER && t.nice == 0),
             "{all:?}"
         );
         if idle {
-            assert!(delivering.iter().any(|t| t.1 == SCHED_IDLE), "{all:?}");
+            assert!(delivering.iter().any(|t| t.policy == SCHED_IDLE), "{all:?}");
             // Fan-out and scheduling wait for a pause in ingest too.
-            assert_eq!(dispatcher[0].1, SCHED_IDLE, "{all:?}");
+            assert_eq!(dispatcher[0].policy, SCHED_IDLE, "{all:?}");
         } else {
             assert_eq!(
-                (dispatcher[0].1, dispatcher[0].2),
+                (dispatcher[0].policy, dispatcher[0].nice),
                 (SCHED_OTHER, 0),
                 "{all:?}"
             );
             assert!(
-                delivering.iter().any(|t| t.1 == SCHED_OTHER && t.2 == 7),
+                delivering
+                    .iter()
+                    .any(|t| t.policy == SCHED_OTHER && t.nice == 7),
                 "{all:?}"
             );
-            assert!(delivering.iter().all(|t| t.1 != SCHED_IDLE), "{all:?}");
+            assert!(delivering.iter().all(|t| t.policy != SCHED_IDLE), "{all:?}");
         }
     }
-}
-
-/// The CPUs a thread may run on, from `Cpus_allowed_list` (`0-1,4`).
-fn cpus_allowed(status: &str) -> Vec<usize> {
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim();
-    let mut cpus = Vec::new();
-    for part in list.split(',') {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        cpus.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
-    }
-    cpus
-}
-
-/// Each thread of a process by name, with the CPUs it may run on.
-fn thread_cpus(pid: u32) -> Vec<(String, Vec<usize>)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter_map(|t| {
-            let name = std::fs::read_to_string(t.path().join("comm")).ok()?;
-            let status = std::fs::read_to_string(t.path().join("status")).ok()?;
-            Some((name.trim().to_string(), cpus_allowed(&status)))
-        })
-        .collect()
 }
 
 /// With one request thread per CPU (the default on a machine of two or
@@ -587,40 +596,43 @@ fn request_threads_keep_one_cpu_each_unless_configured_not_to() {
                 });
             }
         });
-        let pinned = |threads: &[(String, Vec<usize>)]| -> Vec<usize> {
+        let pinned = |threads: &[Thread]| -> Vec<usize> {
             let mut p: Vec<usize> = threads
                 .iter()
-                .filter(|t| t.0 == "hookhost-http" && t.1.len() == 1)
-                .map(|t| t.1[0])
+                .filter(|t| t.name == "hookhost-http" && t.cpus.len() == 1)
+                .map(|t| t.cpus[0])
                 .collect();
             p.sort();
             p
         };
         let want = if pin { all.clone() } else { Vec::new() };
         assert!(
-            wait_until(Duration::from_secs(10), || pinned(&thread_cpus(
+            wait_until(Duration::from_secs(10), || pinned(&threads(
                 server.child.id()
             )) == want),
             "{:?}",
-            thread_cpus(server.child.id())
+            threads(server.child.id())
         );
         // /metrics renders on a blocking thread, started from a request
         // thread: it must not keep that thread's CPU.
         assert_eq!(get(&server.url("/metrics")).status, 200);
-        let threads = thread_cpus(server.child.id());
-        let http = threads.iter().filter(|t| t.0 == "hookhost-http").count();
+        let threads = threads(server.child.id());
+        let http = threads.iter().filter(|t| t.name == "hookhost-http").count();
         assert!(
             http > all.len(),
             "a blocking thread besides the workers: {threads:?}"
         );
         assert_eq!(pinned(&threads), want, "{threads:?}");
-        for (name, cpus) in &threads {
-            if name != "hookhost-http" || !pin {
-                assert_eq!(cpus, &all, "{name}: {threads:?}");
+        for t in &threads {
+            if t.name != "hookhost-http" || !pin {
+                assert_eq!(t.cpus, all, "{}: {threads:?}", t.name);
             }
         }
         for name in ["store-writer", "dispatcher"] {
-            assert!(threads.iter().any(|t| t.0 == name), "{name}: {threads:?}");
+            assert!(
+                threads.iter().any(|t| t.name == name),
+                "{name}: {threads:?}"
+            );
         }
     }
 }
