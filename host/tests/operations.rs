@@ -1192,6 +1192,66 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
     );
 }
 
+/// `hookhost events list | head -1`: once the reader has gone, the command
+/// ends quietly (status 0, nothing on standard error) instead of panicking
+/// over the broken pipe, and a standard output that cannot be written for
+/// another reason is a one-line error.
+#[test]
+fn a_command_whose_reader_has_gone_ends_quietly() {
+    use std::io::BufRead;
+    let s = TestServer::start("[tenants.default]");
+    assert_eq!(
+        post(&s.url("/webhook"), samples::TEST_WEBHOOK.as_bytes(), None).status,
+        200
+    );
+    {
+        let mut c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
+        let tx = c.transaction().unwrap();
+        // Well over a pipe's 64 KiB of table: the command is still writing
+        // when the reader goes, whenever that is.
+        for i in 0..3_000 {
+            tx.execute(
+                "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
+                 VALUES ('default', ?1, 'test_webhook', '', X'7b7d', 0)",
+                [format!("bulk:{i}")],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let data = s.data_dir();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["events", "list", "--limit", "5000", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("SEQ"), "{first}");
+    // The reader is dropped here, as `head` exits.
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+    // A full disk is said, not panicked over.
+    let full = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
+        .args(["events", "list", "--data-dir"])
+        .arg(&data)
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&full.stderr);
+    assert_eq!(full.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error: cannot write to standard output") && !err.contains("panicked"),
+        "{err}"
+    );
+}
+
 /// `hookhost events list --follow`: the events asked for, then each new
 /// one as it is stored, through the server and from the data directory.
 #[test]

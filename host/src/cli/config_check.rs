@@ -2,6 +2,7 @@
 //! reload) would — syntax, unknown keys, names, `env:` variables — and says
 //! what each tenant gets and what looks unintended, before it is deployed.
 
+use super::out::outln;
 use crate::config::{Config, Grant};
 use crate::live::{warnings, Warning};
 use std::collections::BTreeSet;
@@ -39,7 +40,7 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
             }
         }
     }
-    println!(
+    outln!(
         "{}: valid ({} tenant{})",
         file.display(),
         tenants.len(),
@@ -51,7 +52,7 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
         } else {
             t.config.plugins.join(", ")
         };
-        println!(
+        outln!(
             "tenant {}: {} secret{}, plugins {plugins}, gateway account {}",
             t.name,
             t.secrets.len(),
@@ -66,24 +67,24 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
                 .iter()
                 .map(|g| g.as_str())
                 .collect();
-            println!("  plugin {name}: grants {}", grants.join(", "));
+            outln!("  plugin {name}: grants {}", grants.join(", "));
         }
     }
     for w in &found {
         match &w.plugin {
-            Some(p) => println!("warning: tenant {}, plugin {p}: {}", w.tenant, w.message),
-            None => println!("warning: tenant {}: {}", w.tenant, w.message),
+            Some(p) => outln!("warning: tenant {}, plugin {p}: {}", w.tenant, w.message),
+            None => outln!("warning: tenant {}: {}", w.tenant, w.message),
         }
     }
     for (file, reason) in listing.iter().flat_map(|l| &l.ignored) {
-        println!("warning: plugins folder: {file} ignored: {reason}");
+        outln!("warning: plugins folder: {file} ignored: {reason}");
     }
     for (name, path) in listing.iter().flat_map(|l| &l.sidecars) {
         match crate::runtime::registry::Sidecar::read(path) {
-            Err(e) => println!("warning: plugins folder: {name}.toml refused: {e}"),
+            Err(e) => outln!("warning: plugins folder: {name}.toml refused: {e}"),
             Ok(sidecar) => {
                 for t in crate::runtime::registry::unknown_tenants(&sidecar, &tenants) {
-                    println!(
+                    outln!(
                         "warning: plugins folder: {name}.toml names tenant `{t}`, which this file \
                          does not have: the plugin does not run for it"
                     );
@@ -92,7 +93,7 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
         }
     }
     if present.is_none() {
-        println!(
+        outln!(
             "note: no plugins folder at {}: plugin names not checked",
             dir.display()
         );

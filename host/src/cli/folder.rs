@@ -1,6 +1,7 @@
 //! `hookhost plugins`: the running server's view of its plugins, or the
 //! files of a plugins folder checked without compiling them.
 
+use super::out::outln;
 use super::remote::remote;
 use super::Target;
 use anyhow::Context;
@@ -132,13 +133,13 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
         rows
     };
     if rows.is_empty() && !json {
-        println!("no plugins");
+        outln!("no plugins");
     }
     for r in &rows {
         if json {
-            println!("{r}");
+            outln!("{r}");
         } else if r["status"] == "ignored" {
-            println!(
+            outln!(
                 "{:<16} ignored: {}",
                 r["file"].as_str().unwrap_or(""),
                 r["reason"].as_str().unwrap_or("")
@@ -176,7 +177,7 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                 ),
                 None => String::new(),
             };
-            println!(
+            outln!(
                 "{:<16} {:<10} {:>10} bytes  {}{sidecar}{tenants}  {}",
                 r["name"].as_str().unwrap_or(""),
                 status,
@@ -187,7 +188,7 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
         }
     }
     if !json && t.url.is_none() && rows.iter().any(|r| r["status"] == OFFLINE) {
-        println!("(files, not loaded: --url URL --token T for a running server's view)");
+        outln!("(files, not loaded: --url URL --token T for a running server's view)");
     }
     Ok(0)
 }

@@ -1,12 +1,12 @@
 //! `hookhost kv`: the plugins' key-value data, through a running server's
 //! admin API (`--url`) or the data directory.
 
+use super::out::outln;
 use super::remote::{remote, remote_bytes};
 use super::Target;
 use crate::store::{self, KvEntry, KvSelection, KvUsage};
 use anyhow::Context;
 use serde_json::{json, Value};
-use std::io::Write;
 
 fn rows<T: serde::de::DeserializeOwned>(v: &Value, field: &str) -> anyhow::Result<Vec<T>> {
     serde_json::from_value(v[field].clone())
@@ -28,7 +28,7 @@ fn seg(s: &str) -> String {
 fn print_json<T: serde::Serialize>(rows: &[T], json: bool) -> anyhow::Result<bool> {
     if json {
         for r in rows {
-            println!("{}", serde_json::to_string(r)?);
+            outln!("{}", serde_json::to_string(r)?);
         }
     }
     Ok(json)
@@ -48,16 +48,22 @@ pub fn usage(t: &Target, tenant: Option<&str>, json: bool) -> anyhow::Result<i32
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("no key-value data");
+        outln!("no key-value data");
     } else {
-        println!(
+        outln!(
             "{:<12}  {:<16}  {:>8}  {:>12}",
-            "TENANT", "PLUGIN", "KEYS", "BYTES"
+            "TENANT",
+            "PLUGIN",
+            "KEYS",
+            "BYTES"
         );
         for r in &rows {
-            println!(
+            outln!(
                 "{:<12}  {:<16}  {:>8}  {:>12}",
-                r.tenant, r.plugin, r.keys, r.bytes
+                r.tenant,
+                r.plugin,
+                r.keys,
+                r.bytes
             );
         }
     }
@@ -88,14 +94,14 @@ pub fn list(
         return Ok(0);
     }
     if rows.is_empty() {
-        println!("no keys");
+        outln!("no keys");
     } else {
-        println!("{:>8}  KEY", "BYTES");
+        outln!("{:>8}  KEY", "BYTES");
         for r in &rows {
-            println!("{:>8}  {}", r.bytes, r.key);
+            outln!("{:>8}  {}", r.bytes, r.key);
         }
         if rows.len() as u64 == limit {
-            println!("(the first {limit} keys: --limit or --prefix for the others)");
+            outln!("(the first {limit} keys: --limit or --prefix for the others)");
         }
     }
     Ok(0)
@@ -117,9 +123,7 @@ pub fn get(t: &Target, tenant: &str, plugin: &str, key: &str) -> anyhow::Result<
     };
     match value {
         Some(v) => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&v)?;
-            out.flush()?;
+            super::out::bytes(&v);
             Ok(0)
         }
         None => {
@@ -146,7 +150,7 @@ pub fn delete(t: &Target, tenant: &str, plugin: &str, which: KvSelection) -> any
         tx.commit()?;
         n
     };
-    println!(
+    outln!(
         "deleted {deleted} key{} of plugin `{plugin}` for tenant `{tenant}`",
         if deleted == 1 { "" } else { "s" }
     );

@@ -6,6 +6,7 @@ mod config_check;
 mod folder;
 mod kv;
 mod operate;
+mod out;
 mod plugin;
 mod remote;
 mod replay;
@@ -14,6 +15,7 @@ use crate::config::Config;
 use crate::store;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand, ValueEnum};
+use out::outln;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -489,7 +491,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Send(args) => send(args),
         Command::Sign { secret, file } => {
             let body = read_input(file.as_ref())?;
-            println!("{}", crate::signature::sign(secret.as_bytes(), &body));
+            outln!("{}", crate::signature::sign(secret.as_bytes(), &body));
             Ok(0)
         }
         Command::Events { command } => match command {
@@ -736,7 +738,7 @@ fn send(a: SendArgs) -> anyhow::Result<i32> {
         let mut resp = req.send(&body[..]).with_context(|| format!("POST {url}"))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        println!("{name}: {status} {text}");
+        outln!("{name}: {status} {text}");
         failed |= !(200..300).contains(&status);
     }
     Ok(if failed { 1 } else { 0 })

@@ -2,6 +2,7 @@
 //! backups, against a running server's admin API (`--url`) or the data
 //! directory (SQLite serialises them with a running server).
 
+use super::out::outln;
 use super::remote::{remote, Refused};
 use super::{fmt_ms, Target};
 use crate::store::{self, DeliveryRow, EventRow};
@@ -10,27 +11,30 @@ use serde_json::Value;
 use std::path::Path;
 
 fn events_header() {
-    println!(
+    outln!(
         "{:>6}  {:<24}  {:<10}  {:<18}  KEY",
-        "SEQ", "RECEIVED", "TENANT", "TYPE"
+        "SEQ",
+        "RECEIVED",
+        "TENANT",
+        "TYPE"
     );
 }
 
 /// Prints rows of events; `header` false when following (printed once).
 fn print_events(rows: &[Value], json: bool, header: bool) {
     if json {
-        rows.iter().for_each(|r| println!("{r}"));
+        rows.iter().for_each(|r| outln!("{r}"));
         return;
     }
     if header {
         if rows.is_empty() {
-            println!("no events");
+            outln!("no events");
             return;
         }
         events_header();
     }
     for r in rows {
-        println!(
+        outln!(
             "{:>6}  {:<24}  {:<10}  {:<18}  {}",
             r["seq"].to_string(),
             fmt_ms(r["received_at"].as_i64().unwrap_or(0)),
@@ -43,11 +47,11 @@ fn print_events(rows: &[Value], json: bool, header: bool) {
 
 fn print_deliveries(rows: &[Value], json: bool, dead: bool) {
     if json {
-        rows.iter().for_each(|r| println!("{r}"));
+        rows.iter().for_each(|r| outln!("{r}"));
         return;
     }
     if rows.is_empty() {
-        println!(
+        outln!(
             "{}",
             if dead {
                 "no dead letters"
@@ -57,12 +61,17 @@ fn print_deliveries(rows: &[Value], json: bool, dead: bool) {
         );
         return;
     }
-    println!(
+    outln!(
         "{:>6}  {:<14}  {:<10}  {:<9}  {:>8}  {:<24}  LAST ERROR",
-        "SEQ", "PLUGIN", "TENANT", "STATE", "ATTEMPTS", "UPDATED"
+        "SEQ",
+        "PLUGIN",
+        "TENANT",
+        "STATE",
+        "ATTEMPTS",
+        "UPDATED"
     );
     for r in rows {
-        println!(
+        outln!(
             "{:>6}  {:<14}  {:<10}  {:<9}  {:>8}  {:<24}  {}",
             r["event_seq"].to_string(),
             r["plugin"].as_str().unwrap_or(""),
@@ -198,7 +207,7 @@ pub fn event_show(t: &Target, seq: i64) -> anyhow::Result<i32> {
         let body: Value = serde_json::from_slice(&ev.body).unwrap_or(Value::Null);
         serde_json::json!({ "event": ev, "body": body, "deliveries": dels })
     };
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    outln!("{}", serde_json::to_string_pretty(&v)?);
     Ok(0)
 }
 
@@ -290,7 +299,7 @@ fn settle_all(
         store::DeadLetter::Retry => " (queued again)",
         store::DeadLetter::Discard => "",
     };
-    println!("{done} {n} {letters}{queued}");
+    outln!("{done} {n} {letters}{queued}");
     Ok(0)
 }
 
@@ -316,7 +325,7 @@ fn settle_dead(
         let c = store::open_for_update(&t.data_dir)?;
         store::settle_dead(&c, seq, plugin, action)?;
     }
-    println!("{done}: event {seq} → {plugin}");
+    outln!("{done}: event {seq} → {plugin}");
     Ok(0)
 }
 
@@ -333,7 +342,7 @@ pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
         }
     })?;
     if json {
-        println!("{v}");
+        outln!("{v}");
         return Ok(0);
     }
     let names = |key: &str| -> Vec<String> {
@@ -370,9 +379,9 @@ pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
     if lines.is_empty() {
         lines.push("nothing that applies while running changed".into());
     }
-    println!("reloaded: {}", lines.join("; "));
+    outln!("reloaded: {}", lines.join("; "));
     for what in names("restart_needed") {
-        println!("needs a restart: {what}");
+        outln!("needs a restart: {what}");
     }
     Ok(0)
 }
@@ -380,9 +389,9 @@ pub fn reload(t: &Target, json: bool) -> anyhow::Result<i32> {
 pub fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<i32> {
     let copied = store::backup(data_dir, to)?;
     for (file, bytes) in &copied {
-        println!("{} ({bytes} bytes)", file.display());
+        outln!("{} ({bytes} bytes)", file.display());
     }
-    println!(
+    outln!(
         "backed up {} database(s) into {}",
         copied.len(),
         to.display()
@@ -399,12 +408,12 @@ pub fn events_prune(t: &Target, age: std::time::Duration) -> anyhow::Result<i32>
     };
     let events = if n == 1 { "event" } else { "events" };
     if uncounted {
-        println!(
+        outln!(
             "pruned at least {n} {events} (a part timed out and was asked for again; \
              hookhost_events_pruned_total counts them all)"
         );
     } else {
-        println!("pruned {n} {events}");
+        outln!("pruned {n} {events}");
     }
     Ok(0)
 }

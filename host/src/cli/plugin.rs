@@ -2,6 +2,7 @@
 //! same engine settings as the server and a compile cache in the user's
 //! cache folder, so a large component compiles once.
 
+use super::out::outln;
 use crate::capabilities::{Action, Capabilities};
 use crate::config::{Config, Grant, Limits, StoreConfig, DEFAULT_TENANT};
 use crate::runtime::registry::{policy_for, Policy, Sidecar};
@@ -90,7 +91,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<i32> {
         Some(k) => k.iter().map(|k| convert::kind_name(*k)).collect(),
     });
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "file": file.display().to_string(),
@@ -104,7 +105,7 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<i32> {
             })
         );
     } else {
-        println!(
+        outln!(
             "{}: {} bytes, sha256 {}",
             file.display(),
             bytes.len(),
@@ -115,18 +116,18 @@ pub fn check(file: &Path, json: bool) -> anyhow::Result<i32> {
             .flat_map(|(i, e)| [("imports", i), ("exports", e)])
         {
             if list.is_empty() {
-                println!("{title}: none");
+                outln!("{title}: none");
             }
             for (n, name) in list.iter().enumerate() {
                 if n == 0 {
-                    println!("{title}:");
+                    outln!("{title}:");
                 }
-                println!("  {name}");
+                outln!("  {name}");
             }
         }
         match &result {
-            Ok(_) => println!("subscriptions: {}", subs.unwrap_or_default().join(", ")),
-            Err(e) => println!("error: {e}"),
+            Ok(_) => outln!("subscriptions: {}", subs.unwrap_or_default().join(", ")),
+            Err(e) => outln!("error: {e}"),
         }
     }
     Ok(if result.is_ok() { 0 } else { 1 })
@@ -360,7 +361,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
         .unwrap_or_default();
     let server_refuses = server_grants.as_ref().map(|g| refused_by(g, &actions));
     if a.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "plugin": p.name,
@@ -383,7 +384,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             })
         );
     } else {
-        println!(
+        outln!(
             "plugin: {} ({} bytes, sha256 {}), {} in {} ms",
             p.name,
             bytes.len(),
@@ -395,8 +396,8 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             },
             compile.as_millis()
         );
-        println!("event: {} ({})", parsed.event.event_type(), parsed.key);
-        println!(
+        outln!("event: {} ({})", parsed.event.event_type(), parsed.key);
+        outln!(
             "grants: {}   limits: fuel {}, memory {} MB, {} ms",
             grants
                 .iter()
@@ -407,9 +408,9 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             limits.memory_mb,
             limits.timeout_ms
         );
-        println!("result: {result}");
+        outln!("result: {result}");
         if let Some(r) = &report {
-            println!(
+            outln!(
                 "fuel: {}   time: instantiate {} µs, total {} µs",
                 r.fuel_used,
                 r.instantiate.as_micros(),
@@ -417,7 +418,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             );
         }
         if !actions.is_empty() {
-            println!("actions:");
+            outln!("actions:");
         }
         for act in &actions {
             match act {
@@ -427,16 +428,16 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                     fields,
                 } => {
                     let f: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-                    println!("  log {level}: {message} {}", f.join(" "));
+                    outln!("  log {level}: {message} {}", f.join(" "));
                 }
-                Action::KvSet { key, bytes } => println!("  kv set {key} ({bytes} bytes)"),
-                Action::KvDelete { key } => println!("  kv delete {key}"),
-                Action::Config { key: Some(key) } => println!("  config get {key}"),
-                Action::Config { key: None } => println!("  config get-json"),
+                Action::KvSet { key, bytes } => outln!("  kv set {key} ({bytes} bytes)"),
+                Action::KvDelete { key } => outln!("  kv delete {key}"),
+                Action::Config { key: Some(key) } => outln!("  config get {key}"),
+                Action::Config { key: None } => outln!("  config get-json"),
                 Action::Denied { capability } => {
-                    println!("  denied: {} (not granted)", capability.as_str())
+                    outln!("  denied: {} (not granted)", capability.as_str())
                 }
-                Action::Sql { statement } => println!(
+                Action::Sql { statement } => outln!(
                     "  sql: {}",
                     statement.split_whitespace().collect::<Vec<_>>().join(" ")
                 ),
@@ -445,8 +446,8 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                     text,
                     quoted_message_id,
                 } => match quoted_message_id {
-                    Some(q) => println!("  would send to {to} (quoting {q}): {text:?}"),
-                    None => println!("  would send to {to}: {text:?}"),
+                    Some(q) => outln!("  would send to {to} (quoting {q}): {text:?}"),
+                    None => outln!("  would send to {to}: {text:?}"),
                 },
             }
         }
@@ -455,7 +456,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
             .map(|r| r.output.trim())
             .filter(|o| !o.is_empty())
         {
-            println!("stdout/stderr:\n{out}");
+            outln!("stdout/stderr:\n{out}");
         }
         if let (Some(granted), Some(refused)) = (&server_grants, &server_refuses) {
             if !refused.is_empty() {
@@ -465,7 +466,7 @@ pub fn test(a: TestArgs) -> anyhow::Result<i32> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
-                println!(
+                outln!(
                     "note: a server grants this plugin {} (its sidecar's `grants`, or the defaults) \
                      and would refuse {}: add {} to the sidecar's `grants` or to the tenant's \
                      [tenants.T.plugin.{}] table (--config FILE runs with a server's grants)",

@@ -1,6 +1,7 @@
 //! `hookhost replay`: one event, or a range of them, through their plugins
 //! again.
 
+use super::out::outln;
 use super::remote::remote;
 use super::Target;
 use crate::store;
@@ -31,7 +32,7 @@ pub fn replay(t: &Target, seq: i64, plugin: Option<String>, resend: bool) -> any
         };
         store::replay(&c, seq, &plugins, resend)?
     };
-    println!(
+    outln!(
         "queued: event {seq} → {}{}",
         plugins.join(", "),
         if resend { " (resend)" } else { "" }
@@ -115,7 +116,7 @@ pub fn replay_range(t: &Target, r: &Range, resend: bool) -> anyhow::Result<i32> 
             after = last;
         }
     }
-    println!(
+    outln!(
         "queued {} deliver{} for {} event{}{}{}",
         done.deliveries,
         if done.deliveries == 1 { "y" } else { "ies" },
