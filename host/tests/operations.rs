@@ -2112,8 +2112,10 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
     let expected = [
         format!("{}: valid (2 tenants)", cfg.display()),
         "tenant a: 1 secret, plugins logger, loger, gateway account no".into(),
+        "  runs logger; named by their sidecar: extra".into(),
         "  plugin logger: grants log, messaging".into(),
         "tenant b: 0 secrets, plugins none named, gateway account no".into(),
+        "  runs no plugin".into(),
         "warning: tenant a, plugin logger: settings are given but `config` is not in the plugin's grants: it reads none of them".into(),
         "warning: tenant a, plugin logger: plugin may send messages but the tenant has no gateway account ([tenants.T.whapi] token and instance_id): its sends will be refused".into(),
         "warning: tenant b: tenant has no secret: unsigned events are accepted".into(),
@@ -2124,6 +2126,22 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
         "warning: plugins folder: logger.toml refused: line 2, column 1: unknown field `fuel`, expected one of `tenants`, `grants`, `limits`, `settings`".into(),
     ];
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+    // A plugin no tenant names runs for the default tenant, and says so.
+    let with_default = dir.path().join("default.toml");
+    std::fs::write(&with_default, "[tenants.default]\nplugins = [\"extra\"]\n").unwrap();
+    let out = cli(&[
+        "config",
+        "check",
+        "-c",
+        with_default.to_str().unwrap(),
+        "--plugins-dir",
+        p,
+    ]);
+    assert!(
+        out.lines()
+            .any(|l| l == "  runs extra; named by no tenant: logger"),
+        "{out}"
+    );
 
     // What `serve` would refuse, with the reason and exit code 1.
     for (text, why) in [

@@ -5,7 +5,8 @@
 use super::out::outln;
 use crate::config::{Config, Grant};
 use crate::live::{warnings, Warning};
-use std::collections::BTreeSet;
+use crate::runtime::registry::{assigned_to, unknown_tenants, Sidecar};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
@@ -40,6 +41,53 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
             }
         }
     }
+    let sidecars: BTreeMap<&String, _> = listing
+        .iter()
+        .flat_map(|l| &l.sidecars)
+        .map(|(name, path)| (name, Sidecar::read(path)))
+        .collect();
+    // What runs for whom, as a server starting on this folder would have it
+    // (a refused sidecar is not in force): the plugins the tenant names, in
+    // its order; those whose sidecar names it; those nobody assigns, which
+    // fall to the default tenant.
+    let runs = |tenant: &str| -> Option<String> {
+        let l = listing.as_ref()?;
+        let t = &tenants[tenant];
+        let (mut named, mut by_sidecar, mut unassigned) = (Vec::new(), Vec::new(), Vec::new());
+        for plugin in l.plugins.keys() {
+            let sidecar = sidecars.get(plugin).and_then(|s| s.as_ref().ok());
+            let sidecar_tenants = sidecar.and_then(|s| s.tenants.as_deref());
+            if !assigned_to(&tenants, plugin, sidecar_tenants)
+                .iter()
+                .any(|n| n == tenant)
+            {
+                continue;
+            }
+            if t.config.named_plugins().contains(plugin) {
+                named.push(plugin.as_str());
+            } else if sidecar_tenants.is_some() {
+                by_sidecar.push(plugin.as_str());
+            } else {
+                unassigned.push(plugin.as_str());
+            }
+        }
+        named.sort_by_key(|p| t.config.plugins.iter().position(|n| n == p));
+        let mut parts = Vec::new();
+        if !named.is_empty() {
+            parts.push(named.join(", "));
+        }
+        if !by_sidecar.is_empty() {
+            parts.push(format!("named by their sidecar: {}", by_sidecar.join(", ")));
+        }
+        if !unassigned.is_empty() {
+            parts.push(format!("named by no tenant: {}", unassigned.join(", ")));
+        }
+        Some(if parts.is_empty() {
+            "no plugin".into()
+        } else {
+            parts.join("; ")
+        })
+    };
     outln!(
         "{}: valid ({} tenant{})",
         file.display(),
@@ -59,6 +107,9 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
             if t.secrets.len() == 1 { "" } else { "s" },
             if t.whapi.is_some() { "yes" } else { "no" },
         );
+        if let Some(r) = runs(&t.name) {
+            outln!("  runs {r}");
+        }
         for (name, p) in &t.config.plugin {
             let grants: Vec<&str> = p
                 .grants
@@ -79,11 +130,11 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
     for (file, reason) in listing.iter().flat_map(|l| &l.ignored) {
         outln!("warning: plugins folder: {file} ignored: {reason}");
     }
-    for (name, path) in listing.iter().flat_map(|l| &l.sidecars) {
-        match crate::runtime::registry::Sidecar::read(path) {
+    for (name, sidecar) in &sidecars {
+        match sidecar {
             Err(e) => outln!("warning: plugins folder: {name}.toml refused: {e}"),
             Ok(sidecar) => {
-                for t in crate::runtime::registry::unknown_tenants(&sidecar, &tenants) {
+                for t in unknown_tenants(sidecar, &tenants) {
                     outln!(
                         "warning: plugins folder: {name}.toml names tenant `{t}`, which this file \
                          does not have: the plugin does not run for it"

@@ -945,6 +945,17 @@ impl Registry {
 /// The tenants `plugin` runs for: those that name it, those its sidecar
 /// names, or else the default tenant.
 fn assigned(st: &State, tenants: &Tenants, plugin: &str) -> Vec<String> {
+    let sidecar_tenants = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref());
+    assigned_to(tenants, plugin, sidecar_tenants.map(Vec::as_slice))
+}
+
+/// The tenants that run `plugin`, given the `tenants` of its sidecar in
+/// force (`None`: no sidecar, or one that does not say).
+pub fn assigned_to(
+    tenants: &Tenants,
+    plugin: &str,
+    sidecar_tenants: Option<&[String]>,
+) -> Vec<String> {
     let mut out: Vec<String> = tenants
         .values()
         .filter(|t| {
@@ -952,7 +963,6 @@ fn assigned(st: &State, tenants: &Tenants, plugin: &str) -> Vec<String> {
         })
         .map(|t| t.name.clone())
         .collect();
-    let sidecar_tenants = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref());
     if let Some(ts) = sidecar_tenants {
         for t in ts {
             if tenants.contains_key(t) && !out.contains(t) {
