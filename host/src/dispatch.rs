@@ -15,6 +15,7 @@ use crate::bindings::types as wit;
 use crate::config::DispatchConfig;
 use crate::live::Live;
 use crate::metrics::Metrics;
+use crate::repeated::Repeated;
 use crate::runtime::{self, convert, Registry};
 use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
 use rand::Rng;
@@ -106,6 +107,12 @@ struct Inner {
     stopping: Arc<AtomicBool>,
     /// The slots the last pass planned with (see [`slots`]).
     slots: AtomicUsize,
+    /// Store failures (a full disk) in the loop's steps, each logged when
+    /// it starts and ends rather than at every pass.
+    fan_out_trouble: Repeated,
+    schedule_trouble: Repeated,
+    record_trouble: Repeated,
+    count_trouble: Repeated,
 }
 
 /// A (tenant, plugin) queue of deliveries.
@@ -180,6 +187,10 @@ impl Dispatcher {
             pace: runs::Pace::default(),
             stopping: Arc::new(AtomicBool::new(false)),
             slots: AtomicUsize::new(0),
+            fan_out_trouble: Repeated::new("fan-out"),
+            schedule_trouble: Repeated::new("scheduling deliveries"),
+            record_trouble: Repeated::new("recording delivery outcomes"),
+            count_trouble: Repeated::new("counting pending deliveries"),
         });
         let stopping = inner.stopping.clone();
         let stop = Arc::new(Notify::new());
@@ -347,17 +358,23 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         let mut hurry = false;
         if inner.registry.initial_load_done() {
             let advanced = match fan_out(&inner, &mut cursor, stuck).await {
-                Ok(n) => n,
+                Ok(n) => {
+                    inner.fan_out_trouble.succeeded();
+                    n
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "fan-out failed; will retry");
+                    inner.fan_out_trouble.failed(&e);
                     0
                 }
             };
             let was_stuck = stuck;
             stuck = match schedule(&inner, &mut tasks).await {
-                Ok(stuck) => stuck,
+                Ok(stuck) => {
+                    inner.schedule_trouble.succeeded();
+                    stuck
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "scheduling failed; will retry");
+                    inner.schedule_trouble.failed(&e);
                     false
                 }
             };
@@ -402,8 +419,11 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
 /// Sets `pending` from the ledger.
 fn count_pending(inner: &Inner) {
     match inner.store.pending_count() {
-        Ok(n) => inner.pending.store(n, Ordering::Relaxed),
-        Err(e) => tracing::warn!(error = %e, "could not count pending deliveries"),
+        Ok(n) => {
+            inner.count_trouble.succeeded();
+            inner.pending.store(n, Ordering::Relaxed)
+        }
+        Err(e) => inner.count_trouble.failed(&e),
     }
 }
 
@@ -794,6 +814,7 @@ async fn finish_run(
     for i in 0..50u32 {
         match inner.store.finish_all(outcomes.clone()).await {
             Ok(()) => {
+                inner.record_trouble.succeeded();
                 if let Some(at) = retry_at {
                     inner.retry_hint.fetch_min(at, Ordering::SeqCst);
                 }
@@ -801,7 +822,8 @@ async fn finish_run(
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %e, seq = run[0].event_seq, plugin = %run[0].plugin, deliveries = run.len(), "cannot record delivery outcomes");
+                tracing::debug!(error = %e, seq = run[0].event_seq, plugin = %run[0].plugin, deliveries = run.len(), "cannot record delivery outcomes");
+                inner.record_trouble.failed(&e);
                 tokio::time::sleep(Duration::from_millis(100 * (i as u64 + 1))).await;
             }
         }

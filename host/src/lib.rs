@@ -18,6 +18,7 @@ pub mod live;
 pub mod metrics;
 mod pinning;
 mod priority;
+pub mod repeated;
 pub mod runtime;
 pub mod samples;
 pub mod server;

@@ -80,6 +80,7 @@ pub async fn serve(
         request_timeout: Duration::from_millis(config.server.request_timeout_ms.max(1)),
         metrics: p.metrics.clone(),
         wake: p.wake.clone(),
+        not_committed: crate::repeated::Repeated::new("committing webhook events (answered 503)"),
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.server.data_dir.display(), plugins_dir = %config.server.plugins_dir.display(), "hookhost listening");

@@ -24,6 +24,10 @@ const ATTACKS: &[(&str, &str)] = &[
         "settings = { attack = \"kvflood\" }\nlimits = { kv_bytes = 1_048_576 }",
     ),
     ("sqlbig", r#"settings = { attack = "sqlbig" }"#),
+    (
+        "sqlfill",
+        "settings = { attack = \"sqlfill\" }\nlimits = { sql_mb = 1 }",
+    ),
     ("sqlescape", r#"settings = { attack = "sqlescape" }"#),
     ("crosskv", r#"settings = { attack = "crosskv" }"#),
     ("wasi", r#"settings = { attack = "wasi" }"#),
@@ -212,6 +216,9 @@ limits = {{ fuel = 20_000_000, memory_mb = 16, timeout_ms = 2000 }}
     // Refused capabilities.
     assert_eq!(err("kvflood"), "reject: kv stopped at 15: quota-exceeded");
     assert_eq!(err("sqlbig"), "reject: big query: quota-exceeded");
+    // 1 MiB holds fifteen 64 KiB rows and the table's first pages; a disk
+    // with room to spare does not make the quota look like a full disk.
+    assert_eq!(err("sqlfill"), "reject: sql stopped at 15: quota-exceeded");
     // `load_extension` does not exist in the plugin's SQLite (invalid), the
     // schema tables are read-only in defensive mode (invalid), the rest is
     // refused by the authorizer.

@@ -277,6 +277,128 @@ fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     println!("disk full: {} events accepted, {refused} refused with 503, 0 lost, recovered after growing the filesystem", acked.len());
 }
 
+/// The store's disk fills up under the real binary with a plugin that
+/// writes to its key-value store and SQL database: each thing that fails
+/// is logged once when it starts failing, not at every refused request or
+/// dispatcher pass, and once when it works again; the deliveries the full
+/// disk held up are all done afterwards.
+#[test]
+fn a_full_disk_is_logged_when_it_starts_and_ends_and_its_deliveries_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    let Some(_mounted) = mount_tmpfs(&mnt, "size=4m") else {
+        return;
+    };
+    let plugins = dir.path().join("plugins");
+    deploy(&test_plugins(), "probe", &plugins, "probe", None);
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        "[dispatch]\nbackoff_base_ms = 100\nbackoff_max_ms = 1000\nmax_attempts = 50\n\
+         [tenants.default]\nplugins = [\"probe\"]\nrate_limit = { per_second = 0, burst = 0 }\n\
+         [tenants.default.plugin.probe]\ngrants = [\"log\", \"kv\", \"sql\"]\n",
+    )
+    .unwrap();
+    let data = mnt.join("data");
+    let server = Proc::start(&cfg, &data, &plugins);
+    let url = server.url("/webhook");
+    let (mut acked, mut refused, mut i) = (0, 0, 0);
+    let start = Instant::now();
+    while refused < 30 && start.elapsed() < Duration::from_secs(60) {
+        i += 1;
+        let body = serde_json::json!({"event_type":"message_received","id":format!("f{i}"),"body":"x".repeat(4000)}).to_string();
+        match post(&url, body.as_bytes(), None).status {
+            200 => acked += 1,
+            503 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused >= 30, "the disk never filled ({acked} accepted)");
+    // The dispatcher goes on passing over the store while it is full.
+    std::thread::sleep(Duration::from_secs(2));
+    let warnings: Vec<String> = server
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| v["level"] == "WARN" && v["target"] != "plugin")
+        .filter_map(|v| v["message"].as_str().map(String::from))
+        .filter(|m| !m.starts_with("tenant has no secret") && m != "delivery failed")
+        .collect();
+    for what in [
+        "store writes: failing",
+        "committing webhook events (answered 503): failing",
+    ] {
+        assert_eq!(
+            warnings.iter().filter(|m| *m == what).count(),
+            1,
+            "{what}: {warnings:#?}"
+        );
+    }
+    assert!(
+        warnings.len() <= 8,
+        "{} warnings for {refused} refused events: {warnings:#?}",
+        warnings.len()
+    );
+
+    remount(&mnt, "remount,size=64m");
+    assert!(wait_until(Duration::from_secs(10), || post(
+        &url,
+        br#"{"event_type":"ack_update","id":"after","ack":"read"}"#,
+        None
+    )
+    .status
+        == 200));
+    let rows = wait_settled(&data, acked + 1, SETTLE);
+    let not_done: Vec<_> = rows.iter().filter(|d| d.state != "done").collect();
+    assert!(not_done.is_empty(), "{not_done:?}");
+    assert_eq!(rows.len(), acked + 1);
+    assert!(wait_until(Duration::from_secs(10), || server
+        .count_lines("store writes: working again")
+        == 1));
+    println!("disk full: {acked} events accepted, {refused} refused, {} warnings logged; every delivery done after it", warnings.len());
+}
+
+/// A plugin's SQL database on a full disk: its statement fails as
+/// `unavailable` (the delivery is retried once there is room), not as
+/// `quota-exceeded`, which would fail it for good as the plugin's fault.
+#[test]
+fn a_plugin_database_on_a_full_disk_is_unavailable_not_over_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::config(dir.path(), "[tenants.default]\nplugins = [\"probe\"]\n\
+         [tenants.default.plugin.probe]\ngrants = [\"log\", \"sql\", \"config\"]\nsettings = { attack = \"sqlfill\" }\n\
+         limits = { sql_mb = 64 }");
+    config.server.data_dir = dir.path().join("data");
+    // The plugins' databases on a disk of 2 MiB, far below their 64 MiB quota.
+    let Some(_mounted) = mount_tmpfs(&config.server.data_dir.join("plugin-data"), "size=2m") else {
+        return;
+    };
+    deploy(
+        &test_plugins(),
+        "probe",
+        &config.server.plugins_dir,
+        "probe",
+        None,
+    );
+    let s = TestServer::start_in(tempfile::tempdir().unwrap(), config);
+    assert!(wait_until(SETTLE, || get(&s.url("/readyz")).status == 200));
+    assert_eq!(
+        post(
+            &s.url("/webhook"),
+            hookhost::samples::MESSAGE_RECEIVED.as_bytes(),
+            None
+        )
+        .status,
+        200
+    );
+    let rows = wait_settled(&s.data_dir(), 1, SETTLE);
+    let error = rows[0].last_error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("reject: sql stopped at ") && error.ends_with(": unavailable"),
+        "{error}"
+    );
+}
+
 /// A read-only data directory: the server starts and answers 503 (no
 /// crash); once the directory is writable, it takes events.
 #[test]

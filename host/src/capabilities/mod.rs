@@ -162,7 +162,9 @@ fn store_err(e: crate::store::StoreError) -> HostError {
         }
         crate::store::StoreError::Invalid(m) => HostError::Invalid(m),
         e => {
-            tracing::warn!(error = %e, "capability store error");
+            // The store's writer logs a failure once when it starts (a full
+            // disk): not again for each delivery that meets it.
+            tracing::debug!(error = %e, "capability store error");
             HostError::Unavailable("storage unavailable".into())
         }
     }

@@ -109,6 +109,63 @@ impl SqlDb {
     }
 }
 
+impl SqlDb {
+    /// The error for a statement that failed: SQLite answers "full" both
+    /// when the database reaches its quota (`max_page_count`) and when the
+    /// disk under it is full. The quota is the plugin's to mind (`quota
+    /// exceeded`, a permanent failure); a full disk is the operator's, and
+    /// the delivery is retried once there is room (`unavailable`).
+    /// Whichever leaves less room is the one that was hit.
+    fn error(&self, e: rusqlite::Error) -> HostError {
+        if e.sqlite_error_code() != Some(rusqlite::ErrorCode::DiskFull) {
+            return sql_err(e);
+        }
+        let Some((c, _)) = self.conn.as_ref() else {
+            return sql_err(e);
+        };
+        let disk = self.path.parent().and_then(free_bytes);
+        match (room_in_quota(c), disk) {
+            (Some(quota), Some(disk)) if disk < quota => {
+                tracing::debug!(path = %self.path.display(), free_bytes = disk, "plugin database: the disk is full");
+                HostError::Unavailable("disk full".into())
+            }
+            _ => HostError::QuotaExceeded,
+        }
+    }
+}
+
+/// Bytes the database may still grow by under its `max_page_count`. The
+/// plugin's statements may not read pragmas; these are the host's.
+fn room_in_quota(c: &Connection) -> Option<u64> {
+    c.authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+    let read = |name: &str| c.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
+    let room = (|| -> rusqlite::Result<i64> {
+        Ok((read("max_page_count")? - read("page_count")?).max(0) * read("page_size")?)
+    })();
+    c.authorizer(Some(authorize));
+    room.ok().map(|r| r as u64)
+}
+
+/// Bytes free on the filesystem holding `dir` for this process (root may
+/// use the blocks kept back for it).
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `path` is a NUL-terminated string and `st` a writable
+    // `statvfs` that the call fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    // SAFETY: geteuid cannot fail.
+    let blocks = if unsafe { libc::geteuid() } == 0 {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    Some(blocks as u64 * st.f_frsize as u64)
+}
+
 impl Drop for SqlDb {
     fn drop(&mut self) {
         if let (Some(pool), Some((c, max_mb))) = (self.pool.take(), self.conn.take()) {
@@ -213,6 +270,7 @@ impl rusqlite::ToSql for Param<'_> {
 
 fn sql_err(e: rusqlite::Error) -> HostError {
     match e.sqlite_error_code() {
+        // Told apart from a full disk by `SqlDb::full`.
         Some(rusqlite::ErrorCode::DiskFull) => HostError::QuotaExceeded,
         Some(rusqlite::ErrorCode::OperationInterrupted) => {
             HostError::Unavailable("statement interrupted at the deadline".into())
@@ -250,9 +308,9 @@ impl Host for Capabilities {
             let c = self.sql.open(self.limits.sql_mb, self.deadline)?;
             let mut st = c.prepare_cached(&statement).map_err(sql_err)?;
             let params: Vec<Param> = params.iter().map(Param).collect();
-            let n = st
-                .execute(rusqlite::params_from_iter(params))
-                .map_err(sql_err)?;
+            let n = st.execute(rusqlite::params_from_iter(params));
+            drop(st);
+            let n = n.map_err(|e| self.sql.error(e))?;
             Ok(n as u64)
         })())
     }
@@ -274,7 +332,18 @@ impl Host for Capabilities {
                 .map_err(sql_err)?;
             let mut out = Vec::new();
             let mut bytes = 0usize;
-            while let Some(r) = rows.next().map_err(sql_err)? {
+            let mut full = None;
+            loop {
+                let r = match rows.next() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    // A write with `RETURNING` that found no room.
+                    Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+                        full = Some(e);
+                        break;
+                    }
+                    Err(e) => return Err(sql_err(e)),
+                };
                 if out.len() as u64 >= max_rows {
                     return Err(HostError::QuotaExceeded);
                 }
@@ -300,6 +369,11 @@ impl Host for Capabilities {
                     return Err(HostError::QuotaExceeded);
                 }
                 out.push(row);
+            }
+            drop(rows);
+            drop(st);
+            if let Some(e) = full {
+                return Err(self.sql.error(e));
             }
             Ok(Rows { columns, rows: out })
         })())

@@ -55,6 +55,8 @@ pub struct AppContext {
     pub registry: Arc<Registry>,
     pub rate: Arc<RateLimiter>,
     pub inflight: Arc<Semaphore>,
+    /// Events answered 503 because the store did not commit them.
+    pub not_committed: crate::repeated::Repeated,
 }
 
 impl AppContext {

@@ -80,9 +80,11 @@ async fn receive(
             received_at: crate::store::now_ms(),
         };
         let stored = state.store.ingest(new).await.map_err(|e| {
-            tracing::warn!(tenant = tenant_name, error = %e, "event not committed");
+            tracing::debug!(tenant = tenant_name, error = %e, "event not committed");
+            state.not_committed.failed(&e);
             AppError::StoreUnavailable
         })?;
+        state.not_committed.succeeded();
         Ok::<_, AppError>((parsed.key, label, stored))
     }
     .await;

@@ -176,6 +176,7 @@ impl Store {
             opts: opts.clone(),
             rx,
             stats: stats.clone(),
+            trouble: crate::repeated::Repeated::new("store writes"),
         };
         let handle = std::thread::Builder::new()
             .name("store-writer".into())

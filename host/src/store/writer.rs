@@ -6,6 +6,7 @@
 
 use super::{StoreError, StoreOptions};
 use crate::metrics::{Fixed, LATENCY_BUCKETS};
+use crate::repeated::Repeated;
 use rusqlite::Connection;
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
@@ -100,6 +101,9 @@ pub(super) struct Writer {
     pub opts: StoreOptions,
     pub rx: mpsc::Receiver<Box<dyn WriteOp>>,
     pub stats: Arc<Stats>,
+    /// Failed batches (a full disk) are logged when they start failing and
+    /// when they work again, not once each.
+    pub trouble: Repeated,
 }
 
 /// What the writer's batches take: a slow disk shows here first.
@@ -157,6 +161,7 @@ impl Writer {
                 }
             }
             let Some(c) = conn.as_mut() else {
+                self.trouble.failed(&"the database is not available");
                 for op in batch {
                     op.complete(Err(StoreError::Unavailable(
                         "database is not available".into(),
@@ -185,8 +190,12 @@ impl Writer {
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.stats.batch_writes.observe(batch.len() as f64);
-            if let Err(e) = &outcome {
-                tracing::warn!(error = %e, ops = batch.len(), "store batch failed");
+            match &outcome {
+                Ok(()) => self.trouble.succeeded(),
+                Err(e) => {
+                    tracing::debug!(error = %e, ops = batch.len(), "store batch failed");
+                    self.trouble.failed(e);
+                }
             }
             for op in batch {
                 op.complete(outcome.clone());

@@ -184,6 +184,19 @@ fn attack(name: &str) -> Result {
             );
             Err(Error::reject(format!("big query: {}", outcome(r))))
         }
+        "sqlfill" => {
+            // Rows of 64 KiB until the database (or the disk) is full.
+            sql::execute("CREATE TABLE IF NOT EXISTS fill (b BLOB)", &[])?;
+            for i in 0..100_000 {
+                if let Err(e) = sql::execute("INSERT INTO fill VALUES (randomblob(65536))", &[]) {
+                    return Err(Error::reject(format!(
+                        "sql stopped at {i}: {}",
+                        outcome(Err::<(), _>(e))
+                    )));
+                }
+            }
+            Err(Error::reject("sql never refused"))
+        }
         "sqlescape" => {
             let tries = [
                 ("attach", "ATTACH DATABASE '/tmp/hookhost-escape.sqlite' AS x"),
