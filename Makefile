@@ -50,12 +50,18 @@ fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run parse -- -max_total_time=$(FUZZ_SECONDS)
 	cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run signature -- -max_total_time=$(FUZZ_SECONDS)
 
+# The guest workspaces (the sample plugins, the test plugins, and through
+# them the SDK) are formatted too; they build for wasm32-wasip2 only.
 lint:
 	cargo fmt --all -- --check
+	cd plugins && cargo fmt --all -- --check
+	cd tests/plugins && cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all
+	cd plugins && cargo fmt --all
+	cd tests/plugins && cargo fmt --all
 
 clean:
 	cargo clean

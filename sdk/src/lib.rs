@@ -46,8 +46,8 @@ pub mod settings;
 pub mod sql;
 
 pub use bindings::hookhost::plugin::types::{
-    AckState, AckUpdate, DeliveryContext, Event, EventKind, HandlerError, HostError, Message, MessageType, Reaction,
-    TestPing, UnknownEvent,
+    AckState, AckUpdate, DeliveryContext, Event, EventKind, HandlerError, HostError, Message,
+    MessageType, Reaction, TestPing, UnknownEvent,
 };
 
 /// What a handler returns.
@@ -70,7 +70,6 @@ impl Error {
         Error::Reject(m.into())
     }
 }
-
 
 /// A host error inside a handler: transient ones retry, the rest reject.
 impl From<HostError> for Error {
@@ -139,12 +138,18 @@ impl Context {
 
 /// Sends a text message (`to`: a number with country code or a chat id).
 /// A retried delivery does not send the same message twice.
-pub fn send(to: &str, text: &str, quoted_message_id: Option<&str>) -> Result<Option<String>, HostError> {
-    bindings::hookhost::plugin::messaging::send_text(&bindings::hookhost::plugin::messaging::OutgoingText {
-        to: to.to_string(),
-        text: text.to_string(),
-        quoted_message_id: quoted_message_id.map(str::to_string),
-    })
+pub fn send(
+    to: &str,
+    text: &str,
+    quoted_message_id: Option<&str>,
+) -> Result<Option<String>, HostError> {
+    bindings::hookhost::plugin::messaging::send_text(
+        &bindings::hookhost::plugin::messaging::OutgoingText {
+            to: to.to_string(),
+            text: text.to_string(),
+            quoted_message_id: quoted_message_id.map(str::to_string),
+        },
+    )
 }
 
 /// A plugin. Every method has a default; implement what you need.
@@ -252,8 +257,9 @@ impl MessageType {
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use crate::{
-        export_plugin, kv, log, send, settings, sql, AckState, AckUpdate, Context, Error, Event, EventKind, HostError,
-        Message, MessageType, Plugin, Reaction, Result, TestPing, UnknownEvent,
+        export_plugin, kv, log, send, settings, sql, AckState, AckUpdate, Context, Error, Event,
+        EventKind, HostError, Message, MessageType, Plugin, Reaction, Result, TestPing,
+        UnknownEvent,
     };
 }
 

@@ -1,7 +1,7 @@
 //! SQL on this plugin's private SQLite database.
 
-pub use crate::bindings::hookhost::plugin::sql::{Rows, Value};
 use crate::bindings::hookhost::plugin::sql as host;
+pub use crate::bindings::hookhost::plugin::sql::{Rows, Value};
 use crate::HostError;
 
 /// Runs one statement; returns the number of rows changed.

@@ -52,7 +52,11 @@ fn schema() -> Result {
 
 fn save_message(m: &Message, direction: &str) -> Result {
     schema()?;
-    let ack = m.ack.clone().unwrap_or(if direction == "out" { AckState::Sent } else { AckState::Pending });
+    let ack = m.ack.clone().unwrap_or(if direction == "out" {
+        AckState::Sent
+    } else {
+        AckState::Pending
+    });
     sql::execute(
         "INSERT INTO messages (id, direction, instance_id, chat_id, from_number, to_number, from_me, sender_name,
             body, type, timestamp, is_group, quoted_message_id, reaction, media_url, latitude, longitude, vcard,
@@ -113,7 +117,11 @@ impl Plugin for Persistence {
             "INSERT INTO messages (id, ack, ack_rank) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET ack = excluded.ack, ack_rank = excluded.ack_rank
              WHERE excluded.ack_rank > messages.ack_rank",
-            &[Value::from(&a.id), Value::from(a.ack.as_str()), Value::Integer(a.ack.rank() as i64)],
+            &[
+                Value::from(&a.id),
+                Value::from(a.ack.as_str()),
+                Value::Integer(a.ack.rank() as i64),
+            ],
         )?;
         Ok(())
     }

@@ -28,7 +28,9 @@ fn fields(event: &Event) -> serde_json::Value {
             "instance_id": r.instance_id, "message_id": r.message_id, "from_number": r.from_number,
             "reaction": r.reaction, "timestamp": r.timestamp,
         }),
-        Event::TestWebhook(t) => json!({"instance_id": t.instance_id, "timestamp": t.timestamp, "message": t.message}),
+        Event::TestWebhook(t) => {
+            json!({"instance_id": t.instance_id, "timestamp": t.timestamp, "message": t.message})
+        }
         Event::Unknown(u) => json!({"event_type": u.event_type, "raw_json": u.raw_json}),
     }
 }
@@ -149,7 +151,9 @@ fn attack(name: &str) -> Result {
             Ok(())
         }
         "sleep" => {
-            let ms: u128 = setting("sleep_ms").and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let ms: u128 = setting("sleep_ms")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1000);
             let start = std::time::Instant::now();
             while start.elapsed().as_millis() < ms {
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -171,7 +175,10 @@ fn attack(name: &str) -> Result {
             let value = vec![7u8; 64 * 1024];
             for i in 0..100_000u32 {
                 if let Err(e) = kv::set(&format!("flood/{i}"), &value) {
-                    return Err(Error::reject(format!("kv stopped at {i}: {}", outcome::<()>(Err(e)))));
+                    return Err(Error::reject(format!(
+                        "kv stopped at {i}: {}",
+                        outcome::<()>(Err(e))
+                    )));
                 }
             }
             Err(Error::reject("kv never refused"))
@@ -199,11 +206,17 @@ fn attack(name: &str) -> Result {
         }
         "sqlescape" => {
             let tries = [
-                ("attach", "ATTACH DATABASE '/tmp/hookhost-escape.sqlite' AS x"),
+                (
+                    "attach",
+                    "ATTACH DATABASE '/tmp/hookhost-escape.sqlite' AS x",
+                ),
                 ("load_extension", "SELECT load_extension('/tmp/evil.so')"),
                 ("writable_schema", "PRAGMA writable_schema = ON"),
                 ("master", "UPDATE sqlite_master SET sql = 'x'"),
-                ("vacuum_into", "VACUUM INTO '/tmp/hookhost-escape-copy.sqlite'"),
+                (
+                    "vacuum_into",
+                    "VACUUM INTO '/tmp/hookhost-escape-copy.sqlite'",
+                ),
                 ("pragma_file", "PRAGMA journal_mode = OFF"),
             ];
             let report: Vec<String> = tries
@@ -215,7 +228,13 @@ fn attack(name: &str) -> Result {
         "crosskv" => {
             // Names that would reach other tenants' or plugins' data if the
             // host built paths or prefixes from them.
-            let names = ["../b/recorder/seen", "b/recorder/seen", "%", "seen/%", "\0b"];
+            let names = [
+                "../b/recorder/seen",
+                "b/recorder/seen",
+                "%",
+                "seen/%",
+                "\0b",
+            ];
             let mut found = Vec::new();
             for n in names {
                 if let Ok(Some(_)) = kv::get(n) {
@@ -231,7 +250,9 @@ fn attack(name: &str) -> Result {
             let write = std::fs::write("/tmp/hookhost-wasi-escape", b"x").is_ok();
             let env = std::env::vars().count();
             let net = std::net::TcpStream::connect("127.0.0.1:22").is_ok();
-            Err(Error::reject(format!("file={file} dir={dir} write={write} env={env} net={net}")))
+            Err(Error::reject(format!(
+                "file={file} dir={dir} write={write} env={env} net={net}"
+            )))
         }
         other => Err(Error::reject(format!("unknown attack {other}"))),
     }
@@ -256,7 +277,11 @@ impl Plugin for Probe {
                 outcome(kv::set("probe", b"1")),
                 outcome(sql::query("SELECT 1", &[])),
                 outcome(send("573001112233", "probe", None)),
-                if settings::get("probe").is_some() { "ok" } else { "none" },
+                if settings::get("probe").is_some() {
+                    "ok"
+                } else {
+                    "none"
+                },
             );
             return Err(Error::reject(report));
         }
