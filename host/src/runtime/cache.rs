@@ -196,9 +196,12 @@ impl CompileCache {
         std::fs::create_dir_all(&self.dir)?;
         let bytes = c.serialize().map_err(|e| anyhow::anyhow!("{e}"))?;
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+        if written.is_err() {
+            // Half an entry on a full disk holds the space it needs back.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(written?)
     }
 }
 
@@ -413,5 +416,24 @@ mod tests {
         // The loaded entries stay even past the limit.
         assert_eq!(cache.evict(std::slice::from_ref(&kept), 10), (1, 100));
         assert!(kept.exists() && !newest.exists());
+    }
+
+    #[test]
+    fn an_entry_that_cannot_be_written_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(false, 16, false).unwrap();
+        let component = Component::new(&rt.engine, wat::parse_str("(component)").unwrap()).unwrap();
+        let cache = CompileCache::new(dir.path().to_path_buf());
+        // A directory where the entry goes: the rename over it fails, as a
+        // write fails on a full disk, after the temporary file was made.
+        let path = dir.path().join("e.cwasm");
+        std::fs::create_dir(&path).unwrap();
+        assert!(cache.store(&path, &component).is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec!["e.cwasm"]);
+        rt.stop();
     }
 }
