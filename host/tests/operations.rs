@@ -1190,6 +1190,12 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
         count(&["--after", "10040"]),
         (10_041..=10_050).collect::<Vec<_>>()
     );
+    // The newest N, past a page too: the last 10 020, oldest first.
+    assert_eq!(
+        count(&["--last", "10020"]),
+        (31..=10_050).collect::<Vec<_>>()
+    );
+    assert_eq!(count(&["--last", "20000"]), all);
 }
 
 /// `hookhost events list | head -1`: once the reader has gone, the command

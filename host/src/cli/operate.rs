@@ -151,7 +151,7 @@ pub fn events_list(
 
 fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<Vec<Value>> {
     Ok(if t.url.is_some() {
-        let ask = |page: Page| -> anyhow::Result<Vec<Value>> {
+        let ask = |page: Page, before: Option<i64>| -> anyhow::Result<Vec<Value>> {
             let mut q = form_urlencoded::Serializer::new(String::new());
             match page {
                 Page::After(after, limit) => q
@@ -159,6 +159,9 @@ fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<
                     .append_pair("limit", &limit.to_string()),
                 Page::Last(n) => q.append_pair("last", &n.to_string()),
             };
+            if let Some(b) = before {
+                q.append_pair("before", &b.to_string());
+            }
             if let Some(t) = tenant {
                 q.append_pair("tenant", t);
             }
@@ -176,7 +179,7 @@ fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<
             Page::After(mut after, limit) => {
                 let mut rows = Vec::new();
                 while (rows.len() as i64) < limit {
-                    let got = ask(Page::After(after, limit - rows.len() as i64))?;
+                    let got = ask(Page::After(after, limit - rows.len() as i64), None)?;
                     match got.last().and_then(|r| r["seq"].as_i64()) {
                         Some(seq) => after = seq,
                         None => break,
@@ -185,13 +188,27 @@ fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<
                 }
                 rows
             }
-            Page::Last(_) => ask(page)?,
+            // The newest N come back a page at a time too, each before the
+            // oldest of the one before.
+            Page::Last(n) => {
+                let mut rows: Vec<Value> = Vec::new();
+                let mut before = None;
+                while (rows.len() as i64) < n {
+                    let got = ask(Page::Last(n - rows.len() as i64), before)?;
+                    match got.first().and_then(|r| r["seq"].as_i64()) {
+                        Some(seq) => before = Some(seq),
+                        None => break,
+                    }
+                    rows.splice(0..0, got);
+                }
+                rows
+            }
         }
     } else {
         let c = store::open_read_only(&t.data_dir)?;
         let rows: Vec<EventRow> = match page {
             Page::After(after, limit) => store::list_events(&c, tenant, after, limit)?,
-            Page::Last(n) => store::list_last_events(&c, tenant, n)?,
+            Page::Last(n) => store::list_last_events(&c, tenant, None, n)?,
         };
         to_values(&rows)
     })

@@ -120,6 +120,9 @@ struct EventsQuery {
     limit: Option<i64>,
     /// The newest N instead (oldest first), ignoring `after` and `limit`.
     last: Option<i64>,
+    /// With `last`: the newest N before this sequence number (the next
+    /// page back).
+    before: Option<i64>,
 }
 
 async fn events(
@@ -132,7 +135,7 @@ async fn events(
         .map(|n| count("last", Some(n), n, 10_000))
         .transpose()?;
     let rows = blocking(&state.store, move |s| match last {
-        Some(n) => s.last_events(q.tenant.as_deref(), n),
+        Some(n) => s.last_events(q.tenant.as_deref(), q.before, n),
         None => s.events_after(q.tenant.as_deref(), q.after, limit),
     })
     .await?;

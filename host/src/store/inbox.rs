@@ -87,17 +87,20 @@ pub fn list(
     Ok(rows)
 }
 
-/// The newest `limit` events, oldest first.
+/// The newest `limit` events before `before` (all of them: `None`),
+/// oldest first.
 pub fn list_last(
     c: &Connection,
     tenant: Option<&str>,
+    before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<EventRow>, StoreError> {
     let mut st = c.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM events WHERE ?1 IS NULL OR tenant = ?1 ORDER BY seq DESC LIMIT ?2"
+        "SELECT {COLUMNS} FROM events WHERE (?1 IS NULL OR tenant = ?1) AND seq < ?3
+         ORDER BY seq DESC LIMIT ?2"
     ))?;
     let mut rows = st
-        .query_map(params![tenant, limit], row)?
+        .query_map(params![tenant, limit, before.unwrap_or(i64::MAX)], row)?
         .collect::<Result<Vec<_>, _>>()?;
     rows.reverse();
     Ok(rows)
@@ -160,9 +163,10 @@ impl Store {
     pub fn last_events(
         &self,
         tenant: Option<&str>,
+        before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<EventRow>, StoreError> {
-        self.read(|c| list_last(c, tenant, limit))
+        self.read(|c| list_last(c, tenant, before, limit))
     }
 
     pub fn event_heads(&self, after_seq: i64, limit: i64) -> Result<Vec<EventHead>, StoreError> {
