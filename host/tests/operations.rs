@@ -1160,19 +1160,7 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
     // rest written straight into it.
     let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
     assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
-    {
-        let mut c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
-        let tx = c.transaction().unwrap();
-        for i in 1..10_050 {
-            tx.execute(
-                "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
-                 VALUES ('default', ?1, 'test_webhook', '', X'7b7d', 0)",
-                [format!("bulk:{i}")],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    insert_events(&s.data_dir(), 10_049);
     let url = s.url("");
     let count = |extra: &[&str]| -> Vec<i64> {
         let mut args = vec!["events", "list", "--json", "--url", &url, "--token", TOKEN];
@@ -1198,6 +1186,23 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
     assert_eq!(count(&["--last", "20000"]), all);
 }
 
+/// Writes `n` small events of the default tenant straight into the store
+/// of `data_dir` (made by a first event through the webhook), in one
+/// transaction: many more than posting them would allow in a test.
+fn insert_events(data_dir: &std::path::Path, n: usize) {
+    let mut c = hookhost::store::open_for_update(data_dir).unwrap();
+    let tx = c.transaction().unwrap();
+    for i in 1..=n {
+        tx.execute(
+            "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
+             VALUES ('default', ?1, 'test_webhook', '', X'7b7d', 0)",
+            [format!("bulk:{i}")],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
 /// `hookhost events list | head -1`: once the reader has gone, the command
 /// ends quietly (status 0, nothing on standard error) instead of panicking
 /// over the broken pipe, and a standard output that cannot be written for
@@ -1210,21 +1215,9 @@ fn a_command_whose_reader_has_gone_ends_quietly() {
         post(&s.url("/webhook"), samples::TEST_WEBHOOK.as_bytes(), None).status,
         200
     );
-    {
-        let mut c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
-        let tx = c.transaction().unwrap();
-        // Well over a pipe's 64 KiB of table: the command is still writing
-        // when the reader goes, whenever that is.
-        for i in 0..3_000 {
-            tx.execute(
-                "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
-                 VALUES ('default', ?1, 'test_webhook', '', X'7b7d', 0)",
-                [format!("bulk:{i}")],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    // Well over a pipe's 64 KiB of table: the command is still writing when
+    // the reader goes, whenever that is.
+    insert_events(&s.data_dir(), 3_000);
     let data = s.data_dir();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
         .args(["events", "list", "--limit", "5000", "--data-dir"])

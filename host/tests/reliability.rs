@@ -240,41 +240,55 @@ fn a_full_disk_answers_503_and_recovers_when_space_returns() {
     config.server.data_dir = mnt.join("data");
     let s = TestServer::start_in(tempfile::tempdir().unwrap(), config);
     let url = s.url("/webhook");
-    let mut acked = Vec::new();
-    let mut refused = 0;
-    let start = Instant::now();
-    let mut i = 0;
-    while refused < 20 && start.elapsed() < Duration::from_secs(60) {
-        i += 1;
-        let body = serde_json::json!({"event_type":"message_received","id":format!("f{i}"),"body":"x".repeat(4000)}).to_string();
-        match post(&url, body.as_bytes(), None).status {
-            200 => acked.push(format!("f{i}")),
-            503 => refused += 1,
-            other => panic!("unexpected {other}"),
-        }
-    }
-    assert!(
-        refused >= 20,
-        "the disk never filled ({} accepted)",
-        acked.len()
-    );
+    let (acked, refused) = fill_until_refused(&url, 20);
     assert_eq!(get(&s.url("/readyz")).status, 503);
     assert_eq!(get(&s.url("/healthz")).status, 200);
     let stored = s.stored().len();
     assert_eq!(stored, acked.len(), "acknowledged events are all stored");
 
     // Space returns: grow the filesystem.
-    remount(&mnt, "remount,size=64m");
+    grow_and_post(&mnt, &url);
+    assert_eq!(get(&s.url("/readyz")).status, 200);
+    assert_eq!(s.stored().len(), acked.len() + 1);
+    println!("disk full: {} events accepted, {refused} refused with 503, 0 lost, recovered after growing the filesystem", acked.len());
+}
+
+/// Posts 4 KB messages to `url` until `refusals` of them were answered 503
+/// (the disk under the store is full), within a minute; the ids answered
+/// 200, and the refusals.
+fn fill_until_refused(url: &str, refusals: usize) -> (Vec<String>, usize) {
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let start = Instant::now();
+    let mut i = 0;
+    while refused < refusals && start.elapsed() < Duration::from_secs(60) {
+        i += 1;
+        let body = serde_json::json!({"event_type":"message_received","id":format!("f{i}"),"body":"x".repeat(4000)}).to_string();
+        match post(url, body.as_bytes(), None).status {
+            200 => acked.push(format!("f{i}")),
+            503 => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        refused >= refusals,
+        "the disk never filled ({} accepted)",
+        acked.len()
+    );
+    (acked, refused)
+}
+
+/// Space returns (the tmpfs at `mnt` grows to 64 MiB): an event posted to
+/// `url` is taken again within 10 s.
+fn grow_and_post(mnt: &std::path::Path, url: &str) {
+    remount(mnt, "remount,size=64m");
     assert!(wait_until(Duration::from_secs(10), || post(
-        &url,
+        url,
         br#"{"event_type":"ack_update","id":"after","ack":"read"}"#,
         None
     )
     .status
         == 200));
-    assert_eq!(get(&s.url("/readyz")).status, 200);
-    assert_eq!(s.stored().len(), acked.len() + 1);
-    println!("disk full: {} events accepted, {refused} refused with 503, 0 lost, recovered after growing the filesystem", acked.len());
 }
 
 /// The store's disk fills up under the real binary with a plugin that
@@ -302,18 +316,8 @@ fn a_full_disk_is_logged_when_it_starts_and_ends_and_its_deliveries_finish() {
     let data = mnt.join("data");
     let server = Proc::start(&cfg, &data, &plugins);
     let url = server.url("/webhook");
-    let (mut acked, mut refused, mut i) = (0, 0, 0);
-    let start = Instant::now();
-    while refused < 30 && start.elapsed() < Duration::from_secs(60) {
-        i += 1;
-        let body = serde_json::json!({"event_type":"message_received","id":format!("f{i}"),"body":"x".repeat(4000)}).to_string();
-        match post(&url, body.as_bytes(), None).status {
-            200 => acked += 1,
-            503 => refused += 1,
-            other => panic!("unexpected {other}"),
-        }
-    }
-    assert!(refused >= 30, "the disk never filled ({acked} accepted)");
+    let (acked, refused) = fill_until_refused(&url, 30);
+    let acked = acked.len();
     // The dispatcher goes on passing over the store while it is full.
     std::thread::sleep(Duration::from_secs(2));
     let warnings: Vec<String> = server
@@ -341,14 +345,7 @@ fn a_full_disk_is_logged_when_it_starts_and_ends_and_its_deliveries_finish() {
         warnings.len()
     );
 
-    remount(&mnt, "remount,size=64m");
-    assert!(wait_until(Duration::from_secs(10), || post(
-        &url,
-        br#"{"event_type":"ack_update","id":"after","ack":"read"}"#,
-        None
-    )
-    .status
-        == 200));
+    grow_and_post(&mnt, &url);
     let rows = wait_settled(&data, acked + 1, SETTLE);
     let not_done: Vec<_> = rows.iter().filter(|d| d.state != "done").collect();
     assert!(not_done.is_empty(), "{not_done:?}");
