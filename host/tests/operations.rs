@@ -373,6 +373,79 @@ fn a_dead_letter_retried_after_fixing_the_plugin_succeeds() {
         .contains("no dead letter"));
 }
 
+/// A plugin named in the configuration whose file does not load: its
+/// deliveries end as dead letters without running. Once a good file loads,
+/// the log says how many there are and the command that runs them; they
+/// do not run by themselves.
+#[test]
+fn dead_letters_of_a_plugin_that_was_not_loaded_are_pointed_out_when_it_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join("late.wasm"), "not yet a plugin").unwrap();
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        "[dispatch]\nmax_attempts = 1\n[tenants.default]\nplugins = [\"late\"]\n\
+         [tenants.default.plugin.late]\ngrants = [\"log\", \"kv\", \"sql\"]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = process::Proc::start(&cfg, &data, &plugins);
+    for id in ["L1", "L2"] {
+        let body = format!(r#"{{"event_type":"message_received","id":"{id}","body":"x"}}"#);
+        assert_eq!(
+            post(&server.url("/webhook"), body.as_bytes(), None).status,
+            200
+        );
+    }
+    let rows = wait_settled(&data, 2, SETTLE);
+    assert!(
+        rows.iter().all(|d| d.state == "dead"
+            && d.last_error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("instantiate: plugin is not loaded")),
+        "{rows:?}"
+    );
+    let said = "dead letters of this plugin from while it was not loaded";
+    assert_eq!(server.count_lines(said), 0);
+    deploy(&test_plugins(), "probe", &plugins, "late", None);
+    assert!(wait_until(SETTLE, || server.count_lines(said) == 1));
+    let line = server
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["message"].as_str().is_some_and(|m| m.contains(said)))
+        .cloned()
+        .unwrap();
+    assert_eq!(line["dead_letters"], 2, "{line}");
+    assert_eq!(line["tenant"], "default", "{line}");
+    assert!(
+        line["message"].as_str().unwrap().ends_with(
+            "`hookhost dead-letters retry --all --tenant default --plugin late` runs them"
+        ),
+        "{line}"
+    );
+    // Left alone until the operator says so; then they run.
+    assert!(deliveries(&data).iter().all(|d| d.state == "dead"));
+    cli(&[
+        "dead-letters",
+        "retry",
+        "--all",
+        "--tenant",
+        "default",
+        "--plugin",
+        "late",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(wait_until(SETTLE, || deliveries(&data)
+        .iter()
+        .all(|d| d.state == "done")));
+}
+
 #[test]
 fn replay_to_one_plugin_does_not_touch_the_others_and_does_not_resend() {
     let tp = test_plugins();

@@ -390,6 +390,28 @@ impl Registry {
 
     /// Whether `plugin` runs for `tenant` under the configuration now in
     /// force (a reload may have taken it away since its deliveries queued).
+    /// Says, once a plugin is loaded, how many of its dead letters failed
+    /// only because it was not (a file that did not load, missing, or
+    /// compiling while their retries ran out), and how to run them now:
+    /// they are not retried by themselves, since a reply sent hours late
+    /// may do more harm than none.
+    fn point_out_dead_letters(&self, plugin: &str) {
+        match self.store.dead_unloaded(plugin) {
+            Ok(counts) => {
+                for (tenant, n) in counts {
+                    tracing::warn!(
+                        plugin,
+                        tenant,
+                        dead_letters = n,
+                        "dead letters of this plugin from while it was not loaded; \
+                         `hookhost dead-letters retry --all --tenant {tenant} --plugin {plugin}` runs them"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(plugin, error = %e, "cannot count dead letters"),
+        }
+    }
+
     pub fn runs_for(&self, tenant: &str, plugin: &str) -> bool {
         let st = self.state.read().unwrap();
         assigned(&st, &self.live.get().tenants, plugin)
@@ -837,6 +859,8 @@ impl Registry {
                 st.plugins.insert(name.to_string(), Arc::new(p));
                 st.stamps.insert(name.to_string(), stamp);
                 st.errors.remove(name);
+                drop(st);
+                self.point_out_dead_letters(name);
             }
             Err((e, transient)) => {
                 let kept = self.get(name).map(|p| p.short_hash().to_string());

@@ -293,6 +293,25 @@ impl Store {
         })
     }
 
+    /// Dead letters of `plugin` per tenant that failed only because the
+    /// plugin was not loaded (its file missing, broken or still compiling
+    /// when their retries ran out): none of them ran its code.
+    pub fn dead_unloaded(&self, plugin: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let plugin = plugin.to_string();
+        self.read(move |c| {
+            let rows = c
+                .prepare_cached(
+                    "SELECT tenant, count(*) FROM deliveries INDEXED BY deliveries_dead
+                     WHERE state = 'dead' AND plugin = ?1
+                       AND last_error LIKE 'instantiate: plugin is not loaded%'
+                     GROUP BY tenant",
+                )?
+                .query_map([&plugin], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     /// The newest event's seq and the number of open deliveries.
     pub fn backlog(&self) -> Result<(i64, i64), StoreError> {
         self.read(|c| {
