@@ -4,7 +4,8 @@
 
 use super::out::outln;
 use crate::config::{Config, Grant};
-use crate::live::{warnings, Warning};
+use crate::live::{warnings, Tenants, Warning};
+use crate::runtime::folder::Listing;
 use crate::runtime::registry::{assigned_to, unknown_tenants, Sidecar};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -46,48 +47,6 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
         .flat_map(|l| &l.sidecars)
         .map(|(name, path)| (name, Sidecar::read(path)))
         .collect();
-    // What runs for whom, as a server starting on this folder would have it
-    // (a refused sidecar is not in force): the plugins the tenant names, in
-    // its order; those whose sidecar names it; those nobody assigns, which
-    // fall to the default tenant.
-    let runs = |tenant: &str| -> Option<String> {
-        let l = listing.as_ref()?;
-        let t = &tenants[tenant];
-        let (mut named, mut by_sidecar, mut unassigned) = (Vec::new(), Vec::new(), Vec::new());
-        for plugin in l.plugins.keys() {
-            let sidecar = sidecars.get(plugin).and_then(|s| s.as_ref().ok());
-            let sidecar_tenants = sidecar.and_then(|s| s.tenants.as_deref());
-            if !assigned_to(&tenants, plugin, sidecar_tenants)
-                .iter()
-                .any(|n| n == tenant)
-            {
-                continue;
-            }
-            if t.config.named_plugins().contains(plugin) {
-                named.push(plugin.as_str());
-            } else if sidecar_tenants.is_some() {
-                by_sidecar.push(plugin.as_str());
-            } else {
-                unassigned.push(plugin.as_str());
-            }
-        }
-        named.sort_by_key(|p| t.config.plugins.iter().position(|n| n == p));
-        let mut parts = Vec::new();
-        if !named.is_empty() {
-            parts.push(named.join(", "));
-        }
-        if !by_sidecar.is_empty() {
-            parts.push(format!("named by their sidecar: {}", by_sidecar.join(", ")));
-        }
-        if !unassigned.is_empty() {
-            parts.push(format!("named by no tenant: {}", unassigned.join(", ")));
-        }
-        Some(if parts.is_empty() {
-            "no plugin".into()
-        } else {
-            parts.join("; ")
-        })
-    };
     outln!(
         "{}: valid ({} tenant{})",
         file.display(),
@@ -107,8 +66,8 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
             if t.secrets.len() == 1 { "" } else { "s" },
             if t.whapi.is_some() { "yes" } else { "no" },
         );
-        if let Some(r) = runs(&t.name) {
-            outln!("  runs {r}");
+        if let Some(l) = &listing {
+            outln!("  runs {}", runs(&t.name, &tenants, l, &sidecars));
         }
         for (name, p) in &t.config.plugin {
             let grants: Vec<&str> = p
@@ -150,4 +109,51 @@ pub fn check(file: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// What runs for `tenant`, as a server starting on this folder would have
+/// it (a refused sidecar is not in force): the plugins the tenant names, in
+/// its order; those whose sidecar names it; those nobody assigns, which
+/// fall to the default tenant.
+fn runs(
+    tenant: &str,
+    tenants: &Tenants,
+    listing: &Listing,
+    sidecars: &BTreeMap<&String, Result<Sidecar, String>>,
+) -> String {
+    let t = &tenants[tenant];
+    let (mut named, mut by_sidecar, mut unassigned) = (Vec::new(), Vec::new(), Vec::new());
+    for plugin in listing.plugins.keys() {
+        let sidecar = sidecars.get(plugin).and_then(|s| s.as_ref().ok());
+        let sidecar_tenants = sidecar.and_then(|s| s.tenants.as_deref());
+        if !assigned_to(tenants, plugin, sidecar_tenants)
+            .iter()
+            .any(|n| n == tenant)
+        {
+            continue;
+        }
+        if t.config.named_plugins().contains(plugin) {
+            named.push(plugin.as_str());
+        } else if sidecar_tenants.is_some() {
+            by_sidecar.push(plugin.as_str());
+        } else {
+            unassigned.push(plugin.as_str());
+        }
+    }
+    named.sort_by_key(|p| t.config.plugins.iter().position(|n| n == p));
+    let mut parts = Vec::new();
+    if !named.is_empty() {
+        parts.push(named.join(", "));
+    }
+    if !by_sidecar.is_empty() {
+        parts.push(format!("named by their sidecar: {}", by_sidecar.join(", ")));
+    }
+    if !unassigned.is_empty() {
+        parts.push(format!("named by no tenant: {}", unassigned.join(", ")));
+    }
+    if parts.is_empty() {
+        "no plugin".into()
+    } else {
+        parts.join("; ")
+    }
 }
