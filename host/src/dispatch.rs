@@ -809,24 +809,23 @@ async fn finish_run(
             _ => None,
         })
         .min();
-    // The ledger must hear the outcomes; retry the write while the store
-    // is unavailable (the deliveries are requeued at restart anyway).
-    for i in 0..50u32 {
-        match inner.store.finish_all(outcomes.clone()).await {
-            Ok(()) => {
-                inner.record_trouble.succeeded();
-                if let Some(at) = retry_at {
-                    inner.retry_hint.fetch_min(at, Ordering::SeqCst);
-                }
-                inner.pending.fetch_add(not_run, Ordering::Relaxed);
-                break;
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, seq = run[0].event_seq, plugin = %run[0].plugin, deliveries = run.len(), "cannot record delivery outcomes");
-                inner.record_trouble.failed(&e);
-                tokio::time::sleep(Duration::from_millis(100 * (i as u64 + 1))).await;
-            }
+    // The ledger must hear the outcomes: the write is tried again for as
+    // long as the store refuses it (a full disk), until the dispatcher
+    // stops; then the rows, still `running`, are queued again at the next
+    // start. Giving up sooner would leave them `running` until a restart.
+    let recorded = until_done(&inner.stopping, RECORD_PAUSES, || async {
+        inner.store.finish_all(outcomes.clone()).await.map_err(|e| {
+            tracing::debug!(error = %e, seq = run[0].event_seq, plugin = %run[0].plugin, deliveries = run.len(), "cannot record delivery outcomes");
+            inner.record_trouble.failed(&e);
+        })
+    })
+    .await;
+    if recorded {
+        inner.record_trouble.succeeded();
+        if let Some(at) = retry_at {
+            inner.retry_hint.fetch_min(at, Ordering::SeqCst);
         }
+        inner.pending.fetch_add(not_run, Ordering::Relaxed);
     }
     // After the commit: a pass that read the lane before it held the
     // chats of this run back, and must read it whole again.
@@ -837,6 +836,34 @@ async fn finish_run(
         .retain(|(t, p), _| !run.iter().any(|d| d.tenant == *t && d.plugin == *p));
     runs::release(&mut inner.running.lock().unwrap(), run);
     inner.wake.notify();
+}
+
+/// Pauses between tries to record a run's outcomes: 100 ms, growing by
+/// 100 ms a try, at most 5 s.
+const RECORD_PAUSES: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Calls `attempt` until it succeeds (`true`) or `stopping` is set
+/// (`false`), pausing `first`, `2 × first`, … at most `max` between tries.
+async fn until_done<F, Fut>(
+    stopping: &AtomicBool,
+    (first, max): (Duration, Duration),
+    mut attempt: F,
+) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), ()>>,
+{
+    let mut pause = first;
+    loop {
+        if attempt().await.is_ok() {
+            return true;
+        }
+        if stopping.load(Ordering::SeqCst) {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause + first).min(max);
+    }
 }
 
 /// A lane found with every chat held back: where its walk ended, when it
@@ -1094,6 +1121,43 @@ mod tests {
                 )?)
             })
             .ok()
+    }
+
+    /// Outcomes are recorded however long the store refuses them (here a
+    /// hundred refusals, twice as many as were once tried before giving
+    /// up and leaving the rows `running` until a restart), and given up
+    /// only when the dispatcher stops.
+    #[test]
+    fn outcomes_are_recorded_however_long_the_store_refuses_them() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let pauses = (Duration::from_micros(1), Duration::from_micros(5));
+        let stopping = AtomicBool::new(false);
+        let mut tries = 0;
+        let done = rt.block_on(until_done(&stopping, pauses, || {
+            tries += 1;
+            let ok = tries > 100;
+            async move {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(())
+                }
+            }
+        }));
+        assert!(done);
+        assert_eq!(tries, 101);
+        // Stopping: one more try, then the rows are left for the next start.
+        stopping.store(true, Ordering::SeqCst);
+        let mut tries = 0;
+        let done = rt.block_on(until_done(&stopping, pauses, || {
+            tries += 1;
+            async { Err(()) }
+        }));
+        assert!(!done);
+        assert_eq!(tries, 1);
     }
 
     /// Waits up to 20 s for `ok`.
