@@ -221,6 +221,7 @@ async fn reload_on_hangup(live: Arc<Live>, registry: Arc<Registry>, metrics: Arc
 /// them, looked for every quarter of that age (at least every second, at
 /// most every hour). A reload that changes it takes effect at once.
 async fn prune_loop(store: Store, live: Arc<Live>, metrics: Arc<Metrics>) {
+    let trouble = crate::repeated::Repeated::new("pruning old events");
     loop {
         let every = live
             .get()
@@ -237,12 +238,14 @@ async fn prune_loop(store: Store, live: Arc<Live>, metrics: Arc<Metrics>) {
             continue;
         };
         match store.prune(age).await {
-            Ok(0) => {}
             Ok(n) => {
-                tracing::info!(events = n, older_than = ?age, "pruned events");
-                metrics.add("hookhost_events_pruned_total", vec![], n as u64);
+                trouble.succeeded();
+                if n > 0 {
+                    tracing::info!(events = n, older_than = ?age, "pruned events");
+                    metrics.add("hookhost_events_pruned_total", vec![], n as u64);
+                }
             }
-            Err(e) => tracing::warn!(error = %e, "pruning failed; will try again"),
+            Err(e) => trouble.failed(&e),
         }
     }
 }
@@ -271,14 +274,19 @@ async fn serve_http(
         .max_header_size(64 * 1024)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    let accept_trouble = crate::repeated::Repeated::new("accepting connections");
     loop {
         let (stream, _peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok(s) => s,
+                Ok(s) => {
+                    accept_trouble.succeeded();
+                    s
+                }
                 Err(e) => {
-                    // Out of file descriptors and the like: pause, do not spin.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: pause, do not
+                    // spin, and say so once rather than twenty times a second.
+                    accept_trouble.failed(&e);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
