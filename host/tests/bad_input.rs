@@ -206,3 +206,45 @@ fn slow_senders_and_idle_connections_are_cut_off() {
     assert_eq!(r.status, 200);
     assert_eq!(s.stored().len(), 2);
 }
+
+/// A server out of file descriptors (its limit lowered under it, then
+/// more connections than it can take): it says so once, not at every
+/// accept it retries, keeps its open connections, and says when accepting
+/// works again.
+#[test]
+fn running_out_of_file_descriptors_is_logged_once_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(&cfg, "[tenants.default]\n").unwrap();
+    let server =
+        common::process::Proc::start(&cfg, &dir.path().join("data"), &dir.path().join("plugins"));
+    assert_eq!(get(&server.url("/readyz")).status, 200);
+    let pid = server.child.id() as libc::pid_t;
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    // Room for five more descriptors.
+    let limit = libc::rlimit {
+        rlim_cur: open + 5,
+        rlim_max: open + 5,
+    };
+    // SAFETY: sets the resource limit of our own child from a valid struct.
+    let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let addr = server.addr.clone();
+    let flood: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let failing = "accepting connections: failing";
+    assert!(wait_until(Duration::from_secs(10), || server
+        .count_lines(failing)
+        == 1));
+    // Two seconds of retried accepts: still one line.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(server.count_lines(failing), 1);
+    drop(flood);
+    assert!(wait_until(Duration::from_secs(10), || server
+        .count_lines("accepting connections: working again")
+        == 1));
+    assert_eq!(get(&server.url("/readyz")).status, 200);
+}
