@@ -138,6 +138,54 @@ fn the_log_says_when_the_plugins_folder_is_empty() {
     assert_eq!(lines[0]["dir"], plugins.display().to_string());
 }
 
+/// A plugins folder that is there but cannot be read (here a file put in
+/// its place) changes nothing: the plugins loaded keep running, the log
+/// says so once rather than at every rescan, and once it is readable
+/// again.
+#[test]
+fn an_unreadable_plugins_folder_keeps_the_plugins_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    deploy(&test_plugins(), "probe", &plugins, "probe", None);
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(
+        &cfg,
+        "[tenants.default]\nplugins = [\"probe\"]\n\
+         [tenants.default.plugin.probe]\ngrants = [\"log\", \"kv\", \"sql\"]\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let server = process::Proc::start(&cfg, &data, &plugins);
+    assert!(wait_until(SETTLE, || server.count_lines("plugin loaded") == 1));
+    let aside = dir.path().join("plugins.aside");
+    std::fs::rename(&plugins, &aside).unwrap();
+    std::fs::write(&plugins, "not a folder").unwrap();
+    let failing = "reading the plugins folder: failing";
+    assert!(wait_until(SETTLE, || server.count_lines(failing) == 1));
+    // Three rescans later: said once, and the plugin still runs.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(server.count_lines(failing), 1);
+    let post_ok = |id: &str| {
+        let body = format!(r#"{{"event_type":"message_received","id":"{id}","body":"x"}}"#);
+        assert_eq!(
+            post(&server.url("/webhook"), body.as_bytes(), None).status,
+            200
+        );
+    };
+    post_ok("U1");
+    let rows = wait_settled(&data, 1, SETTLE);
+    assert_eq!(rows[0].state, "done", "{rows:?}");
+    std::fs::remove_file(&plugins).unwrap();
+    std::fs::rename(&aside, &plugins).unwrap();
+    assert!(wait_until(SETTLE, || server
+        .count_lines("reading the plugins folder: working again")
+        == 1));
+    post_ok("U2");
+    let rows = wait_settled(&data, 2, SETTLE);
+    assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
+    assert_eq!(server.count_lines("plugin loaded"), 1, "not loaded again");
+}
+
 /// What an operator reads in the server's log: a plugin the configuration
 /// names but the folder lacks, and the first capability a delivery was
 /// refused (once per delivery, not once per call).

@@ -222,6 +222,8 @@ pub struct Registry {
     /// ended, a file went away), so held deliveries start without waiting
     /// for the dispatcher's next poll.
     on_change: std::sync::OnceLock<Arc<crate::wake::Wake>>,
+    /// The folder there but unreadable: said when it starts and ends.
+    unreadable: crate::repeated::Repeated,
 }
 
 impl Registry {
@@ -314,6 +316,7 @@ impl Registry {
             kick: Mutex::new(None),
             sql_pool: Arc::default(),
             on_change: std::sync::OnceLock::new(),
+            unreadable: crate::repeated::Repeated::new("reading the plugins folder"),
         }))
     }
 
@@ -612,11 +615,20 @@ impl Registry {
     /// hold up the Rust plugins behind it.
     fn list_folder(&self) -> Vec<(String, (PathBuf, Stamp))> {
         let listing = match super::folder::list(&self.dir) {
-            Ok(l) => l,
-            Err(e) => {
-                if self.dir.exists() {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read plugins folder");
-                }
+            Ok(l) => {
+                self.unreadable.succeeded();
+                l
+            }
+            // There but not readable (permissions, an I/O error, a file
+            // put in its place): nothing is known to have changed, so the
+            // plugins loaded stay rather than being taken away.
+            Err(e) if self.dir.exists() => {
+                self.unreadable
+                    .failed(&format_args!("{}: {e}", self.dir.display()));
+                return Vec::new();
+            }
+            // Gone: as if every file in it were removed.
+            Err(_) => {
                 self.note_ignored(BTreeMap::new());
                 self.apply_removals(&BTreeSet::new());
                 return Vec::new();
