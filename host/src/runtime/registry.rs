@@ -391,8 +391,6 @@ impl Registry {
             .collect()
     }
 
-    /// Whether `plugin` runs for `tenant` under the configuration now in
-    /// force (a reload may have taken it away since its deliveries queued).
     /// Says, once a plugin is loaded, how many of its dead letters failed
     /// only because it was not (a file that did not load, missing, or
     /// compiling while their retries ran out), and how to run them now:
@@ -415,6 +413,8 @@ impl Registry {
         }
     }
 
+    /// Whether `plugin` runs for `tenant` under the configuration now in
+    /// force (a reload may have taken it away since its deliveries queued).
     pub fn runs_for(&self, tenant: &str, plugin: &str) -> bool {
         let st = self.state.read().unwrap();
         assigned(&st, &self.live.get().tenants, plugin)
