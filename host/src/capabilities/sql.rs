@@ -107,9 +107,7 @@ impl SqlDb {
         c.progress_handler(10_000, Some(move || Instant::now() > deadline));
         Ok(c)
     }
-}
 
-impl SqlDb {
     /// The error for a statement that failed: SQLite answers "full" both
     /// when the database reaches its quota (`max_page_count`) and when the
     /// disk under it is full. The quota is the plugin's to mind (`quota
@@ -270,7 +268,7 @@ impl rusqlite::ToSql for Param<'_> {
 
 fn sql_err(e: rusqlite::Error) -> HostError {
     match e.sqlite_error_code() {
-        // Told apart from a full disk by `SqlDb::full`.
+        // Told apart from a full disk by `SqlDb::error`.
         Some(rusqlite::ErrorCode::DiskFull) => HostError::QuotaExceeded,
         Some(rusqlite::ErrorCode::OperationInterrupted) => {
             HostError::Unavailable("statement interrupted at the deadline".into())
