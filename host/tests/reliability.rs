@@ -396,6 +396,54 @@ fn a_plugin_database_on_a_full_disk_is_unavailable_not_over_quota() {
     );
 }
 
+/// The compile cache on a full disk: a plugin large enough for the child
+/// compiler is compiled in the server instead, loads and runs, rather than
+/// failing to load until there is room.
+#[test]
+fn a_plugin_loads_when_its_compile_cache_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let Some(_mounted) = mount_tmpfs(&cache, "size=64k") else {
+        return;
+    };
+    // Full: the write stops where the filesystem does.
+    assert!(std::fs::write(cache.join("filler"), vec![0u8; 1 << 20]).is_err());
+    let mut config = common::config(
+        dir.path(),
+        "[tenants.default]\nplugins = [\"probe\"]\n\
+         [tenants.default.plugin.probe]\ngrants = [\"log\", \"kv\", \"sql\"]",
+    );
+    config.runtime.cache_dir = Some(cache.clone());
+    // The probe (730 KB) goes to the child compiler.
+    config.runtime.compile_process_min_kb = 1;
+    config.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
+    deploy(
+        &test_plugins(),
+        "probe",
+        &config.server.plugins_dir,
+        "probe",
+        None,
+    );
+    let s = TestServer::start_in(tempfile::tempdir().unwrap(), config);
+    s.wait_loaded(&["probe"]);
+    assert_eq!(
+        post(
+            &s.url("/webhook"),
+            hookhost::samples::MESSAGE_RECEIVED.as_bytes(),
+            None
+        )
+        .status,
+        200
+    );
+    let rows = wait_settled(&s.data_dir(), 1, SETTLE);
+    assert_eq!(rows[0].state, "done", "{rows:?}");
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(entries, vec!["filler"], "no half-written entries left");
+}
+
 /// A read-only data directory: the server starts and answers 503 (no
 /// crash); once the directory is writable, it takes events.
 #[test]

@@ -98,6 +98,11 @@ impl CompileCache {
                     Err(ChildError::NotStarted(msg)) => {
                         tracing::warn!(error = %msg, "child compiler did not start; compiling in process")
                     }
+                    // The cache is what the child is for: without it the
+                    // plugin is compiled here rather than not loaded.
+                    Err(ChildError::NotCached(msg)) => {
+                        tracing::warn!(error = %msg, "the child compiler could not write the compile cache; compiling in process")
+                    }
                 }
             }
         }
@@ -225,9 +230,16 @@ enum ChildError {
     Died(String),
     /// The child could not be started.
     NotStarted(String),
+    /// The child compiled the component but could not write the cache
+    /// entry (its disk full, say).
+    NotCached(String),
     /// Killed on request: the file it compiled was replaced or removed.
     Cancelled,
 }
+
+/// The child compiler's exit code when it compiled the component but could
+/// not write the cache entry.
+const NOT_CACHED: i32 = 3;
 
 fn compile_in_child(
     c: &ChildCompiler,
@@ -319,6 +331,9 @@ fn compile_in_child(
         Some(1) => Err(ChildError::Refused(
             last.trim_start_matches("error: ").to_string(),
         )),
+        Some(NOT_CACHED) => Err(ChildError::NotCached(
+            last.trim_start_matches("error: ").to_string(),
+        )),
         _ => Err(ChildError::Died(format!(
             "child compiler ended with {status}: {last}"
         ))),
@@ -363,7 +378,7 @@ pub fn compile_worker(dir: PathBuf, settings: super::engine::EngineSettings) -> 
         Ok(_) if cache.path(&rt, &hash).exists() => 0,
         Ok(_) => {
             eprintln!("error: compiled, but the cache entry could not be written");
-            2
+            NOT_CACHED
         }
         Err(e) => {
             // The whole chain: "failed to parse WebAssembly module" says
