@@ -376,6 +376,20 @@ fn a_plugin_database_on_a_full_disk_is_unavailable_not_over_quota() {
     let Some(_mounted) = mount_tmpfs(&config.server.data_dir.join("plugin-data"), "size=2m") else {
         return;
     };
+    let (_server, row) = one_probe_delivery(config);
+    let error = row.last_error.unwrap_or_default();
+    assert!(
+        error.starts_with("reject: sql stopped at ") && error.ends_with(": unavailable"),
+        "{error}"
+    );
+}
+
+/// A server with `config` and the probe plugin as `probe`, once it is
+/// loaded, given the sample message; the server and the probe's delivery
+/// once settled.
+fn one_probe_delivery(
+    config: hookhost::config::Config,
+) -> (TestServer, hookhost::store::DeliveryRow) {
     deploy(
         &test_plugins(),
         "probe",
@@ -384,22 +398,11 @@ fn a_plugin_database_on_a_full_disk_is_unavailable_not_over_quota() {
         None,
     );
     let s = TestServer::start_in(tempfile::tempdir().unwrap(), config);
-    assert!(wait_until(SETTLE, || get(&s.url("/readyz")).status == 200));
-    assert_eq!(
-        post(
-            &s.url("/webhook"),
-            hookhost::samples::MESSAGE_RECEIVED.as_bytes(),
-            None
-        )
-        .status,
-        200
-    );
-    let rows = wait_settled(&s.data_dir(), 1, SETTLE);
-    let error = rows[0].last_error.clone().unwrap_or_default();
-    assert!(
-        error.starts_with("reject: sql stopped at ") && error.ends_with(": unavailable"),
-        "{error}"
-    );
+    s.wait_loaded(&["probe"]);
+    let message = hookhost::samples::MESSAGE_RECEIVED.as_bytes();
+    assert_eq!(post(&s.url("/webhook"), message, None).status, 200);
+    let row = wait_settled(&s.data_dir(), 1, SETTLE).remove(0);
+    (s, row)
 }
 
 /// The compile cache on a full disk: a plugin large enough for the child
@@ -423,26 +426,8 @@ fn a_plugin_loads_when_its_compile_cache_cannot_be_written() {
     // The probe (730 KB) goes to the child compiler.
     config.runtime.compile_process_min_kb = 1;
     config.runtime.compiler_exe = Some(env!("CARGO_BIN_EXE_hookhost").into());
-    deploy(
-        &test_plugins(),
-        "probe",
-        &config.server.plugins_dir,
-        "probe",
-        None,
-    );
-    let s = TestServer::start_in(tempfile::tempdir().unwrap(), config);
-    s.wait_loaded(&["probe"]);
-    assert_eq!(
-        post(
-            &s.url("/webhook"),
-            hookhost::samples::MESSAGE_RECEIVED.as_bytes(),
-            None
-        )
-        .status,
-        200
-    );
-    let rows = wait_settled(&s.data_dir(), 1, SETTLE);
-    assert_eq!(rows[0].state, "done", "{rows:?}");
+    let (_server, row) = one_probe_delivery(config);
+    assert_eq!(row.state, "done", "{row:?}");
     let entries: Vec<_> = std::fs::read_dir(&cache)
         .unwrap()
         .map(|e| e.unwrap().file_name())
