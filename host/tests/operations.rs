@@ -2173,14 +2173,17 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
     )
     .unwrap();
     let p = plugins.to_str().unwrap();
-    let out = cli(&[
-        "config",
-        "check",
-        "-c",
-        cfg.to_str().unwrap(),
-        "--plugins-dir",
-        p,
-    ]);
+    let check = |file: &std::path::Path| {
+        cli(&[
+            "config",
+            "check",
+            "-c",
+            file.to_str().unwrap(),
+            "--plugins-dir",
+            p,
+        ])
+    };
+    let out = check(&cfg);
     let expected = [
         format!("{}: valid (2 tenants)", cfg.display()),
         "tenant a: 1 secret, plugins logger, loger, gateway account no".into(),
@@ -2201,14 +2204,7 @@ fn config_check_says_what_a_file_gives_and_refuses_what_serve_would() {
     // A plugin no tenant names runs for the default tenant, and says so.
     let with_default = dir.path().join("default.toml");
     std::fs::write(&with_default, "[tenants.default]\nplugins = [\"extra\"]\n").unwrap();
-    let out = cli(&[
-        "config",
-        "check",
-        "-c",
-        with_default.to_str().unwrap(),
-        "--plugins-dir",
-        p,
-    ]);
+    let out = check(&with_default);
     assert!(
         out.lines()
             .any(|l| l == "  runs extra; named by no tenant: logger"),
