@@ -186,6 +186,52 @@ fn an_unreadable_plugins_folder_keeps_the_plugins_loaded() {
     assert_eq!(server.count_lines("plugin loaded"), 1, "not loaded again");
 }
 
+/// A plugin file the server cannot read (deployed with permissions only
+/// its owner can read, say) is a failed load the status listing explains,
+/// said once rather than at every rescan, and loaded as soon as it can be
+/// read. A link to `/proc/self/mem` stands for it here: a regular file
+/// whose reading fails even for root.
+#[test]
+fn an_unreadable_plugin_file_is_reported_once_and_loaded_once_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    let file = plugins.join("probe.wasm");
+    std::os::unix::fs::symlink("/proc/self/mem", &file).unwrap();
+    let cfg = dir.path().join("hookhost.toml");
+    std::fs::write(&cfg, "[admin]\ntoken = \"t\"\n[tenants.default]\n").unwrap();
+    let server = process::Proc::start(&cfg, &dir.path().join("data"), &plugins);
+    let status = || {
+        let mut r = agent()
+            .get(&server.url("/admin/plugins"))
+            .header("Authorization", "Bearer t")
+            .call()
+            .unwrap();
+        let v: serde_json::Value = r.body_mut().read_json().unwrap();
+        v["plugins"][0].clone()
+    };
+    let said = "cannot read plugin file";
+    assert!(wait_until(SETTLE, || server.count_lines(said) == 1));
+    assert_eq!(status()["name"], "probe");
+    assert_eq!(status()["status"], "failed", "{}", status());
+    let error = status()["last_error"].as_str().unwrap_or("").to_string();
+    assert!(error.starts_with("cannot read the file: "), "{error}");
+    assert!(status()["hash"].is_null(), "{}", status());
+    // Three rescans later: still said once.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(server.count_lines(said), 1);
+    // Put right (a permission fixed changes no mtime; here the link is
+    // replaced by the file): loaded at the next scan.
+    deploy(&test_plugins(), "probe", &plugins, "probe", None);
+    assert!(
+        wait_until(SETTLE, || status()["status"] == "loaded"),
+        "{}",
+        status()
+    );
+    assert!(status()["last_error"].is_null(), "{}", status());
+    assert_eq!(server.count_lines(said), 1);
+}
+
 /// What an operator reads in the server's log: a plugin the configuration
 /// names but the folder lacks, and the first capability a delivery was
 /// refused (once per delivery, not once per call).

@@ -157,6 +157,8 @@ struct Failed {
     /// For a failure that says nothing about the file (the child compiler
     /// was killed): when to try it again, and how many tries so far.
     retry: Option<(Instant, u32)>,
+    /// The file could not be read at all (`hash` is empty).
+    unreadable: bool,
 }
 
 /// While a plugin with no loaded version has had at most this many killed
@@ -361,7 +363,9 @@ impl Registry {
     /// Why `name` has no loaded version, for a delivery that cannot run.
     pub fn why_not_loaded(&self, name: &str) -> String {
         let st = self.state.read().unwrap();
-        if let Some(f) = st.errors.get(name) {
+        if let Some(f) = st.errors.get(name).filter(|f| f.unreadable) {
+            format!("plugin is not loaded: {}", f.error)
+        } else if let Some(f) = st.errors.get(name) {
             format!(
                 "plugin is not loaded: its file ({}) failed to load: {}",
                 &f.hash[..12.min(f.hash.len())],
@@ -488,7 +492,10 @@ impl Registry {
                         (None, None, None) => "queued",
                     },
                     // The loaded version's; with none, the failed file's.
-                    hash: p.map(|p| &p.hash).or(failed.map(|f| &f.hash)).cloned(),
+                    hash: p
+                        .map(|p| &p.hash)
+                        .or(failed.filter(|f| !f.unreadable).map(|f| &f.hash))
+                        .cloned(),
                     size: p.map(|p| p.size).or(failed.map(|f| f.size)),
                     loaded_at_ms: p.map(|p| {
                         p.loaded_at
@@ -796,7 +803,7 @@ impl Registry {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(plugin = name, error = %e, "cannot read plugin file");
+                self.note_unreadable(name, stamp, &e);
                 return;
             }
         };
@@ -908,10 +915,44 @@ impl Registry {
                             hash,
                             size: bytes.len() as u64,
                             retry,
+                            unreadable: false,
                         },
                     );
                 }
             }
+        }
+    }
+
+    /// A plugin file that cannot be read (its permissions, an I/O error) is
+    /// a failed load the status listing shows; it is said once (again if
+    /// the reason changes) and read again at every scan, since a permission
+    /// put right changes neither its size nor its mtime. A version loaded
+    /// before stays loaded.
+    fn note_unreadable(&self, name: &str, stamp: Stamp, e: &std::io::Error) {
+        let error = format!("cannot read the file: {e}");
+        let mut st = self.state.write().unwrap();
+        let said = st
+            .errors
+            .get(name)
+            .is_some_and(|f| f.unreadable && f.error == error);
+        if !said {
+            tracing::warn!(
+                plugin = name,
+                error = %e,
+                "cannot read plugin file; reading it again at every scan"
+            );
+        }
+        if st.stamps.contains_key(name) {
+            st.errors.insert(
+                name.to_string(),
+                Failed {
+                    error,
+                    hash: String::new(),
+                    size: stamp.0,
+                    retry: None,
+                    unreadable: true,
+                },
+            );
         }
     }
 
