@@ -1259,6 +1259,79 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
     assert_eq!(count(&["--last", "20000"]), all);
 }
 
+/// A listing cut short by `--limit` says so, on standard error, with the
+/// `--after` that shows the rest; an event's deliveries are never split
+/// between two pages. The same offline and through a server.
+#[test]
+fn a_listing_cut_short_says_how_to_see_the_rest() {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
+    assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
+    insert_events(&s.data_dir(), 4);
+    // Two deliveries for each of the five events, written straight in.
+    {
+        let c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
+        for seq in 1..=5 {
+            for plugin in ["a", "b"] {
+                c.execute(
+                    "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
+                     VALUES (?1, ?2, 'default', '', 'done', 0, 0)",
+                    rusqlite::params![seq, plugin],
+                )
+                .unwrap();
+            }
+        }
+    }
+    let data = s.data_dir();
+    let url = s.url("");
+    for place in [
+        vec!["--data-dir", data.to_str().unwrap()],
+        vec!["--url", &url, "--token", TOKEN],
+    ] {
+        let list = |args: &[&str]| {
+            let out = run(&[args, &place].concat());
+            assert!(out.status.success(), "{args:?}");
+            let shown: Vec<(i64, String)> = json_lines(&String::from_utf8_lossy(&out.stdout))
+                .iter()
+                .map(|r| {
+                    let seq = r.get("event_seq").unwrap_or(&r["seq"]);
+                    (
+                        seq.as_i64().unwrap(),
+                        r["plugin"].as_str().unwrap_or("").into(),
+                    )
+                })
+                .collect();
+            (
+                shown,
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            )
+        };
+        let d = |seq: i64, p: &str| (seq, p.to_string());
+        // Three asked for; the third is event 2's first delivery, so event
+        // 2 is left for the next page whole.
+        let (rows, said) = list(&["deliveries", "--json", "--limit", "3"]);
+        assert_eq!(rows, vec![d(1, "a"), d(1, "b")]);
+        assert_eq!(said, "(2 shown; more with --after 1)");
+        let (rows, said) = list(&["deliveries", "--json", "--limit", "4", "--after", "1"]);
+        assert_eq!(rows, vec![d(2, "a"), d(2, "b"), d(3, "a"), d(3, "b")]);
+        assert_eq!(said, "(4 shown; more with --after 3)");
+        let (rows, said) = list(&["deliveries", "--json", "--after", "3"]);
+        assert_eq!(rows, vec![d(4, "a"), d(4, "b"), d(5, "a"), d(5, "b")]);
+        assert_eq!(said, "", "all shown: nothing said");
+        // Exactly as many as asked for: nothing more to say.
+        let (rows, said) = list(&["deliveries", "--json", "--limit", "10"]);
+        assert_eq!(rows.len(), 10);
+        assert_eq!(said, "");
+        // Events the same way.
+        let (rows, said) = list(&["events", "list", "--json", "--limit", "2"]);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(said, "(2 shown; more with --after 2)");
+        let (rows, said) = list(&["events", "list", "--json", "--after", "2", "--limit", "3"]);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(said, "");
+    }
+}
+
 /// Writes `n` small events of the default tenant straight into the store
 /// of `data_dir` (made by a first event through the webhook), in one
 /// transaction: many more than posting them would allow in a test.

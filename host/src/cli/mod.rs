@@ -317,10 +317,13 @@ pub struct DeliveriesArgs {
     pub plugin: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// Deliveries of events after this sequence number (to page on).
+    #[arg(long, value_name = "SEQ")]
+    pub after: Option<i64>,
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..))]
     pub limit: i64,
     /// Only the newest N.
-    #[arg(long, value_name = "N", conflicts_with = "limit", value_parser = clap::value_parser!(i64).range(1..))]
+    #[arg(long, value_name = "N", conflicts_with_all = ["after", "limit"], value_parser = clap::value_parser!(i64).range(1..))]
     pub last: Option<i64>,
 }
 
@@ -519,13 +522,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Deliveries(a) => {
             let page = match a.last {
                 Some(n) => operate::Page::Last(n),
-                None => operate::Page::After(0, a.limit),
+                None => operate::Page::After(a.after.unwrap_or(0), a.limit),
             };
             let filter = store::DeliveryFilter {
                 event: a.event,
                 state: a.state,
                 tenant: a.tenant,
                 plugin: a.plugin,
+                after: None,
             };
             operate::deliveries(&a.target, filter, a.json, page)
         }

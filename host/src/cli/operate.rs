@@ -84,6 +84,34 @@ fn print_deliveries(rows: &[Value], json: bool, dead: bool) {
     }
 }
 
+/// The first `limit` of `rows` and whether there were more; rows after the
+/// last kept one that `same` as it are dropped too (unless that leaves
+/// none), so that paging on from the last one shown misses nothing.
+fn cut(
+    mut rows: Vec<Value>,
+    limit: usize,
+    same: impl Fn(&Value, &Value) -> bool,
+) -> (Vec<Value>, bool) {
+    if rows.len() <= limit {
+        return (rows, false);
+    }
+    let next = rows.swap_remove(limit);
+    rows.truncate(limit);
+    let keep = rows
+        .iter()
+        .rposition(|r| !same(r, &next))
+        .map_or(limit, |i| i + 1);
+    rows.truncate(keep);
+    (rows, true)
+}
+
+/// Says on standard error, after a listing cut short, how to see the rest.
+fn more_after(rows: &[Value], seq: &str, how: &str) {
+    if let Some(last) = rows.last().and_then(|r| r[seq].as_i64()) {
+        eprintln!("({} shown; more with {how} {last})", rows.len());
+    }
+}
+
 fn to_values<T: serde::Serialize>(rows: &[T]) -> Vec<Value> {
     rows.iter()
         .map(|r| serde_json::to_value(r).unwrap_or(Value::Null))
@@ -106,11 +134,22 @@ pub fn events_list(
     page: Page,
     follow: bool,
 ) -> anyhow::Result<i32> {
-    let rows = fetch_events(t, tenant, page)?;
     if !follow {
+        // One more than asked for tells whether there are more.
+        let (rows, more) = match page {
+            Page::After(after, limit) => {
+                let rows = fetch_events(t, tenant, Page::After(after, limit + 1))?;
+                cut(rows, limit as usize, |_, _| false)
+            }
+            Page::Last(_) => (fetch_events(t, tenant, page)?, false),
+        };
         print_events(&rows, json, true);
+        if more {
+            more_after(&rows, "seq", "--after");
+        }
         return Ok(0);
     }
+    let rows = fetch_events(t, tenant, page)?;
     // The header even with nothing yet: what follows goes under it.
     if !json && rows.is_empty() {
         events_header();
@@ -235,10 +274,26 @@ pub fn deliveries(
     page: Page,
 ) -> anyhow::Result<i32> {
     let dead = filter.state.as_deref() == Some("dead");
+    let mut filter = filter;
+    let shown = match page {
+        Page::After(after, limit) => {
+            filter.after = Some(after);
+            Some(limit)
+        }
+        Page::Last(_) => None,
+    };
+    // One more than asked for tells whether there are more (the server
+    // answers 100 000 at most).
+    let page = match page {
+        Page::After(after, limit) => Page::After(after, (limit + 1).min(100_000)),
+        last => last,
+    };
     let rows = if t.url.is_some() {
         let mut q = form_urlencoded::Serializer::new(String::new());
         match page {
-            Page::After(_, limit) => q.append_pair("limit", &limit.to_string()),
+            Page::After(after, limit) => q
+                .append_pair("after", &after.to_string())
+                .append_pair("limit", &limit.to_string()),
             Page::Last(n) => q.append_pair("last", &n.to_string()),
         };
         if let Some(e) = filter.event {
@@ -266,7 +321,22 @@ pub fn deliveries(
         };
         to_values(&rows)
     };
+    let (rows, more) = match shown {
+        // An event's deliveries are not split between two pages.
+        Some(limit) => cut(rows, limit as usize, |a, b| {
+            a["event_seq"] == b["event_seq"]
+        }),
+        None => (rows, false),
+    };
     print_deliveries(&rows, json, dead);
+    if more {
+        let how = if dead {
+            "hookhost deliveries --state dead --after"
+        } else {
+            "--after"
+        };
+        more_after(&rows, "event_seq", how);
+    }
     Ok(0)
 }
 

@@ -166,6 +166,8 @@ struct DeliveriesQuery {
     event: Option<i64>,
     tenant: Option<String>,
     plugin: Option<String>,
+    /// Only the deliveries of events after this sequence number.
+    after: Option<i64>,
     limit: Option<i64>,
     /// The newest N instead (oldest first), ignoring `limit`.
     last: Option<i64>,
@@ -193,6 +195,7 @@ async fn deliveries(
         state: q.state,
         tenant: q.tenant,
         plugin: q.plugin,
+        after: q.after,
     };
     let rows = blocking(&state.store, move |s| match last {
         Some(n) => s.last_deliveries(&filter, n),

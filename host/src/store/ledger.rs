@@ -429,6 +429,8 @@ pub struct DeliveryFilter {
     pub state: Option<String>,
     pub tenant: Option<String>,
     pub plugin: Option<String>,
+    /// Only events after this sequence number (to page on).
+    pub after: Option<i64>,
 }
 
 impl DeliveryFilter {
@@ -470,23 +472,27 @@ fn select_deliveries(
         "SELECT event_seq, plugin, tenant, state, attempts, next_at, last_error, plugin_hash, updated_at
          FROM deliveries WHERE (?1 IS NULL OR event_seq = ?1) AND (?2 IS NULL OR state = ?2)
              AND (?4 IS NULL OR tenant = ?4) AND (?5 IS NULL OR plugin = ?5)
+             AND (?6 IS NULL OR event_seq > ?6)
          {order} LIMIT ?3"
     ))?;
     let f = filter;
     let rows = st
-        .query_map(params![f.event, f.state, limit, f.tenant, f.plugin], |r| {
-            Ok(DeliveryRow {
-                event_seq: r.get(0)?,
-                plugin: r.get(1)?,
-                tenant: r.get(2)?,
-                state: r.get(3)?,
-                attempts: r.get(4)?,
-                next_at: r.get(5)?,
-                last_error: r.get(6)?,
-                plugin_hash: r.get(7)?,
-                updated_at: r.get(8)?,
-            })
-        })?
+        .query_map(
+            params![f.event, f.state, limit, f.tenant, f.plugin, f.after],
+            |r| {
+                Ok(DeliveryRow {
+                    event_seq: r.get(0)?,
+                    plugin: r.get(1)?,
+                    tenant: r.get(2)?,
+                    state: r.get(3)?,
+                    attempts: r.get(4)?,
+                    next_at: r.get(5)?,
+                    last_error: r.get(6)?,
+                    plugin_hash: r.get(7)?,
+                    updated_at: r.get(8)?,
+                })
+            },
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
