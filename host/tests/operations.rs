@@ -342,6 +342,7 @@ fn a_dead_letter_retried_after_fixing_the_plugin_succeeds() {
     assert_eq!(rows[0].state, "dead");
     let dead = admin("GET", &s.url("/admin/dead-letters"), Some(TOKEN), None);
     assert_eq!(dead.body["dead_letters"].as_array().unwrap().len(), 1);
+    assert_eq!(dead.body["more"], false);
     // The operator fixes the plugin's settings, sees them in force, then
     // retries.
     fix_sidecar(&s, "fixme", "[settings]\n");
@@ -1330,6 +1331,53 @@ fn a_listing_cut_short_says_how_to_see_the_rest() {
         assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(said, "");
     }
+}
+
+/// More than 10 000 dead letters (a plugin broken for a busy day): the
+/// listing says there are more, and how to page through them.
+#[test]
+fn a_long_list_of_dead_letters_says_there_are_more() {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
+    assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
+    insert_events(&s.data_dir(), 10_000);
+    {
+        let mut c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
+        let tx = c.transaction().unwrap();
+        tx.execute(
+            "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
+             SELECT seq, 'broken', 'default', '', 'dead', 0, 0 FROM events",
+            [],
+        )
+        .unwrap();
+        tx.commit().unwrap();
+    }
+    let dead = admin("GET", &s.url("/admin/dead-letters"), Some(TOKEN), None);
+    let rows = dead.body["dead_letters"].as_array().unwrap();
+    assert_eq!(rows.len(), 10_000);
+    assert_eq!(rows[9_999]["event_seq"], 10_000);
+    assert_eq!(dead.body["more"], true);
+    let out = run(&["dead-letters", "--url", &s.url(""), "--token", TOKEN]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "(10000 shown; more with hookhost deliveries --state dead --after 10000)"
+    );
+    let rest = cli(&[
+        "deliveries",
+        "--state",
+        "dead",
+        "--after",
+        "10000",
+        "--json",
+        "--url",
+        &s.url(""),
+        "--token",
+        TOKEN,
+    ]);
+    let rest = json_lines(&rest);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0]["event_seq"], 10_001);
 }
 
 /// Writes `n` small events of the default tenant straight into the store

@@ -250,8 +250,12 @@ async fn dead_letters(
         plugin: q.plugin,
         ..Default::default()
     };
-    let rows = blocking(&state.store, move |s| s.deliveries(&filter, 10_000)).await?;
-    Ok(Json(json!({ "dead_letters": rows })))
+    // The oldest 10 000; `more` says there are others (`/admin/deliveries`
+    // with `state=dead` and `after` pages through them all).
+    let mut rows = blocking(&state.store, move |s| s.deliveries(&filter, 10_001)).await?;
+    let more = rows.len() > 10_000;
+    rows.truncate(10_000);
+    Ok(Json(json!({ "dead_letters": rows, "more": more })))
 }
 
 async fn retry(state: State<AppState>, path: Path<(i64, String)>) -> Result<Json<Value>, AppError> {
