@@ -885,6 +885,7 @@ fn due(
     lanes: &[Lane],
 ) -> Result<Vec<DueDelivery>, crate::store::StoreError> {
     let now = now_ms();
+    let latest = now.saturating_add(inner.live.get().dispatch.backoff_max_ms as i64);
     // Read before the walks: a change made during them counts as after.
     let changes = inner.store.ledger_changes();
     let mut all = Vec::new();
@@ -902,7 +903,7 @@ fn due(
         };
         let found = inner
             .store
-            .due_in_lane(now, limit, enough, lane, &mut walk)?;
+            .due_in_lane(now, latest, limit, enough, lane, &mut walk)?;
         if found.is_empty() && walk.complete {
             inner.quiet.lock().unwrap().insert(
                 lane.clone(),

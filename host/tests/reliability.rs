@@ -464,6 +464,58 @@ fn a_read_only_data_directory_answers_503() {
     assert_eq!(s.stored().len(), 1);
 }
 
+/// A retry set while the clock was ahead (an hour, a day: a virtual
+/// machine resumed, a clock put right by NTP) is due at once once the
+/// clock is put back, not that much later: a retry set further ahead than
+/// the longest backoff could put it is due now. One set within the
+/// backoff still waits for its time.
+#[test]
+fn a_retry_set_before_the_clock_was_put_back_is_not_held_back() {
+    let s = TestServer::start(
+        "[tenants.default]\nplugins = [\"probe\"]\n\
+         [tenants.default.plugin.probe]\ngrants = [\"log\", \"kv\", \"sql\"]\n\
+         [dispatch]\nbackoff_max_ms = 60000\n",
+    );
+    deploy(&test_plugins(), "probe", &s.plugins_dir(), "probe", None);
+    s.wait_loaded(&["probe"]);
+    for (id, chat) in [("ahead", "1@c.us"), ("soon", "2@c.us")] {
+        let r = post(&s.url("/webhook"), hola_event(id, chat).as_bytes(), None);
+        assert_eq!(r.status, 200);
+    }
+    let rows = wait_settled(&s.data_dir(), 2, SETTLE);
+    assert!(rows.iter().all(|d| d.state == "done"), "{rows:?}");
+    // As the ledger would hold them had their first attempts failed while
+    // the clock was a day ahead (event 1) and a minute ago (event 2).
+    let now = hookhost::store::now_ms();
+    {
+        let c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
+        for (seq, next_at) in [(1, now + 86_400_000), (2, now + 50_000)] {
+            c.execute(
+                "UPDATE deliveries SET state = 'failed', attempts = 1, next_at = ?2 WHERE event_seq = ?1",
+                rusqlite::params![seq, next_at],
+            )
+            .unwrap();
+        }
+    }
+    let state = |seq: i64| {
+        deliveries(&s.data_dir())
+            .into_iter()
+            .find(|d| d.event_seq == seq)
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || state(1).state == "done"),
+        "{:?}",
+        state(1)
+    );
+    assert_eq!(state(1).attempts, 2);
+    let soon = state(2);
+    assert_eq!(
+        (soon.state.as_str(), soon.next_at),
+        ("failed", now + 50_000)
+    );
+}
+
 /// SIGTERM: the server stops accepting, finishes what it holds and exits 0;
 /// everything acknowledged is stored.
 #[test]

@@ -166,9 +166,14 @@ impl Store {
     /// added since, as long as none of the rows it read has changed: no
     /// outcome recorded in the lane and no retry come due
     /// (`walk.wakes_at`).
+    ///
+    /// A retry set for later than `latest` (now plus the longest backoff)
+    /// was set by a clock that has since been put back: it is due now
+    /// rather than hours late.
     pub fn due_in_lane(
         &self,
         now: i64,
+        latest: i64,
         limit: i64,
         enough: i64,
         (tenant, plugin): &(String, String),
@@ -201,7 +206,7 @@ impl Store {
                 }
                 let state: String = r.get(4)?;
                 let next_at: i64 = r.get(5)?;
-                if state != "running" && next_at <= now {
+                if state != "running" && (next_at <= now || next_at > latest) {
                     due.push(DueDelivery {
                         event_seq: walk.after,
                         plugin: plugin.clone(),
@@ -766,7 +771,14 @@ mod tests {
         ) -> Result<Vec<DueDelivery>, StoreError> {
             let mut all = Vec::new();
             for lane in lanes {
-                all.extend(self.due_in_lane(now, limit, enough, lane, &mut LaneWalk::default())?);
+                all.extend(self.due_in_lane(
+                    now,
+                    i64::MAX,
+                    limit,
+                    enough,
+                    lane,
+                    &mut LaneWalk::default(),
+                )?);
             }
             all.sort_by_key(|d| d.event_seq);
             Ok(all)
@@ -908,7 +920,9 @@ mod tests {
         let lane = ("acme".to_string(), "logger".to_string());
         let now = now_ms();
         let mut walk = LaneWalk::default();
-        let found = store.due_in_lane(now, 10, 1, &lane, &mut walk).unwrap();
+        let found = store
+            .due_in_lane(now, i64::MAX, 10, 1, &lane, &mut walk)
+            .unwrap();
         assert!(found.is_empty(), "{found:?}");
         assert!(walk.complete);
         assert_eq!((walk.after, walk.wakes_at), (4, later));
@@ -923,13 +937,15 @@ mod tests {
                 ("logger", "b", "pending", 0), // 7
             ],
         );
-        let found = store.due_in_lane(now, 10, 1, &lane, &mut walk).unwrap();
+        let found = store
+            .due_in_lane(now, i64::MAX, 10, 1, &lane, &mut walk)
+            .unwrap();
         let seqs: Vec<i64> = found.iter().map(|d| d.event_seq).collect();
         assert_eq!(seqs, [6]);
         assert_eq!(walk.after, 7);
         // Read whole, the lane gives the same.
         let whole = store
-            .due_in_lane(now, 10, 1, &lane, &mut LaneWalk::default())
+            .due_in_lane(now, i64::MAX, 10, 1, &lane, &mut LaneWalk::default())
             .unwrap();
         assert_eq!(whole.iter().map(|d| d.event_seq).collect::<Vec<_>>(), [6]);
         store.close();
