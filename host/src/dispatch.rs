@@ -11,24 +11,31 @@
 //! (`runs`). Outcomes go to the ledger: done, failed with a backoff, or
 //! dead. Work left running by a crash is requeued at start.
 
-use crate::bindings::types as wit;
 use crate::config::DispatchConfig;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::repeated::Repeated;
 use crate::runtime::{self, convert, Registry};
-use crate::store::{now_ms, DeliveryOutcome, DueDelivery, NewDelivery, Store};
+use crate::store::{now_ms, DeliveryOutcome, NewDelivery, Store};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
+mod choose;
+mod execute;
+mod gauges;
 mod prepared;
 mod runs;
+mod supervise;
+
+use choose::{due, ledger_lanes, shares, slots, tenant_cap, Quiet};
+use execute::{execute_run, finish_run, InFlight};
+use gauges::{count_pending, publish_gauges};
+use supervise::{joined, supervise};
 
 const FANOUT_BATCH: i64 = 1000;
 const IDLE_POLL: Duration = Duration::from_millis(500);
@@ -39,18 +46,6 @@ const MIN_PASS_GAP: Duration = Duration::from_millis(1);
 /// How often the backlog gauges are counted (a count over every open
 /// delivery: not at every pass).
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
-/// How often the lane-by-lane scheduler asks the ledger which lanes have
-/// open rows (to find those of removed plugins).
-const LEDGER_LANES_EVERY: Duration = Duration::from_secs(1);
-/// How long a lane found with nothing to start is walked only over its new
-/// rows (see `Quiet`) before it is read whole again: the bound on how late
-/// a change the dispatcher does not hear of (an offline command's retry or
-/// replay) is seen.
-const QUIET_FOR: Duration = Duration::from_secs(1);
-/// The pause before the dispatcher starts again after a failure, doubled
-/// for each failure in a row up to `RESTART_MAX`.
-const RESTART_FIRST: Duration = Duration::from_millis(500);
-const RESTART_MAX: Duration = Duration::from_secs(60);
 
 /// The dispatcher runs on a thread of its own, with a single-threaded
 /// runtime whose blocking pool (threads `hookhost-deliver`) runs the
@@ -244,104 +239,6 @@ impl Dispatcher {
     }
 }
 
-/// Runs the dispatcher's loop until it is stopped. A panic in the loop or
-/// in a delivery's bookkeeping (a bug) would otherwise end deliveries for
-/// good while ingest goes on: the loop starts again, once the deliveries
-/// it had under way have ended and their rows are queued again, after a
-/// pause that doubles while failures follow each other.
-fn supervise(rt: &tokio::runtime::Runtime, inner: &Arc<Inner>, stop: &Arc<Notify>) {
-    let mut failures = 0u32;
-    loop {
-        let started = Instant::now();
-        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            rt.block_on(run(inner.clone(), stop.clone()))
-        }));
-        let Err(panic) = ran else { return };
-        // A loop that ran for a while before failing starts the count again.
-        if started.elapsed() > RESTART_MAX {
-            failures = 0;
-        }
-        failures += 1;
-        let pause = RESTART_FIRST
-            .saturating_mul(1 << (failures - 1).min(10))
-            .min(RESTART_MAX);
-        tracing::error!(
-            error = panic_message(panic.as_ref()),
-            failures,
-            pause_ms = pause.as_millis() as u64,
-            "the dispatcher failed; it starts again once the deliveries under way have ended"
-        );
-        inner
-            .metrics
-            .inc("hookhost_dispatcher_restarts_total", vec![]);
-        if !rt.block_on(recover(inner, stop, pause)) {
-            return;
-        }
-    }
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> &str {
-    p.downcast_ref::<&str>()
-        .copied()
-        .or_else(|| p.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("panic")
-}
-
-/// After a failure: waits `pause`, and then for the deliveries still on
-/// the blocking pool (each ends by its deadline); then forgets what the
-/// failed loop held and queues its `running` rows again, whose outcomes
-/// went with it. `false`: stopped meanwhile.
-async fn recover(inner: &Inner, stop: &Notify, pause: Duration) -> bool {
-    let mut wait = pause;
-    loop {
-        tokio::select! {
-            _ = stop.notified() => return false,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        if inner.in_flight.load(Ordering::SeqCst) == 0 {
-            break;
-        }
-        wait = Duration::from_millis(50);
-    }
-    *inner.running.lock().unwrap_or_else(PoisonError::into_inner) = Running::default();
-    inner.running.clear_poison();
-    *inner
-        .ledger_lanes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = None;
-    inner.ledger_lanes.clear_poison();
-    loop {
-        match inner.store.requeue_running().await {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(
-                        requeued = n,
-                        "deliveries interrupted by the failure queued again"
-                    );
-                }
-                return true;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot queue interrupted deliveries again; will retry");
-                tokio::select! {
-                    _ = stop.notified() => return false,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
-    }
-}
-
-/// A delivery task that panicked fails the loop (see [`supervise`]): what
-/// it held under the caps would otherwise stay held.
-fn joined(r: Result<(), tokio::task::JoinError>) {
-    if let Err(e) = r {
-        if e.is_panic() {
-            std::panic::resume_unwind(e.into_panic());
-        }
-    }
-}
-
 async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
     let wake = inner.wake.clone();
     let listener = wake.listen();
@@ -414,68 +311,6 @@ async fn run(inner: Arc<Inner>, stop: Arc<Notify>) {
         }
     }
     while tasks.join_next().await.is_some() {}
-}
-
-/// Sets `pending` from the ledger.
-fn count_pending(inner: &Inner) {
-    match inner.store.pending_count() {
-        Ok(n) => {
-            inner.count_trouble.succeeded();
-            inner.pending.store(n, Ordering::Relaxed)
-        }
-        Err(e) => inner.count_trouble.failed(&e),
-    }
-}
-
-fn publish_gauges(inner: &Inner, cursor: Option<i64>) {
-    let Some(cursor) = cursor else { return };
-    if let Ok((max_seq, open)) = inner.store.backlog() {
-        inner.metrics.set(
-            "hookhost_inbox_lag",
-            vec![],
-            (max_seq - cursor).max(0) as f64,
-        );
-        inner
-            .metrics
-            .set("hookhost_deliveries_open", vec![], open as f64);
-    }
-    // Each (tenant, plugin) that ever held keys, against the quota it runs
-    // under now (one row each: the usage is kept up to date by the store).
-    if let Ok(rows) = inner.store.kv_usage_all() {
-        for u in rows {
-            let limits = inner.registry.policy(&u.tenant, &u.plugin).limits;
-            let used = |n: i64, quota: u64| n.max(0) as f64 / quota.max(1) as f64;
-            let ratio = used(u.keys, limits.kv_keys).max(used(u.bytes, limits.kv_bytes));
-            let labels = vec![("tenant", u.tenant), ("plugin", u.plugin)];
-            let m = &inner.metrics;
-            m.set("hookhost_kv_keys", labels.clone(), u.keys as f64);
-            m.set("hookhost_kv_bytes", labels.clone(), u.bytes as f64);
-            m.set("hookhost_kv_quota_used_ratio", labels, ratio);
-        }
-    }
-    // Dead letters waiting for the operator: a pair's series goes once its
-    // last dead letter is retried or discarded.
-    if let Ok(rows) = inner.store.dead_counts() {
-        let m = &inner.metrics;
-        let current: Vec<_> = rows
-            .into_iter()
-            .map(|(tenant, plugin, n)| (vec![("tenant", tenant), ("plugin", plugin)], n))
-            .collect();
-        m.remove_gauges("hookhost_dead_letters", |l| {
-            current.iter().any(|(labels, _)| labels == l)
-        });
-        for (labels, n) in current {
-            m.set("hookhost_dead_letters", labels, n as f64);
-        }
-    }
-    if let Ok((bytes, free)) = inner.store.size() {
-        inner
-            .metrics
-            .set("hookhost_store_bytes", vec![], bytes as f64);
-        inner
-            .metrics
-            .set("hookhost_store_free_bytes", vec![], free as f64);
-    }
 }
 
 /// When the next retry is due. The ledger is asked when the time it or the
@@ -720,386 +555,13 @@ async fn schedule(
     Ok(false)
 }
 
-/// Deliveries that may run at once now: `busy_workers` while webhook
-/// events queue for the store, else `workers`. Shown as
-/// `hookhost_dispatch_slots`.
-fn slots(inner: &Inner, cfg: &crate::config::DispatchConfig) -> usize {
-    let n = if inner.store.ingest_crowded() {
-        cfg.busy_workers.min(cfg.workers)
-    } else {
-        cfg.workers
-    };
-    if inner.slots.swap(n, Ordering::Relaxed) != n {
-        inner
-            .metrics
-            .set("hookhost_dispatch_slots", vec![], n as f64);
-    }
-    n
-}
-
-/// Runs a slot's deliveries one after another on a blocking thread, as
-/// long as `budget` allows (twice over: a plugin's pace drifts) and the
-/// dispatcher is not stopping; the first always runs. Per delivery:
-/// `None` if it did not run, else [`execute`]'s answer.
-fn execute_run(
-    inner: &Inner,
-    run: &[DueDelivery],
-    budget: Duration,
-) -> Vec<Option<Option<runtime::Failure>>> {
-    let started = Instant::now();
-    run.iter()
-        .enumerate()
-        .map(|(i, d)| {
-            if i > 0
-                && (started.elapsed() >= budget.saturating_mul(2)
-                    || inner.stopping.load(Ordering::SeqCst))
-            {
-                return None;
-            }
-            let at = Instant::now();
-            let failure = execute(inner, d, d.attempts + 1);
-            inner.pace.record(&d.plugin, at.elapsed());
-            Some(failure)
-        })
-        .collect()
-}
-
-/// Records a run's outcomes (metrics, then the ledger in one commit) and
-/// gives back its deliveries and its slot.
-async fn finish_run(
-    inner: &Inner,
-    run: &[DueDelivery],
-    ran: Vec<Option<Option<runtime::Failure>>>,
-) {
-    let cfg = inner.live.get().dispatch.clone();
-    let mut outcomes = Vec::with_capacity(run.len());
-    let mut not_run = 0;
-    for (d, failure) in run.iter().zip(ran) {
-        let Some(failure) = failure else {
-            not_run += usize::from(d.queued);
-            outcomes.push((d.event_seq, d.plugin.clone(), None));
-            continue;
-        };
-        let ledger = outcome_for(failure.as_ref(), d.attempts + 1, &cfg);
-        let label = match &ledger {
-            DeliveryOutcome::Done => "done",
-            DeliveryOutcome::Retry { .. } => "retry",
-            DeliveryOutcome::Dead { .. } => "dead",
-        };
-        inner.metrics.inc(
-            "hookhost_deliveries_total",
-            vec![
-                ("tenant", d.tenant.clone()),
-                ("plugin", d.plugin.clone()),
-                ("outcome", label.into()),
-            ],
-        );
-        if matches!(ledger, DeliveryOutcome::Dead { .. }) {
-            inner.metrics.inc(
-                "hookhost_dead_letters_total",
-                vec![("tenant", d.tenant.clone()), ("plugin", d.plugin.clone())],
-            );
-        }
-        outcomes.push((d.event_seq, d.plugin.clone(), Some(ledger)));
-    }
-    let retry_at = outcomes
-        .iter()
-        .filter_map(|(_, _, o)| match o {
-            Some(DeliveryOutcome::Retry { next_at, .. }) => Some(*next_at),
-            _ => None,
-        })
-        .min();
-    // The ledger must hear the outcomes: the write is tried again for as
-    // long as the store refuses it (a full disk), until the dispatcher
-    // stops; then the rows, still `running`, are queued again at the next
-    // start. Giving up sooner would leave them `running` until a restart.
-    let recorded = until_done(&inner.stopping, RECORD_PAUSES, || async {
-        inner.store.finish_all(outcomes.clone()).await.map_err(|e| {
-            tracing::debug!(error = %e, seq = run[0].event_seq, plugin = %run[0].plugin, deliveries = run.len(), "cannot record delivery outcomes");
-            inner.record_trouble.failed(&e);
-        })
-    })
-    .await;
-    if recorded {
-        inner.record_trouble.succeeded();
-        if let Some(at) = retry_at {
-            inner.retry_hint.fetch_min(at, Ordering::SeqCst);
-        }
-        inner.pending.fetch_add(not_run, Ordering::Relaxed);
-    }
-    // After the commit: a pass that read the lane before it held the
-    // chats of this run back, and must read it whole again.
-    inner
-        .quiet
-        .lock()
-        .unwrap()
-        .retain(|(t, p), _| !run.iter().any(|d| d.tenant == *t && d.plugin == *p));
-    runs::release(&mut inner.running.lock().unwrap(), run);
-    inner.wake.notify();
-}
-
-/// Pauses between tries to record a run's outcomes: 100 ms, growing by
-/// 100 ms a try, at most 5 s.
-const RECORD_PAUSES: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
-
-/// Calls `attempt` until it succeeds (`true`) or `stopping` is set
-/// (`false`), pausing `first`, `2 × first`, … at most `max` between tries.
-async fn until_done<F, Fut>(
-    stopping: &AtomicBool,
-    (first, max): (Duration, Duration),
-    mut attempt: F,
-) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), ()>>,
-{
-    let mut pause = first;
-    loop {
-        if attempt().await.is_ok() {
-            return true;
-        }
-        if stopping.load(Ordering::SeqCst) {
-            return false;
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause + first).min(max);
-    }
-}
-
-/// A lane found with every chat held back: where its walk ended, when it
-/// was last read whole, and the operator's changes to the ledger then.
-struct Quiet {
-    walk: crate::store::LaneWalk,
-    read_whole_at: std::time::Instant,
-    ledger_changes: u64,
-}
-
-/// What may start in `lanes` (see `Store::due_in_lane`), oldest first
-/// across them, so that a lane held at its share of the tenant's slots does
-/// not crowd the others out of the list; a lane held back whole at the last
-/// pass is read from where that walk ended.
-fn due(
-    inner: &Inner,
-    limit: i64,
-    enough: i64,
-    lanes: &[Lane],
-) -> Result<Vec<DueDelivery>, crate::store::StoreError> {
-    let now = now_ms();
-    let latest = now.saturating_add(inner.live.get().dispatch.backoff_max_ms as i64);
-    // Read before the walks: a change made during them counts as after.
-    let changes = inner.store.ledger_changes();
-    let mut all = Vec::new();
-    for lane in lanes {
-        let kept = inner.quiet.lock().unwrap().remove(lane);
-        let (mut walk, read_whole_at) = match kept {
-            Some(q)
-                if q.read_whole_at.elapsed() < QUIET_FOR
-                    && now < q.walk.wakes_at
-                    && q.ledger_changes == changes =>
-            {
-                (q.walk, q.read_whole_at)
-            }
-            _ => (Default::default(), std::time::Instant::now()),
-        };
-        let found = inner
-            .store
-            .due_in_lane(now, latest, limit, enough, lane, &mut walk)?;
-        if found.is_empty() && walk.complete {
-            inner.quiet.lock().unwrap().insert(
-                lane.clone(),
-                Quiet {
-                    walk,
-                    read_whole_at,
-                    ledger_changes: changes,
-                },
-            );
-        }
-        all.extend(found);
-    }
-    all.sort_by_key(|d| d.event_seq);
-    Ok(all)
-}
-
-/// Deliveries `tenant` may run at once.
-fn tenant_cap(settings: &crate::live::Settings, tenant: &str) -> usize {
-    settings
-        .tenants
-        .get(tenant)
-        .and_then(|t| t.config.concurrency)
-        .unwrap_or(settings.dispatch.tenant_concurrency)
-}
-
-/// Each tenant's share of its slots for one plugin: its plugins with work
-/// (due, or running) share its `concurrency` evenly, so one whose
-/// deliveries wait long (a slow gateway) cannot take every slot and hold up
-/// the tenant's other plugins. A plugin alone with work may use them all.
-fn shares(
-    settings: &crate::live::Settings,
-    due: &[DueDelivery],
-    r: &Running,
-) -> HashMap<String, usize> {
-    let mut busy: HashMap<&str, HashSet<&str>> = HashMap::new();
-    let running = r.per_lane.keys().map(|(t, p)| (t.as_str(), p.as_str()));
-    for (t, p) in due
-        .iter()
-        .map(|d| (d.tenant.as_str(), d.plugin.as_str()))
-        .chain(running)
-    {
-        busy.entry(t).or_default().insert(p);
-    }
-    busy.into_iter()
-        .map(|(t, plugins)| {
-            let share = tenant_cap(settings, t).div_ceil(plugins.len().max(1));
-            (t.to_string(), share.max(1))
-        })
-        .collect()
-}
-
-/// Counts a delivery in `Inner::in_flight` until dropped (its blocking
-/// task ended, or never ran).
-struct InFlight(Arc<Inner>);
-
-impl InFlight {
-    fn new(inner: &Arc<Inner>) -> InFlight {
-        inner.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(inner.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// The ledger's open lanes, read again when the last read is older than
-/// `LEDGER_LANES_EVERY`.
-fn ledger_lanes(inner: &Inner) -> Result<Vec<Lane>, crate::store::StoreError> {
-    let mut cached = inner.ledger_lanes.lock().unwrap();
-    match &*cached {
-        Some((lanes, at)) if at.elapsed() < LEDGER_LANES_EVERY => Ok(lanes.clone()),
-        _ => {
-            let lanes = inner.store.open_lanes()?;
-            *cached = Some((lanes.clone(), std::time::Instant::now()));
-            Ok(lanes)
-        }
-    }
-}
-
-/// Runs one delivery on a blocking thread. `None` means success.
-fn execute(inner: &Inner, d: &DueDelivery, attempt: u32) -> Option<runtime::Failure> {
-    if inner.idle {
-        crate::priority::idle_current_thread();
-    } else {
-        crate::priority::lower_current_thread(inner.nice);
-    }
-    let span = tracing::info_span!(
-        "delivery",
-        tenant = %d.tenant,
-        plugin = %d.plugin,
-        seq = d.event_seq,
-        key = tracing::field::Empty,
-        attempt
-    );
-    let _g = span.enter();
-    let Some(plugin) = inner.registry.get(&d.plugin) else {
-        return Some(runtime::Failure::Instantiate(
-            inner.registry.why_not_loaded(&d.plugin),
-        ));
-    };
-    // Queued before a reload took the tenant or the plugin away: it does
-    // not run under another tenant's (or the default) grants. Retried like
-    // a plugin that is not loaded, in case the configuration comes back.
-    if !inner.registry.runs_for(&d.tenant, &d.plugin) {
-        return Some(runtime::Failure::Instantiate(format!(
-            "plugin does not run for tenant `{}` in the configuration",
-            d.tenant
-        )));
-    }
-    let ev = match inner.recent.get(&inner.store, d.event_seq) {
-        Ok(ev) => ev,
-        Err(f) => return Some(f),
-    };
-    span.record("key", ev.key.as_str());
-    if !plugin.wants(ev.kind) {
-        return None;
-    }
-    let ctx = wit::DeliveryContext {
-        tenant: d.tenant.clone(),
-        plugin: d.plugin.clone(),
-        event_key: ev.key.clone(),
-        attempt,
-        received_at: ev.received_at,
-        raw_json: ev.raw.clone(),
-    };
-    let policy = inner.registry.policy(&d.tenant, &d.plugin);
-    let mut caps = inner
-        .registry
-        .capabilities(&d.tenant, &d.plugin, d.event_seq, &policy);
-    caps.resend = d.resend;
-    caps.last_attempt = attempt >= inner.live.get().dispatch.max_attempts;
-    let report = runtime::deliver(&plugin, caps, &policy.limits, &ev.event, &ctx);
-    let labels = vec![("plugin", d.plugin.clone())];
-    inner.metrics.observe(
-        "hookhost_delivery_seconds",
-        labels.clone(),
-        report.total.as_secs_f64(),
-    );
-    inner.metrics.observe(
-        "hookhost_instantiate_seconds",
-        labels.clone(),
-        report.instantiate.as_secs_f64(),
-    );
-    inner
-        .metrics
-        .observe("hookhost_fuel_used", labels, report.fuel_used as f64);
-    for line in report.output.lines().take(200) {
-        tracing::info!(target: "plugin", tenant = %d.tenant, plugin = %d.plugin, stream = "stdio", "{line}");
-    }
-    if let Some(g) = report.denied {
-        inner.metrics.add(
-            "hookhost_capability_denied_total",
-            vec![
-                ("tenant", d.tenant.clone()),
-                ("plugin", d.plugin.clone()),
-                ("capability", g.as_str().to_string()),
-            ],
-            1,
-        );
-    }
-    if report.log_dropped > 0 {
-        inner.metrics.add(
-            "hookhost_plugin_log_lines_dropped_total",
-            vec![("plugin", d.plugin.clone())],
-            report.log_dropped as u64,
-        );
-        tracing::warn!(
-            dropped = report.log_dropped,
-            "plugin log lines over the limit were dropped"
-        );
-    }
-    match report.result {
-        Ok(()) => {
-            tracing::debug!(
-                fuel = report.fuel_used,
-                us = report.total.as_micros() as u64,
-                hash = plugin.short_hash(),
-                "delivered"
-            );
-            None
-        }
-        Err(f) => {
-            tracing::warn!(reason = %f, fuel = report.fuel_used, hash = plugin.short_hash(), "delivery failed");
-            Some(f)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::execute::until_done;
     use super::*;
     use crate::config::Config;
     use crate::store::{IngestOutcome, NewEvent};
+    use std::time::Instant;
 
     fn event(key: &str) -> NewEvent {
         NewEvent {
