@@ -808,7 +808,7 @@ mod tests {
             check("[tenants.a]\nlimits = { kv_keys = 0, sql_mb = 0, fuel = 1 }"),
             Ok(())
         );
-        let sidecar = crate::runtime::registry::Sidecar::parse("[limits]\nfuel = 0\n");
+        let sidecar = crate::runtime::sidecar::Sidecar::parse("[limits]\nfuel = 0\n");
         assert!(sidecar.unwrap_err().contains("fuel must be above 0"));
     }
 

@@ -6,7 +6,7 @@ use super::out::outln;
 use crate::config::{Config, Grant};
 use crate::live::{warnings, Tenants, Warning};
 use crate::runtime::folder::Listing;
-use crate::runtime::registry::{assigned_to, unknown_tenants, Sidecar};
+use crate::runtime::sidecar::{assigned_to, unknown_tenants, Sidecar};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 

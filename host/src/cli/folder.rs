@@ -110,7 +110,7 @@ pub fn plugins(t: &Target, dir: &Path, json: bool) -> anyhow::Result<i32> {
                         Some(crate::runtime::plugin::hash(&bytes)),
                         String::from_utf8(bytes)
                             .map_err(|e| e.to_string())
-                            .and_then(|t| crate::runtime::registry::Sidecar::parse(&t))
+                            .and_then(|t| crate::runtime::sidecar::Sidecar::parse(&t))
                             .err(),
                     ),
                     Err(e) => (None, Some(e.to_string())),

@@ -5,7 +5,7 @@
 use super::out::outln;
 use crate::capabilities::{Action, Capabilities};
 use crate::config::{Config, Grant, Limits, StoreConfig, DEFAULT_TENANT};
-use crate::runtime::registry::{policy_for, Policy, Sidecar};
+use crate::runtime::sidecar::{policy_for, Policy, Sidecar};
 use crate::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
 use crate::store::{Store, StoreOptions};
 use anyhow::Context;

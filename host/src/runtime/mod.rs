@@ -1,6 +1,6 @@
 //! The plugin runtime: engine and linker ([`engine`]), compile cache,
 //! loaded plugins and the live plugins folder ([`registry`], read through
-//! [`folder`]), and one
+//! [`folder`], each plugin's tenants and policy from its [`sidecar`]), and one
 //! sandboxed delivery ([`sandbox`], with what a trapped plugin printed from
 //! [`last_words`]).
 
@@ -13,7 +13,9 @@ pub mod last_words;
 pub mod plugin;
 pub mod registry;
 pub mod sandbox;
+pub mod sidecar;
 
 pub use plugin::LoadedPlugin;
-pub use registry::{PluginStatus, Policy, Registry};
+pub use registry::{PluginStatus, Registry};
 pub use sandbox::{deliver, Failure, Report};
+pub use sidecar::Policy;

@@ -7,147 +7,27 @@
 use super::cache::{ChildCompiler, CompileCache};
 use super::engine::Runtime;
 use super::plugin::{self, LoadedPlugin};
-use super::sandbox;
+use super::sidecar::{policy_for, unknown_tenants, Policy, Sidecar};
 use crate::capabilities::{Capabilities, SqlDb, SqlPool};
-use crate::config::{Config, Grant, Limits, LimitsOverride, TenantConfig, DEFAULT_TENANT};
-use crate::live::{Live, Tenants};
+use crate::config::Config;
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-const RESCAN: Duration = Duration::from_secs(2);
-/// How long a plugin file that looks half-written (copied over in place)
-/// is left for its copy to end before it is tried, and reported, as it is.
-const COPY_GRACE: Duration = Duration::from_secs(5);
+mod load;
+mod status;
 
+use status::assigned;
+pub use status::{IgnoredFile, PluginStatus};
+
+const RESCAN: Duration = Duration::from_secs(2);
 /// A plugin file's size and modification time, as last looked at.
 type Stamp = (u64, SystemTime);
-
-/// `NAME.toml` beside `NAME.wasm`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Sidecar {
-    pub tenants: Option<Vec<String>>,
-    pub grants: Option<Vec<Grant>>,
-    pub limits: LimitsOverride,
-    pub settings: toml::Table,
-    /// The file's content hash, to tell which version is in force.
-    #[serde(skip)]
-    pub hash: String,
-}
-
-impl Sidecar {
-    /// Reads and checks `NAME.toml`; the error says what is wrong.
-    pub fn read(path: &Path) -> Result<Sidecar, String> {
-        Sidecar::parse(&std::fs::read_to_string(path).map_err(|e| e.to_string())?)
-    }
-
-    /// Checks the text of a `NAME.toml`.
-    pub fn parse(text: &str) -> Result<Sidecar, String> {
-        let mut sidecar = toml::from_str::<Sidecar>(text).map_err(|e| one_line(text, &e))?;
-        sidecar.limits.check("[limits]")?;
-        sidecar.hash = super::plugin::hash(text.as_bytes());
-        Ok(sidecar)
-    }
-}
-
-/// A TOML error on one line, for a status field or a log line: `line 2,
-/// column 1: unknown field ...` rather than the multi-line snippet.
-fn one_line(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().trim_end();
-    match e.span() {
-        Some(span) => {
-            let before = text.get(..span.start).unwrap_or(text);
-            let line = before.matches('\n').count() + 1;
-            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-            let column = before[line_start..].chars().count() + 1;
-            format!("line {line}, column {column}: {message}")
-        }
-        None => message.to_string(),
-    }
-}
-
-/// What one plugin may do for one tenant.
-#[derive(Debug, Clone)]
-pub struct Policy {
-    pub grants: BTreeSet<Grant>,
-    pub limits: Limits,
-    pub settings: Arc<serde_json::Value>,
-}
-
-/// What `plugin` may do for a tenant. Limits: the server's, then the
-/// tenant's, the plugin's sidecar and the tenant's `[tenants.T.plugin.NAME]`
-/// table, each over the one before. Settings: the sidecar's, with the
-/// tenant's table over them key by key. Grants: the tenant's table, else the
-/// sidecar, else [`Grant::DEFAULT`].
-pub fn policy_for(
-    defaults: Limits,
-    tenant: Option<&TenantConfig>,
-    sidecar: Option<&Sidecar>,
-    plugin: &str,
-) -> Policy {
-    let tp = tenant.and_then(|t| t.plugin.get(plugin));
-    let grants = tp
-        .and_then(|p| p.grants.clone())
-        .or_else(|| sidecar.and_then(|s| s.grants.clone()))
-        .unwrap_or_else(|| Grant::DEFAULT.to_vec());
-    let mut limits = defaults;
-    if let Some(t) = tenant {
-        limits = limits.apply(&t.limits);
-    }
-    if let Some(s) = sidecar {
-        limits = limits.apply(&s.limits);
-    }
-    if let Some(p) = tp {
-        limits = limits.apply(&p.limits);
-    }
-    let mut settings = sidecar.map(|s| s.settings.clone()).unwrap_or_default();
-    if let Some(p) = tp {
-        for (k, v) in &p.settings {
-            settings.insert(k.clone(), v.clone());
-        }
-    }
-    let settings =
-        serde_json::to_value(settings).unwrap_or(serde_json::Value::Object(Default::default()));
-    Policy {
-        grants: grants.into_iter().collect(),
-        limits,
-        settings: Arc::new(settings),
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginStatus {
-    pub name: String,
-    pub status: &'static str,
-    pub hash: Option<String>,
-    pub size: Option<u64>,
-    pub loaded_at_ms: Option<i64>,
-    pub compile_ms: Option<u64>,
-    /// How long the file being compiled now (a first version, or a newer
-    /// file of a loaded plugin) has been at it.
-    pub compiling_for_ms: Option<u64>,
-    pub from_cache: Option<bool>,
-    pub subscriptions: Option<Vec<&'static str>>,
-    pub last_error: Option<String>,
-    /// The content hash of the `NAME.toml` in force (none without one).
-    pub sidecar: Option<String>,
-    /// Why `NAME.toml` was refused (the previous one stays in force).
-    pub sidecar_error: Option<String>,
-    pub tenants: Vec<String>,
-}
-
-/// A file in the plugins folder that is not read, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct IgnoredFile {
-    pub file: String,
-    pub reason: String,
-}
 
 /// A plugin file that failed to load: why, and which content.
 struct Failed {
@@ -166,12 +46,6 @@ struct Failed {
 /// compiles); after that they run and fail, so that a compile killed every
 /// time does not hold fan-out at `max_pending` for good.
 const HOLD_KILLED_TRIES: u32 = 3;
-
-/// How long after its `tries`-th killed compile a file is compiled again:
-/// 5 s, doubling, at most 10 minutes.
-fn retry_delay(tries: u32) -> Duration {
-    Duration::from_secs(5 << tries.clamp(1, 8).saturating_sub(1)).min(Duration::from_secs(600))
-}
 
 /// A file being compiled.
 struct Compiling {
@@ -360,26 +234,6 @@ impl Registry {
         self.state.read().unwrap().plugins.get(name).cloned()
     }
 
-    /// Why `name` has no loaded version, for a delivery that cannot run.
-    pub fn why_not_loaded(&self, name: &str) -> String {
-        let st = self.state.read().unwrap();
-        if let Some(f) = st.errors.get(name).filter(|f| f.unreadable) {
-            format!("plugin is not loaded: {}", f.error)
-        } else if let Some(f) = st.errors.get(name) {
-            format!(
-                "plugin is not loaded: its file ({}) failed to load: {}",
-                &f.hash[..12.min(f.hash.len())],
-                f.error
-            )
-        } else if st.compiling.contains_key(name) {
-            "plugin is not loaded yet: its file is compiling".into()
-        } else if st.stamps.contains_key(name) {
-            "plugin is not loaded yet: its file is queued to compile".into()
-        } else {
-            format!("plugin is not loaded: no {name}.wasm in the plugins folder")
-        }
-    }
-
     /// Plugins (present in the folder) that run for `tenant`.
     pub fn plugins_for(&self, tenant: &str) -> Vec<String> {
         let st = self.state.read().unwrap();
@@ -468,56 +322,6 @@ impl Registry {
             .join(crate::store::PLUGIN_DATA_DIR)
             .join(tenant)
             .join(format!("{plugin}.sqlite"))
-    }
-
-    pub fn statuses(&self) -> Vec<PluginStatus> {
-        let st = self.state.read().unwrap();
-        let tenants = &self.live.get().tenants;
-        st.stamps
-            .keys()
-            .map(|name| {
-                let p = st.plugins.get(name);
-                let failed = st.errors.get(name);
-                let err = failed.map(|f| f.error.clone());
-                let compiling = st.compiling.get(name);
-                PluginStatus {
-                    name: name.clone(),
-                    status: match (p, compiling, &err) {
-                        (Some(_), Some(_), _) => "loaded (compiling a newer file)",
-                        (Some(_), None, None) => "loaded",
-                        (Some(_), None, Some(_)) => "loaded (newer file failed)",
-                        (None, Some(_), _) => "compiling",
-                        (None, None, Some(_)) => "failed",
-                        // Seen in the folder, waiting behind another compile.
-                        (None, None, None) => "queued",
-                    },
-                    // The loaded version's; with none, the failed file's.
-                    hash: p
-                        .map(|p| &p.hash)
-                        .or(failed.filter(|f| !f.unreadable).map(|f| &f.hash))
-                        .cloned(),
-                    size: p.map(|p| p.size).or(failed.map(|f| f.size)),
-                    loaded_at_ms: p.map(|p| {
-                        p.loaded_at
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map(|d| d.as_millis() as i64)
-                            .unwrap_or(0)
-                    }),
-                    compile_ms: p.map(|p| p.compile_time.as_millis() as u64),
-                    compiling_for_ms: compiling.map(|c| c.since.elapsed().as_millis() as u64),
-                    from_cache: p.map(|p| p.from_cache),
-                    subscriptions: p.and_then(|p| {
-                        p.subscriptions
-                            .as_ref()
-                            .map(|s| s.iter().map(|k| super::convert::kind_name(*k)).collect())
-                    }),
-                    last_error: err,
-                    sidecar: st.sidecars.get(name).map(|s| s.hash.clone()),
-                    sidecar_error: st.sidecar_errors.get(name).cloned(),
-                    tenants: assigned(&st, tenants, name),
-                }
-            })
-            .collect()
     }
 
     /// Says which plugins the configuration names that the folder does not
@@ -717,21 +521,6 @@ impl Registry {
         st.ignored = ignored;
     }
 
-    /// Files in the folder that look meant as plugins or sidecars but are
-    /// not read, with the reason.
-    pub fn ignored(&self) -> Vec<IgnoredFile> {
-        self.state
-            .read()
-            .unwrap()
-            .ignored
-            .iter()
-            .map(|(file, reason)| IgnoredFile {
-                file: file.clone(),
-                reason: reason.clone(),
-            })
-            .collect()
-    }
-
     fn load_sidecars(&self, files: &BTreeMap<String, PathBuf>) {
         let mut parsed = BTreeMap::new();
         let mut errors = BTreeMap::new();
@@ -799,184 +588,6 @@ impl Registry {
         }
     }
 
-    fn load_file(&self, name: &str, path: &Path, stamp: Stamp) {
-        let bytes = match std::fs::read(path) {
-            Ok(b) => b,
-            Err(e) => {
-                self.note_unreadable(name, stamp, &e);
-                return;
-            }
-        };
-        let hash = plugin::hash(&bytes);
-        {
-            let mut st = self.state.write().unwrap();
-            if st
-                .plugins
-                .get(name)
-                .map(|p| p.hash == hash)
-                .unwrap_or(false)
-            {
-                st.stamps.insert(name.to_string(), stamp);
-                st.errors.remove(name);
-                return;
-            }
-        }
-        // Written a moment ago and cut short: most likely a copy still
-        // going on. Read again at the next scan (the stamp is not kept),
-        // rather than compiled and reported broken.
-        let recent = stamp.1.elapsed().is_ok_and(|age| age < COPY_GRACE);
-        if recent && !plugin::looks_complete(&bytes) {
-            tracing::debug!(
-                plugin = name,
-                size = bytes.len(),
-                "plugin file looks half-written; waiting for the copy to end"
-            );
-            return;
-        }
-        tracing::info!(
-            plugin = name,
-            hash = &hash[..12],
-            size = bytes.len(),
-            "loading plugin"
-        );
-        let cancel = Arc::new(AtomicBool::new(false));
-        self.state.write().unwrap().compiling.insert(
-            name.to_string(),
-            Compiling {
-                since: Instant::now(),
-                stamp,
-                hash: hash.clone(),
-                cancel: cancel.clone(),
-            },
-        );
-        let loaded = self.load_bytes(name, &bytes, &cancel);
-        if cancel.load(Ordering::Relaxed) {
-            // The next scan loads what the folder holds now.
-            tracing::info!(
-                plugin = name,
-                "file replaced or removed while it compiled; compile dropped"
-            );
-            self.state.write().unwrap().compiling.remove(name);
-            return;
-        }
-        match loaded {
-            Ok(p) => {
-                tracing::info!(
-                    plugin = name,
-                    hash = p.short_hash(),
-                    size = p.size,
-                    compile_ms = p.compile_time.as_millis() as u64,
-                    from_cache = p.from_cache,
-                    "plugin loaded"
-                );
-                let mut st = self.state.write().unwrap();
-                st.compiling.remove(name);
-                if !st.stamps.contains_key(name) {
-                    tracing::info!(plugin = name, "file removed while it compiled; not loaded");
-                    return;
-                }
-                st.plugins.insert(name.to_string(), Arc::new(p));
-                st.stamps.insert(name.to_string(), stamp);
-                st.errors.remove(name);
-                drop(st);
-                self.point_out_dead_letters(name);
-            }
-            Err((e, transient)) => {
-                let kept = self.get(name).map(|p| p.short_hash().to_string());
-                let mut st = self.state.write().unwrap();
-                st.compiling.remove(name);
-                // A killed compile is tried again later, backing off while
-                // it keeps being killed; any other failure waits for
-                // another file.
-                let retry = transient.then(|| {
-                    let tries = st
-                        .errors
-                        .get(name)
-                        .filter(|f| f.hash == hash)
-                        .and_then(|f| f.retry)
-                        .map_or(1, |(_, tries)| tries + 1);
-                    (Instant::now() + retry_delay(tries), tries)
-                });
-                let error = match retry {
-                    Some((_, tries)) => format!(
-                        "{e} (tried {tries} time{}; trying again in {} s)",
-                        if tries == 1 { "" } else { "s" },
-                        retry_delay(tries).as_secs()
-                    ),
-                    None => e,
-                };
-                tracing::error!(plugin = name, error = %error, kept_version = ?kept, "plugin failed to load");
-                if st.stamps.contains_key(name) {
-                    st.stamps.insert(name.to_string(), stamp);
-                    st.errors.insert(
-                        name.to_string(),
-                        Failed {
-                            error,
-                            hash,
-                            size: bytes.len() as u64,
-                            retry,
-                            unreadable: false,
-                        },
-                    );
-                }
-            }
-        }
-    }
-
-    /// A plugin file that cannot be read (its permissions, an I/O error) is
-    /// a failed load the status listing shows; it is said once (again if
-    /// the reason changes) and read again at every scan, since a permission
-    /// put right changes neither its size nor its mtime. A version loaded
-    /// before stays loaded.
-    fn note_unreadable(&self, name: &str, stamp: Stamp, e: &std::io::Error) {
-        let error = format!("cannot read the file: {e}");
-        let mut st = self.state.write().unwrap();
-        let said = st
-            .errors
-            .get(name)
-            .is_some_and(|f| f.unreadable && f.error == error);
-        if !said {
-            tracing::warn!(
-                plugin = name,
-                error = %e,
-                "cannot read plugin file; reading it again at every scan"
-            );
-        }
-        if st.stamps.contains_key(name) {
-            st.errors.insert(
-                name.to_string(),
-                Failed {
-                    error,
-                    hash: String::new(),
-                    size: stamp.0,
-                    retry: None,
-                    unreadable: true,
-                },
-            );
-        }
-    }
-
-    /// Compiles (until `cancel` is set), links and asks for subscriptions.
-    fn load_bytes(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        cancel: &AtomicBool,
-    ) -> Result<LoadedPlugin, (String, bool)> {
-        let mut p = plugin::load_cancellable(&self.runtime, &self.cache, name, bytes, cancel)
-            .map_err(|e| (e.to_string(), e.transient()))?;
-        let defaults = self.live.get().limits;
-        let policy = Policy {
-            grants: BTreeSet::new(),
-            limits: defaults,
-            settings: Arc::new(serde_json::json!({})),
-        };
-        let caps = self.capabilities("-", name, -1, &policy);
-        p.subscriptions = sandbox::subscriptions(&p, caps, &defaults)
-            .map_err(|e| (format!("subscriptions() failed: {e}"), false))?;
-        Ok(p)
-    }
-
     fn publish_metrics(&self) {
         let st = self.state.read().unwrap();
         let live: BTreeSet<(String, String)> = st
@@ -1019,55 +630,6 @@ impl Registry {
     }
 }
 
-/// The tenants `plugin` runs for: those that name it, those its sidecar
-/// names, or else the default tenant.
-fn assigned(st: &State, tenants: &Tenants, plugin: &str) -> Vec<String> {
-    let sidecar_tenants = st.sidecars.get(plugin).and_then(|s| s.tenants.as_ref());
-    assigned_to(tenants, plugin, sidecar_tenants.map(Vec::as_slice))
-}
-
-/// The tenants that run `plugin`, given the `tenants` of its sidecar in
-/// force (`None`: no sidecar, or one that does not say).
-pub fn assigned_to(
-    tenants: &Tenants,
-    plugin: &str,
-    sidecar_tenants: Option<&[String]>,
-) -> Vec<String> {
-    let mut out: Vec<String> = tenants
-        .values()
-        .filter(|t| {
-            t.config.plugins.iter().any(|p| p == plugin) || t.config.plugin.contains_key(plugin)
-        })
-        .map(|t| t.name.clone())
-        .collect();
-    if let Some(ts) = sidecar_tenants {
-        for t in ts {
-            if tenants.contains_key(t) && !out.contains(t) {
-                out.push(t.clone());
-            }
-        }
-    }
-    // Only a plugin nothing assigns falls to the default tenant: one whose
-    // sidecar names tenants that are all missing (a typo, a tenant taken
-    // out of the configuration) runs for nobody rather than for another
-    // tenant's events.
-    if out.is_empty() && sidecar_tenants.is_none() && tenants.contains_key(DEFAULT_TENANT) {
-        out.push(DEFAULT_TENANT.to_string());
-    }
-    out
-}
-
-/// The tenants `sidecar` names that the configuration does not have.
-pub fn unknown_tenants<'a>(sidecar: &'a Sidecar, tenants: &Tenants) -> Vec<&'a str> {
-    sidecar
-        .tenants
-        .iter()
-        .flatten()
-        .filter(|t| !tenants.contains_key(*t))
-        .map(String::as_str)
-        .collect()
-}
-
 fn watch(dir: &Path, tx: std::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
     let _ = std::fs::create_dir_all(dir);
@@ -1103,28 +665,5 @@ fn compile_cache(config: &Config) -> CompileCache {
             },
         ),
         _ => CompileCache::new(dir),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Sidecar;
-
-    #[test]
-    fn a_killed_compile_is_tried_again_backing_off_to_ten_minutes() {
-        let secs: Vec<u64> = [1, 2, 3, 7, 8, 9, 100]
-            .iter()
-            .map(|t| super::retry_delay(*t).as_secs())
-            .collect();
-        assert_eq!(secs, [5, 10, 20, 320, 600, 600, 600]);
-    }
-
-    #[test]
-    fn a_sidecar_error_is_one_line_placed_by_line_and_character() {
-        let err = Sidecar::parse("grants = [\"log\"]\ntenants = [\"ñ\" x]\n").unwrap_err();
-        assert!(err.starts_with("line 2, column 16: "), "{err}");
-        assert!(!err.contains('\n'), "{err}");
-        let err = Sidecar::parse("[limits]\nfuel = 0\n").unwrap_err();
-        assert!(!err.contains('\n') && err.contains("fuel"), "{err}");
     }
 }
