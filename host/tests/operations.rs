@@ -1229,12 +1229,7 @@ fn events_follow_waits_for_a_restarting_server() {
 /// --url` asks on until it has what `--limit` said, as it does offline.
 #[test]
 fn events_list_through_a_server_pages_past_the_servers_maximum() {
-    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
-    // One through the webhook (the store is made at the first write), the
-    // rest written straight into it.
-    let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
-    assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
-    insert_events(&s.data_dir(), 10_049);
+    let s = server_with_events(10_050);
     let url = s.url("");
     let count = |extra: &[&str]| -> Vec<i64> {
         let mut args = vec!["events", "list", "--json", "--url", &url, "--token", TOKEN];
@@ -1265,10 +1260,7 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
 /// between two pages. The same offline and through a server.
 #[test]
 fn a_listing_cut_short_says_how_to_see_the_rest() {
-    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
-    let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
-    assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
-    insert_events(&s.data_dir(), 4);
+    let s = server_with_events(5);
     // Two deliveries for each of the five events, written straight in.
     {
         let c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
@@ -1337,10 +1329,7 @@ fn a_listing_cut_short_says_how_to_see_the_rest() {
 /// listing says there are more, and how to page through them.
 #[test]
 fn a_long_list_of_dead_letters_says_there_are_more() {
-    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
-    let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
-    assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
-    insert_events(&s.data_dir(), 10_000);
+    let s = server_with_events(10_001);
     {
         let mut c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
         let tx = c.transaction().unwrap();
@@ -1380,6 +1369,17 @@ fn a_long_list_of_dead_letters_says_there_are_more() {
     assert_eq!(rest[0]["event_seq"], 10_001);
 }
 
+/// A server with an admin token whose store holds `n` events: one through
+/// the webhook (the store is made at the first write), the rest written
+/// straight into it.
+fn server_with_events(n: usize) -> TestServer {
+    let s = TestServer::start(&format!("[admin]\ntoken = \"{TOKEN}\"\n[tenants.default]"));
+    let first = br#"{"event_type":"ack_update","id":"p0","ack":"read"}"#;
+    assert_eq!(post(&s.url("/webhook"), first, None).status, 200);
+    insert_events(&s.data_dir(), n - 1);
+    s
+}
+
 /// Writes `n` small events of the default tenant straight into the store
 /// of `data_dir` (made by a first event through the webhook), in one
 /// transaction: many more than posting them would allow in a test.
@@ -1404,14 +1404,9 @@ fn insert_events(data_dir: &std::path::Path, n: usize) {
 #[test]
 fn a_command_whose_reader_has_gone_ends_quietly() {
     use std::io::BufRead;
-    let s = TestServer::start("[tenants.default]");
-    assert_eq!(
-        post(&s.url("/webhook"), samples::TEST_WEBHOOK.as_bytes(), None).status,
-        200
-    );
     // Well over a pipe's 64 KiB of table: the command is still writing when
     // the reader goes, whenever that is.
-    insert_events(&s.data_dir(), 3_000);
+    let s = server_with_events(3_001);
     let data = s.data_dir();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hookhost"))
         .args(["events", "list", "--limit", "5000", "--data-dir"])
