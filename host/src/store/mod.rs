@@ -7,6 +7,7 @@ mod inbox;
 mod kv;
 mod ledger;
 mod pressure;
+mod requeue;
 pub mod retention;
 mod schema;
 mod sends;
@@ -27,9 +28,12 @@ pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
     KvScope { tenant, plugin }
 }
 pub use ledger::{
-    delivered_plugins, list_deliveries, list_last_deliveries, replay, replay_many, settle_dead,
-    settle_dead_all, DeadFilter, DeadLetter, DeliveryFilter, DeliveryOutcome, DeliveryRow,
-    DueDelivery, LaneWalk, NewDelivery, ReplayError, Replayed, DELIVERY_STATES,
+    list_deliveries, list_last_deliveries, DeliveryFilter, DeliveryOutcome, DeliveryRow,
+    DueDelivery, LaneWalk, NewDelivery, DELIVERY_STATES,
+};
+pub use requeue::{
+    delivered_plugins, replay, replay_many, settle_dead, settle_dead_all, DeadFilter, DeadLetter,
+    ReplayError, Replayed,
 };
 
 use crate::config::{StoreConfig, Synchronous};
