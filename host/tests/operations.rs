@@ -1255,9 +1255,10 @@ fn events_list_through_a_server_pages_past_the_servers_maximum() {
     assert_eq!(count(&["--last", "20000"]), all);
 }
 
-/// A listing cut short by `--limit` says so, on standard error, with the
-/// `--after` that shows the rest; an event's deliveries are never split
-/// between two pages. The same offline and through a server.
+/// A listing cut short by `--limit` (or `--last`) says so, on standard
+/// error, with the `--after` (`--before`) that shows the rest; an event's
+/// deliveries are never split between two pages. The same offline and
+/// through a server.
 #[test]
 fn a_listing_cut_short_says_how_to_see_the_rest() {
     let s = server_with_events(5);
@@ -1321,6 +1322,22 @@ fn a_listing_cut_short_says_how_to_see_the_rest() {
         assert_eq!(said, "(2 shown; more with --after 2)");
         let (rows, said) = list(&["events", "list", "--json", "--after", "2", "--limit", "3"]);
         assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3, 4, 5]);
+        assert_eq!(said, "");
+        // The newest, paging back: event 4's deliveries are left whole
+        // for the page before.
+        let (rows, said) = list(&["deliveries", "--json", "--last", "3"]);
+        assert_eq!(rows, vec![d(5, "a"), d(5, "b")]);
+        assert_eq!(said, "(2 shown; older with --last 3 --before 5)");
+        let (rows, said) = list(&["deliveries", "--json", "--last", "4", "--before", "5"]);
+        assert_eq!(rows, vec![d(3, "a"), d(3, "b"), d(4, "a"), d(4, "b")]);
+        assert_eq!(said, "(4 shown; older with --last 4 --before 3)");
+        let (rows, said) = list(&["deliveries", "--json", "--last", "10"]);
+        assert_eq!((rows.len(), said.as_str()), (10, ""));
+        let (rows, said) = list(&["events", "list", "--json", "--last", "2"]);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![4, 5]);
+        assert_eq!(said, "(2 shown; older with --last 2 --before 4)");
+        let (rows, said) = list(&["events", "list", "--json", "--last", "3", "--before", "4"]);
+        assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
         assert_eq!(said, "");
     }
 }

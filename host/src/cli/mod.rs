@@ -277,6 +277,9 @@ pub enum EventsCommand {
         /// Only the newest N events.
         #[arg(long, value_name = "N", conflicts_with_all = ["after", "limit"], value_parser = clap::value_parser!(i64).range(1..))]
         last: Option<i64>,
+        /// With --last: the newest N before this sequence number (to page back).
+        #[arg(long, value_name = "SEQ", requires = "last", conflicts_with = "follow")]
+        before: Option<i64>,
         /// Then keep printing events as they are stored, until interrupted
         /// (starting with the newest 10 unless --after or --last says).
         #[arg(long, short)]
@@ -325,6 +328,10 @@ pub struct DeliveriesArgs {
     /// Only the newest N.
     #[arg(long, value_name = "N", conflicts_with_all = ["after", "limit"], value_parser = clap::value_parser!(i64).range(1..))]
     pub last: Option<i64>,
+    /// With --last: deliveries of the newest events before this sequence
+    /// number (to page back).
+    #[arg(long, value_name = "SEQ", requires = "last")]
+    pub before: Option<i64>,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -505,10 +512,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 after,
                 limit,
                 last,
+                before,
                 follow,
             } => {
                 let page = match (last, after) {
-                    (Some(n), _) => operate::Page::Last(n),
+                    (Some(n), _) => match before {
+                        Some(seq) => operate::Page::Before(seq, n),
+                        None => operate::Page::Last(n),
+                    },
                     (None, None) if follow => operate::Page::Last(10),
                     (None, after) => operate::Page::After(after.unwrap_or(0), limit),
                 };
@@ -520,9 +531,10 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         },
         Command::Deliveries(a) => {
-            let page = match a.last {
-                Some(n) => operate::Page::Last(n),
-                None => operate::Page::After(a.after.unwrap_or(0), a.limit),
+            let page = match (a.last, a.before) {
+                (Some(n), Some(seq)) => operate::Page::Before(seq, n),
+                (Some(n), None) => operate::Page::Last(n),
+                (None, _) => operate::Page::After(a.after.unwrap_or(0), a.limit),
             };
             let filter = store::DeliveryFilter {
                 event: a.event,
@@ -530,6 +542,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 tenant: a.tenant,
                 plugin: a.plugin,
                 after: None,
+                before: None,
             };
             operate::deliveries(&a.target, filter, a.json, page)
         }

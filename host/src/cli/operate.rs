@@ -84,16 +84,45 @@ fn print_deliveries(rows: &[Value], json: bool, dead: bool) {
     }
 }
 
-/// The first `limit` of `rows` and whether there were more; rows after the
-/// last kept one that `same` as it are dropped too (unless that leaves
-/// none), so that paging on from the last one shown misses nothing.
+impl Page {
+    /// The same page with one row more, which tells whether there are more
+    /// than it shows (at most `max`, what the server answers).
+    fn one_more(self, max: i64) -> Page {
+        match self {
+            Page::After(after, n) => Page::After(after, (n + 1).min(max)),
+            Page::Last(n) => Page::Last((n + 1).min(max)),
+            Page::Before(before, n) => Page::Before(before, (n + 1).min(max)),
+        }
+    }
+
+    fn rows(self) -> i64 {
+        match self {
+            Page::After(_, n) | Page::Last(n) | Page::Before(_, n) => n,
+        }
+    }
+
+    /// Whether the page is the newest rows (its extra row is its oldest).
+    fn newest(self) -> bool {
+        !matches!(self, Page::After(..))
+    }
+}
+
+/// The rows `page` shows of `rows` (fetched with [`Page::one_more`]) and
+/// whether there were more. The extra row is the newest for a page after a
+/// sequence number, the oldest for the newest rows; the rows beside it that
+/// are `same` as it (an event's other deliveries) go with it, unless that
+/// leaves none, so that the next page misses nothing.
 fn cut(
     mut rows: Vec<Value>,
-    limit: usize,
+    page: Page,
     same: impl Fn(&Value, &Value) -> bool,
 ) -> (Vec<Value>, bool) {
+    let limit = page.rows() as usize;
     if rows.len() <= limit {
         return (rows, false);
+    }
+    if page.newest() {
+        rows.reverse();
     }
     let next = rows.swap_remove(limit);
     rows.truncate(limit);
@@ -102,13 +131,32 @@ fn cut(
         .rposition(|r| !same(r, &next))
         .map_or(limit, |i| i + 1);
     rows.truncate(keep);
+    if page.newest() {
+        rows.reverse();
+    }
     (rows, true)
 }
 
-/// Says on standard error, after a listing cut short, how to see the rest.
-fn more_after(rows: &[Value], seq: &str, how: &str) {
-    if let Some(last) = rows.last().and_then(|r| r[seq].as_i64()) {
-        eprintln!("({} shown; more with {how} {last})", rows.len());
+/// Says on standard error, after a listing cut short, how to see the rest:
+/// `{command} --after LAST`, or for the newest rows `{command} --last N
+/// --before FIRST`.
+fn say_more(rows: &[Value], seq: &str, page: Page, command: &str) {
+    let first = rows.first().and_then(|r| r[seq].as_i64());
+    let last = rows.last().and_then(|r| r[seq].as_i64());
+    let (Some(first), Some(last)) = (first, last) else {
+        return;
+    };
+    let shown = rows.len();
+    let command = if command.is_empty() {
+        String::new()
+    } else {
+        format!("{command} ")
+    };
+    if page.newest() {
+        let n = page.rows();
+        eprintln!("({shown} shown; older with {command}--last {n} --before {first})");
+    } else {
+        eprintln!("({shown} shown; more with {command}--after {last})");
     }
 }
 
@@ -125,6 +173,8 @@ pub enum Page {
     After(i64, i64),
     /// The newest N.
     Last(i64),
+    /// The newest N before a sequence number (events only).
+    Before(i64, i64),
 }
 
 pub fn events_list(
@@ -135,17 +185,11 @@ pub fn events_list(
     follow: bool,
 ) -> anyhow::Result<i32> {
     if !follow {
-        // One more than asked for tells whether there are more.
-        let (rows, more) = match page {
-            Page::After(after, limit) => {
-                let rows = fetch_events(t, tenant, Page::After(after, limit + 1))?;
-                cut(rows, limit as usize, |_, _| false)
-            }
-            Page::Last(_) => (fetch_events(t, tenant, page)?, false),
-        };
+        let rows = fetch_events(t, tenant, page.one_more(i64::MAX))?;
+        let (rows, more) = cut(rows, page, |_, _| false);
         print_events(&rows, json, true);
         if more {
-            more_after(&rows, "seq", "--after");
+            say_more(&rows, "seq", page, "");
         }
         return Ok(0);
     }
@@ -159,7 +203,7 @@ pub fn events_list(
     let mut after = match (rows.last(), page) {
         (Some(r), _) => r["seq"].as_i64().unwrap_or(0),
         (None, Page::After(after, _)) => after,
-        (None, Page::Last(_)) => 0,
+        (None, Page::Last(_) | Page::Before(..)) => 0,
     };
     // A server restarting (or a store briefly unreadable) is waited for,
     // said once on standard error, as `tail -F` waits for its file.
@@ -196,7 +240,7 @@ fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<
                 Page::After(after, limit) => q
                     .append_pair("after", &after.to_string())
                     .append_pair("limit", &limit.to_string()),
-                Page::Last(n) => q.append_pair("last", &n.to_string()),
+                Page::Last(n) | Page::Before(_, n) => q.append_pair("last", &n.to_string()),
             };
             if let Some(b) = before {
                 q.append_pair("before", &b.to_string());
@@ -229,9 +273,12 @@ fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<
             }
             // The newest N come back a page at a time too, each before the
             // oldest of the one before.
-            Page::Last(n) => {
+            Page::Last(n) | Page::Before(_, n) => {
                 let mut rows: Vec<Value> = Vec::new();
-                let mut before = None;
+                let mut before = match page {
+                    Page::Before(seq, _) => Some(seq),
+                    _ => None,
+                };
                 while (rows.len() as i64) < n {
                     let got = ask(Page::Last(n - rows.len() as i64), before)?;
                     match got.first().and_then(|r| r["seq"].as_i64()) {
@@ -248,6 +295,7 @@ fn fetch_events(t: &Target, tenant: Option<&str>, page: Page) -> anyhow::Result<
         let rows: Vec<EventRow> = match page {
             Page::After(after, limit) => store::list_events(&c, tenant, after, limit)?,
             Page::Last(n) => store::list_last_events(&c, tenant, None, n)?,
+            Page::Before(seq, n) => store::list_last_events(&c, tenant, Some(seq), n)?,
         };
         to_values(&rows)
     })
@@ -275,29 +323,26 @@ pub fn deliveries(
 ) -> anyhow::Result<i32> {
     let dead = filter.state.as_deref() == Some("dead");
     let mut filter = filter;
-    let shown = match page {
-        Page::After(after, limit) => {
-            filter.after = Some(after);
-            Some(limit)
-        }
-        Page::Last(_) => None,
-    };
-    // One more than asked for tells whether there are more (the server
-    // answers 100 000 at most).
-    let page = match page {
-        Page::After(after, limit) => Page::After(after, (limit + 1).min(100_000)),
-        last => last,
-    };
+    match page {
+        Page::After(after, _) => filter.after = Some(after),
+        Page::Before(before, _) => filter.before = Some(before),
+        Page::Last(_) => {}
+    }
+    // The server answers 100 000 at most.
+    let asked = page.one_more(100_000);
     let rows = if t.url.is_some() {
         let mut q = form_urlencoded::Serializer::new(String::new());
-        match page {
-            Page::After(after, limit) => q
-                .append_pair("after", &after.to_string())
-                .append_pair("limit", &limit.to_string()),
-            Page::Last(n) => q.append_pair("last", &n.to_string()),
+        match asked {
+            Page::After(_, n) => q.append_pair("limit", &n.to_string()),
+            Page::Last(n) | Page::Before(_, n) => q.append_pair("last", &n.to_string()),
         };
         if let Some(e) = filter.event {
             q.append_pair("event", &e.to_string());
+        }
+        for (key, value) in [("after", filter.after), ("before", filter.before)] {
+            if let Some(v) = value {
+                q.append_pair(key, &v.to_string());
+            }
         }
         for (key, value) in [
             ("state", &filter.state),
@@ -315,27 +360,22 @@ pub fn deliveries(
             .unwrap_or_default()
     } else {
         let c = store::open_read_only(&t.data_dir)?;
-        let rows: Vec<DeliveryRow> = match page {
-            Page::After(_, limit) => store::list_deliveries(&c, &filter, limit)?,
-            Page::Last(n) => store::list_last_deliveries(&c, &filter, n)?,
+        let rows: Vec<DeliveryRow> = match asked {
+            Page::After(_, n) => store::list_deliveries(&c, &filter, n)?,
+            Page::Last(n) | Page::Before(_, n) => store::list_last_deliveries(&c, &filter, n)?,
         };
         to_values(&rows)
     };
-    let (rows, more) = match shown {
-        // An event's deliveries are not split between two pages.
-        Some(limit) => cut(rows, limit as usize, |a, b| {
-            a["event_seq"] == b["event_seq"]
-        }),
-        None => (rows, false),
-    };
+    // An event's deliveries are not split between two pages.
+    let (rows, more) = cut(rows, page, |a, b| a["event_seq"] == b["event_seq"]);
     print_deliveries(&rows, json, dead);
     if more {
-        let how = if dead {
-            "hookhost deliveries --state dead --after"
+        let command = if dead {
+            "hookhost deliveries --state dead"
         } else {
-            "--after"
+            ""
         };
-        more_after(&rows, "event_seq", how);
+        say_more(&rows, "event_seq", page, command);
     }
     Ok(0)
 }

@@ -166,8 +166,9 @@ struct DeliveriesQuery {
     event: Option<i64>,
     tenant: Option<String>,
     plugin: Option<String>,
-    /// Only the deliveries of events after this sequence number.
+    /// Only the deliveries of events after (before) this sequence number.
     after: Option<i64>,
+    before: Option<i64>,
     limit: Option<i64>,
     /// The newest N instead (oldest first), ignoring `limit`.
     last: Option<i64>,
@@ -196,6 +197,7 @@ async fn deliveries(
         tenant: q.tenant,
         plugin: q.plugin,
         after: q.after,
+        before: q.before,
     };
     let rows = blocking(&state.store, move |s| match last {
         Some(n) => s.last_deliveries(&filter, n),

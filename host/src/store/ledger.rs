@@ -436,6 +436,8 @@ pub struct DeliveryFilter {
     pub plugin: Option<String>,
     /// Only events after this sequence number (to page on).
     pub after: Option<i64>,
+    /// Only events before this sequence number (to page back).
+    pub before: Option<i64>,
 }
 
 impl DeliveryFilter {
@@ -477,13 +479,13 @@ fn select_deliveries(
         "SELECT event_seq, plugin, tenant, state, attempts, next_at, last_error, plugin_hash, updated_at
          FROM deliveries WHERE (?1 IS NULL OR event_seq = ?1) AND (?2 IS NULL OR state = ?2)
              AND (?4 IS NULL OR tenant = ?4) AND (?5 IS NULL OR plugin = ?5)
-             AND (?6 IS NULL OR event_seq > ?6)
+             AND (?6 IS NULL OR event_seq > ?6) AND (?7 IS NULL OR event_seq < ?7)
          {order} LIMIT ?3"
     ))?;
     let f = filter;
     let rows = st
         .query_map(
-            params![f.event, f.state, limit, f.tenant, f.plugin, f.after],
+            params![f.event, f.state, limit, f.tenant, f.plugin, f.after, f.before],
             |r| {
                 Ok(DeliveryRow {
                     event_seq: r.get(0)?,
