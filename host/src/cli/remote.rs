@@ -51,8 +51,22 @@ pub(super) fn remote(
     if !(200..300).contains(&status) {
         return Err(refused(status, resp).into());
     }
-    Ok(resp.body_mut().read_json().unwrap_or(Value::Null))
+    // A page of 100 000 deliveries is some 30 MB: past ureq's default
+    // 10 MB, and an answer that cannot be read is an error, not nothing.
+    let bytes = resp
+        .body_mut()
+        .with_config()
+        .limit(ANSWER_MAX_BYTES)
+        .read_to_vec()
+        .with_context(|| format!("reading the answer to {method} {url}"))?;
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("the answer to {method} {url}"))
 }
+
+/// The largest admin API answer the commands read.
+const ANSWER_MAX_BYTES: u64 = 1 << 30;
 
 /// A GET of a key-value value, whose answer is raw bytes; `None` for the
 /// route's own 404 ("no key ..."; an admin API that is off, or an older
