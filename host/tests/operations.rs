@@ -1386,6 +1386,43 @@ fn a_long_list_of_dead_letters_says_there_are_more() {
     assert_eq!(rest[0]["event_seq"], 10_001);
 }
 
+/// A page larger than the server answers (100 000 rows, some 30 MB of
+/// JSON) is read whole, cut there, and says so, with where the next one
+/// starts.
+#[test]
+fn a_page_larger_than_the_server_answers_says_there_are_more() {
+    let s = server_with_events(50_001);
+    {
+        let c = hookhost::store::open_for_update(&s.data_dir()).unwrap();
+        c.execute(
+            "INSERT INTO deliveries (event_seq, plugin, tenant, ordering_key, state, next_at, updated_at)
+             SELECT seq, p.name, 'default', '', 'done', 0, 0
+             FROM events, (SELECT 'a' AS name UNION ALL SELECT 'b') AS p",
+            [],
+        )
+        .unwrap();
+    }
+    let out = run(&[
+        "deliveries",
+        "--json",
+        "--limit",
+        "200000",
+        "--url",
+        &s.url(""),
+        "--token",
+        TOKEN,
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(out.status.success(), "{said}");
+    let rows = json_lines(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(rows.len(), 100_000, "{said}");
+    assert_eq!(rows[99_999]["event_seq"], 50_000);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "(100000 shown; more with --after 50000)"
+    );
+}
+
 /// A server with an admin token whose store holds `n` events: one through
 /// the webhook (the store is made at the first write), the rest written
 /// straight into it.

@@ -5,7 +5,7 @@
 use super::out::outln;
 use super::remote::{remote, Refused};
 use super::{fmt_ms, Target};
-use crate::store::{self, DeliveryRow, EventRow};
+use crate::store::{self, EventRow};
 use anyhow::Context;
 use serde_json::Value;
 use std::path::Path;
@@ -86,12 +86,12 @@ fn print_deliveries(rows: &[Value], json: bool, dead: bool) {
 
 impl Page {
     /// The same page with one row more, which tells whether there are more
-    /// than it shows (at most `max`, what the server answers).
-    fn one_more(self, max: i64) -> Page {
+    /// than it shows.
+    fn one_more(self) -> Page {
         match self {
-            Page::After(after, n) => Page::After(after, (n + 1).min(max)),
-            Page::Last(n) => Page::Last((n + 1).min(max)),
-            Page::Before(before, n) => Page::Before(before, (n + 1).min(max)),
+            Page::After(after, n) => Page::After(after, n + 1),
+            Page::Last(n) => Page::Last(n + 1),
+            Page::Before(before, n) => Page::Before(before, n + 1),
         }
     }
 
@@ -108,31 +108,17 @@ impl Page {
 }
 
 /// The rows `page` shows of `rows` (fetched with [`Page::one_more`]) and
-/// whether there were more. The extra row is the newest for a page after a
-/// sequence number, the oldest for the newest rows; the rows beside it that
-/// are `same` as it (an event's other deliveries) go with it, unless that
-/// leaves none, so that the next page misses nothing.
-fn cut(
-    mut rows: Vec<Value>,
-    page: Page,
-    same: impl Fn(&Value, &Value) -> bool,
-) -> (Vec<Value>, bool) {
+/// whether there were more: the extra row is the newest for a page after a
+/// sequence number, the oldest for the newest rows.
+fn cut(mut rows: Vec<Value>, page: Page) -> (Vec<Value>, bool) {
     let limit = page.rows() as usize;
     if rows.len() <= limit {
         return (rows, false);
     }
     if page.newest() {
-        rows.reverse();
-    }
-    let next = rows.swap_remove(limit);
-    rows.truncate(limit);
-    let keep = rows
-        .iter()
-        .rposition(|r| !same(r, &next))
-        .map_or(limit, |i| i + 1);
-    rows.truncate(keep);
-    if page.newest() {
-        rows.reverse();
+        rows.drain(..rows.len() - limit);
+    } else {
+        rows.truncate(limit);
     }
     (rows, true)
 }
@@ -185,8 +171,8 @@ pub fn events_list(
     follow: bool,
 ) -> anyhow::Result<i32> {
     if !follow {
-        let rows = fetch_events(t, tenant, page.one_more(i64::MAX))?;
-        let (rows, more) = cut(rows, page, |_, _| false);
+        let rows = fetch_events(t, tenant, page.one_more())?;
+        let (rows, more) = cut(rows, page);
         print_events(&rows, json, true);
         if more {
             say_more(&rows, "seq", page, "");
@@ -328,11 +314,11 @@ pub fn deliveries(
         Page::Before(before, _) => filter.before = Some(before),
         Page::Last(_) => {}
     }
-    // The server answers 100 000 at most.
-    let asked = page.one_more(100_000);
-    let rows = if t.url.is_some() {
+    // The ledger says whether there are more, and ends a page cut short
+    // at an event's last delivery (`store::delivery_page`).
+    let (rows, more) = if t.url.is_some() {
         let mut q = form_urlencoded::Serializer::new(String::new());
-        match asked {
+        match page {
             Page::After(_, n) => q.append_pair("limit", &n.to_string()),
             Page::Last(n) | Page::Before(_, n) => q.append_pair("last", &n.to_string()),
         };
@@ -354,20 +340,14 @@ pub fn deliveries(
             }
         }
         let q = q.finish();
-        remote(t, "GET", &format!("/admin/deliveries?{q}"), None)?["deliveries"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let answer = remote(t, "GET", &format!("/admin/deliveries?{q}"), None)?;
+        let rows = answer["deliveries"].as_array().cloned().unwrap_or_default();
+        (rows, answer["more"] == true)
     } else {
         let c = store::open_read_only(&t.data_dir)?;
-        let rows: Vec<DeliveryRow> = match asked {
-            Page::After(_, n) => store::list_deliveries(&c, &filter, n)?,
-            Page::Last(n) | Page::Before(_, n) => store::list_last_deliveries(&c, &filter, n)?,
-        };
-        to_values(&rows)
+        let p = store::delivery_page(&c, &filter, page.rows(), page.newest())?;
+        (to_values(&p.deliveries), p.more)
     };
-    // An event's deliveries are not split between two pages.
-    let (rows, more) = cut(rows, page, |a, b| a["event_seq"] == b["event_seq"]);
     print_deliveries(&rows, json, dead);
     if more {
         let command = if dead {

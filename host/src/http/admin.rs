@@ -199,12 +199,12 @@ async fn deliveries(
         after: q.after,
         before: q.before,
     };
-    let rows = blocking(&state.store, move |s| match last {
-        Some(n) => s.last_deliveries(&filter, n),
-        None => s.deliveries(&filter, limit),
+    let page = blocking(&state.store, move |s| match last {
+        Some(n) => s.delivery_page(&filter, n, true),
+        None => s.delivery_page(&filter, limit, false),
     })
     .await?;
-    Ok(Json(json!({ "deliveries": rows })))
+    Ok(Json(json!(page)))
 }
 
 #[derive(Deserialize)]
@@ -254,10 +254,13 @@ async fn dead_letters(
     };
     // The oldest 10 000; `more` says there are others (`/admin/deliveries`
     // with `state=dead` and `after` pages through them all).
-    let mut rows = blocking(&state.store, move |s| s.deliveries(&filter, 10_001)).await?;
-    let more = rows.len() > 10_000;
-    rows.truncate(10_000);
-    Ok(Json(json!({ "dead_letters": rows, "more": more })))
+    let page = blocking(&state.store, move |s| {
+        s.delivery_page(&filter, 10_000, false)
+    })
+    .await?;
+    Ok(Json(
+        json!({ "dead_letters": page.deliveries, "more": page.more }),
+    ))
 }
 
 async fn retry(state: State<AppState>, path: Path<(i64, String)>) -> Result<Json<Value>, AppError> {

@@ -413,13 +413,23 @@ impl Store {
         self.read(|c| list_deliveries(c, filter, limit))
     }
 
-    pub fn last_deliveries(
+    /// See [`delivery_page`].
+    pub fn delivery_page(
         &self,
         filter: &DeliveryFilter,
         limit: i64,
-    ) -> Result<Vec<DeliveryRow>, StoreError> {
-        self.read(|c| list_last_deliveries(c, filter, limit))
+        newest: bool,
+    ) -> Result<DeliveryPage, StoreError> {
+        self.read(|c| delivery_page(c, filter, limit, newest))
     }
+}
+
+/// A page of the ledger, oldest first, and whether there are more rows
+/// past it (after it, or for the newest rows before it).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<DeliveryRow>,
+    pub more: bool,
 }
 
 /// The states a delivery goes through, as the ledger writes them.
@@ -457,16 +467,39 @@ pub fn list_deliveries(
     select_deliveries(c, filter, limit, "ORDER BY event_seq, plugin")
 }
 
-/// [`list_deliveries`], the newest `limit` (still oldest first).
-pub fn list_last_deliveries(
+/// Up to `limit` rows of `filter`, from its start (`filter.after`) or,
+/// `newest`, its newest (before `filter.before`). A page cut short does not
+/// end inside an event's deliveries, unless that event alone fills it, so
+/// that the next page (`after` its last event, or `before` its first)
+/// misses nothing.
+pub fn delivery_page(
     c: &Connection,
     filter: &DeliveryFilter,
     limit: i64,
-) -> Result<Vec<DeliveryRow>, StoreError> {
-    let order = "ORDER BY event_seq DESC, plugin DESC";
-    let mut rows = select_deliveries(c, filter, limit, order)?;
-    rows.reverse();
-    Ok(rows)
+    newest: bool,
+) -> Result<DeliveryPage, StoreError> {
+    let order = if newest {
+        "ORDER BY event_seq DESC, plugin DESC"
+    } else {
+        "ORDER BY event_seq, plugin"
+    };
+    // One more than asked for tells whether there are more.
+    let mut rows = select_deliveries(c, filter, limit.saturating_add(1), order)?;
+    let more = rows.len() as i64 > limit;
+    if let Some(next) = more.then(|| rows.pop()).flatten() {
+        let keep = rows
+            .iter()
+            .rposition(|r| r.event_seq != next.event_seq)
+            .map_or(rows.len(), |i| i + 1);
+        rows.truncate(keep);
+    }
+    if newest {
+        rows.reverse();
+    }
+    Ok(DeliveryPage {
+        deliveries: rows,
+        more,
+    })
 }
 
 fn select_deliveries(

@@ -28,7 +28,7 @@ pub fn kv_scope<'a>(tenant: &'a str, plugin: &'a str) -> KvScope<'a> {
     KvScope { tenant, plugin }
 }
 pub use ledger::{
-    list_deliveries, list_last_deliveries, DeliveryFilter, DeliveryOutcome, DeliveryRow,
+    delivery_page, list_deliveries, DeliveryFilter, DeliveryOutcome, DeliveryPage, DeliveryRow,
     DueDelivery, LaneWalk, NewDelivery, DELIVERY_STATES,
 };
 pub use requeue::{
