@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use hookhost::samples;
+use std::time::Duration;
 
 const CONFIG: &str = r#"
 [tenants.default]
@@ -195,6 +196,64 @@ fn malformed_bodies_are_4xx_and_nothing_is_stored() {
         assert_eq!(r.status, 400, "{name}: {:?}", r.body);
         assert!(r.body["error"].is_string(), "{name}: JSON error body");
     }
+    assert!(s.stored().is_empty());
+}
+
+/// A body declared larger than the limit is refused at once, before any
+/// of it arrives: no `100 Continue` for a sender that asks first, and no
+/// wait for a body that never comes (the request timeout is 10 s). The
+/// metric names only configured tenants.
+#[test]
+fn a_body_declared_too_large_is_refused_before_it_is_sent() {
+    use std::io::{Read, Write};
+    let s = TestServer::start(CONFIG);
+    let addr = s.url("").trim_start_matches("http://").to_string();
+    let ask = |path: &str, expect: bool| {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let expect = if expect {
+            "Expect: 100-continue\r\n"
+        } else {
+            ""
+        };
+        write!(
+            c,
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{expect}Content-Length: 99999999999\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the whole answer is in (the server closes the connection,
+        // whose body it did not read), or 5 s.
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    for (path, expect) in [
+        ("/webhook", false),
+        ("/webhook/acme", true),
+        ("/webhook/invented/", true),
+    ] {
+        let answer = ask(path, expect);
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{path}: {answer}");
+        assert!(
+            answer.contains("body too large (limit 1048576 bytes)"),
+            "{answer}"
+        );
+        assert!(!answer.contains("100 Continue"), "{answer}");
+    }
+    let text = metrics_text(&s.url("/metrics"));
+    for tenant in ["default", "acme", "-"] {
+        let line = format!(
+            "hookhost_events_received_total{{tenant=\"{tenant}\",event_type=\"-\",outcome=\"too_large\"}} 1"
+        );
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+    assert!(!text.contains("invented"), "{text}");
     assert!(s.stored().is_empty());
 }
 

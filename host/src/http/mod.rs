@@ -79,7 +79,7 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
-            webhook::timed,
+            webhook::admit,
         ));
     Router::new()
         .merge(webhook)

@@ -11,7 +11,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 /// The answer to an accepted webhook: `{"ok":true,"duplicate":false,"key":"…"}`.
@@ -121,25 +121,45 @@ async fn receive(
                 AppError::RateLimited { .. } => "rate_limited",
                 _ => "error",
             };
-            // Unknown tenants are not labelled by name: anyone could fill the
-            // metrics with invented names.
-            let t = if matches!(e, AppError::UnknownTenant(_)) {
-                "-"
-            } else {
-                tenant_name
-            };
-            metrics.received(t, "-", label);
+            metrics.received(known(&state, tenant_name), "-", label);
             Err(e)
         }
     }
 }
 
-/// Times a webhook request into `hookhost_webhook_seconds`, from the
-/// moment it is routed (before its body is read, so a slow upload counts)
-/// to its answer, or to the moment it is given up (a timeout drops this
-/// future, and the timer with it).
-pub async fn timed(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The tenant's name for a metric label, if it is one of the configured
+/// tenants: anyone could fill the metrics with invented names.
+fn known<'a>(state: &AppState, tenant: &'a str) -> &'a str {
+    if state.live.get().tenants.contains_key(tenant) {
+        tenant
+    } else {
+        "-"
+    }
+}
+
+/// Before a webhook's body is read: times the request into
+/// `hookhost_webhook_seconds`, from the moment it is routed (so a slow
+/// upload counts) to its answer, or to the moment it is given up (a
+/// timeout drops this future, and the timer with it); and refuses a body
+/// declared larger than the limit (its `Content-Length`) with 413 at once,
+/// before any of it is read and without a `100 Continue` for a sender that
+/// asked whether to send it, rather than waiting for it.
+pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let _timer = Timer(std::time::Instant::now(), &state.metrics);
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        let path = req.uri().path().trim_end_matches('/');
+        let tenant = known(
+            &state,
+            path.strip_prefix("/webhook/").unwrap_or(DEFAULT_TENANT),
+        );
+        state.metrics.received(tenant, "-", "too_large");
+        return AppError::TooLarge(state.max_body_bytes).into_response();
+    }
     next.run(req).await
 }
 
