@@ -19,6 +19,7 @@ pub mod metrics;
 mod pinning;
 mod priority;
 pub mod repeated;
+mod request_threads;
 pub mod runtime;
 pub mod samples;
 pub mod server;

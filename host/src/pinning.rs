@@ -5,62 +5,43 @@
 //! the load's network work while the other sits idle each time the store's
 //! writer waits for `fsync`: a thread that ran within the last half
 //! millisecond counts as cache-hot and is not moved to the idle CPU.
-//! Kept one per CPU, each CPU has a request thread to run when it frees up,
-//! and Tokio's work stealing still moves tasks between them.
+//! Kept one per CPU, each CPU has a request thread to run when it frees up.
 //!
-//! Threads inherit the CPUs of the thread that starts them, so every thread
-//! of the request runtime first takes the process's whole set back (the
-//! blocking pool's threads are started from request threads); a worker
-//! then keeps to its CPU from its first pause on (Tokio calls
-//! `on_thread_park` on its workers only).
+//! Threads inherit the CPUs of the thread that starts them, so a thread a
+//! request thread starts (its runtime's blocking pool) first takes the
+//! process's whole set back.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-thread_local! {
-    static PINNED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// The CPUs the process may run on, and which one the next worker takes.
+/// The CPUs the process may run on, one request thread each.
 #[derive(Debug)]
 pub struct Pinning {
     cpus: Vec<usize>,
-    next: AtomicUsize,
 }
 
 impl Pinning {
-    /// A plan for `workers` request threads, when they can go one per CPU:
+    /// A plan for `threads` request threads, when they can go one per CPU:
     /// the process may run on exactly that many CPUs, at least two. `None`
-    /// otherwise (one CPU, fewer workers than CPUs, or the CPUs unknown),
+    /// otherwise (one CPU, fewer threads than CPUs, or the CPUs unknown),
     /// and the scheduler places them.
-    pub fn plan(workers: usize) -> Option<Pinning> {
+    pub fn plan(threads: usize) -> Option<Pinning> {
         let cpus = allowed_cpus()?;
-        (cpus.len() >= 2 && cpus.len() == workers).then(|| Pinning {
-            cpus,
-            next: AtomicUsize::new(0),
-        })
+        (cpus.len() >= 2 && cpus.len() == threads).then_some(Pinning { cpus })
     }
 
     pub fn cpus(&self) -> &[usize] {
         &self.cpus
     }
 
-    /// For `on_thread_start`: the calling thread may run on every CPU of
-    /// the process again.
+    /// For a thread started by a request thread: it may run on every CPU
+    /// of the process again.
     pub fn release_current(&self) {
         set_current(&self.cpus);
     }
 
-    /// For `on_thread_park`: the calling worker takes the next CPU, once.
-    pub fn pin_current(&self) {
-        PINNED.with(|p| {
-            if !p.get() {
-                p.set(true);
-                let i = self.next.fetch_add(1, Ordering::Relaxed);
-                if let Some(cpu) = self.cpus.get(i) {
-                    set_current(&[*cpu]);
-                }
-            }
-        });
+    /// The calling thread, the `i`-th request thread, keeps to its CPU.
+    pub fn pin_current(&self, i: usize) {
+        if let Some(cpu) = self.cpus.get(i) {
+            set_current(&[*cpu]);
+        }
     }
 }
 
@@ -106,7 +87,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workers_take_one_cpu_each_and_other_threads_get_them_all_back() {
+    fn request_threads_take_one_cpu_each_and_threads_they_start_get_them_all_back() {
         let all = allowed_cpus().unwrap();
         if all.len() < 2 {
             eprintln!("one CPU: nothing to pin");
@@ -118,11 +99,10 @@ mod tests {
         let plan = std::sync::Arc::new(Pinning::plan(all.len()).unwrap());
         assert_eq!(plan.cpus(), &all[..]);
         let threads: Vec<_> = (0..all.len())
-            .map(|_| {
+            .map(|i| {
                 let plan = plan.clone();
                 std::thread::spawn(move || {
-                    plan.pin_current();
-                    plan.pin_current(); // a second pause keeps the first CPU
+                    plan.pin_current(i);
                     let pinned = allowed_cpus().unwrap();
                     // A thread started from a pinned one inherits its CPU
                     // until it is released.

@@ -7,6 +7,7 @@ use crate::dispatch::Dispatcher;
 use crate::http::{router, AppContext, AppState};
 use crate::live::{Live, ReloadError, Reloaded, Source};
 use crate::metrics::Metrics;
+use crate::request_threads::RequestThreads;
 use crate::runtime::Registry;
 use crate::store::{Store, StoreOptions};
 use anyhow::Context;
@@ -15,35 +16,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The runtime of `hookhost serve`'s request threads: one per CPU the
-/// process may use, named so that `top -H` tells them from the store's
-/// writer, the dispatcher and the delivery threads, and each kept on its
-/// own CPU unless `pin_request_threads` is off (see `pinning`).
-pub fn request_runtime(
-    server: &crate::config::ServerConfig,
-) -> std::io::Result<tokio::runtime::Runtime> {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder
-        .worker_threads(workers)
-        .thread_name("hookhost-http")
-        .enable_all();
-    let plan = server
-        .pin_request_threads
-        .then(|| crate::pinning::Pinning::plan(workers))
-        .flatten();
-    match plan {
-        Some(plan) => {
-            tracing::info!(threads = workers, cpus = ?plan.cpus(), "request threads, one kept on each CPU");
-            let plan = Arc::new(plan);
-            let release = plan.clone();
-            builder
-                .on_thread_start(move || release.release_current())
-                .on_thread_park(move || plan.pin_current());
-        }
-        None => tracing::info!(threads = workers, "request threads, placed by the kernel"),
-    }
-    builder.build()
+/// The runtime `hookhost serve` starts on: its accept loop, signals,
+/// retention and shutdown. Requests run on the request threads
+/// (`request_threads`), which `serve` starts.
+pub fn main_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .thread_name("hookhost-main")
+        .enable_all()
+        .build()
 }
 
 /// Runs the server until `shutdown` completes. `source` reads the
@@ -88,7 +68,9 @@ pub async fn serve(
         max_connections: config.server.max_connections.max(1),
         header_timeout: Duration::from_millis(config.server.header_timeout_ms.max(1)),
     };
-    serve_http(listener, router(state), shutdown, limits).await;
+    let threads = RequestThreads::start(config.server.pin_request_threads)?;
+    serve_http(listener, router(state), &threads, shutdown, limits).await;
+    tokio::task::spawn_blocking(move || threads.stop()).await?;
     pruner.abort();
     hangups.abort();
     watchdog.abort();
@@ -257,10 +239,12 @@ struct ConnLimits {
 
 /// The accept loop: HTTP/1.1 with keep-alive, a deadline for request headers
 /// (slow senders and idle connections are closed), a cap on connections, and
-/// graceful shutdown that lets requests in flight finish.
+/// graceful shutdown that lets requests in flight finish. Each connection
+/// is served on one of the request `threads`, in turn.
 async fn serve_http(
     listener: tokio::net::TcpListener,
     app: axum::Router,
+    threads: &RequestThreads,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: ConnLimits,
 ) {
@@ -297,10 +281,18 @@ async fn serve_http(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // Out of this runtime's reactor, into the request thread's.
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            let _ = conn.await;
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        threads.spawn(async move {
+            if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let _ = watcher.watch(conn).await;
+            }
             drop(slot);
         });
     }

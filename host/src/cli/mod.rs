@@ -476,7 +476,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .config
                 .is_some()
                 .then(|| Box::new(move || args.load()) as crate::live::Source);
-            let rt = crate::server::request_runtime(&config.server)?;
+            let rt = crate::server::main_runtime()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(config.server.listen)
                     .await
