@@ -140,18 +140,23 @@ fn known<'a>(state: &AppState, tenant: &'a str) -> &'a str {
 /// Before a webhook's body is read: times the request into
 /// `hookhost_webhook_seconds`, from the moment it is routed (so a slow
 /// upload counts) to its answer, or to the moment it is given up (a
-/// timeout drops this future, and the timer with it); and refuses a body
-/// declared larger than the limit (its `Content-Length`) with 413 at once,
-/// before any of it is read and without a `100 Continue` for a sender that
-/// asked whether to send it, rather than waiting for it.
+/// timeout drops this future, and the timer with it); and answers a
+/// sender that asks before it sends (`Expect: 100-continue`) a body
+/// declared larger than the limit with 413 at once, instead of
+/// `100 Continue`. (A sender that does not ask is answered 413 once the
+/// limit is read: refused before it has finished writing, most clients
+/// see a broken connection rather than the answer.)
 pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let _timer = Timer(std::time::Instant::now(), &state.metrics);
-    let declared = req
-        .headers()
+    let headers = req.headers();
+    let asks = headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+    if asks && declared.is_some_and(|n| n > state.max_body_bytes as u64) {
         let path = req.uri().path().trim_end_matches('/');
         let tenant = known(
             &state,
