@@ -35,6 +35,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // First: a server that cannot start them has started nothing else.
+    let threads = RequestThreads::start(config.server.pin_request_threads)?;
     let p = Pipeline::start(&config, source)?;
 
     let pruner = tokio::spawn(prune_loop(
@@ -68,7 +70,6 @@ pub async fn serve(
         max_connections: config.server.max_connections.max(1),
         header_timeout: Duration::from_millis(config.server.header_timeout_ms.max(1)),
     };
-    let threads = RequestThreads::start(config.server.pin_request_threads)?;
     serve_http(listener, router(state), &threads, shutdown, limits).await;
     tokio::task::spawn_blocking(move || threads.stop()).await?;
     pruner.abort();
