@@ -124,25 +124,22 @@ fn cut(mut rows: Vec<Value>, page: Page) -> (Vec<Value>, bool) {
 }
 
 /// Says on standard error, after a listing cut short, how to see the rest:
-/// `{command} --after LAST`, or for the newest rows `{command} --last N
+/// `{command}--after LAST`, or for the newest rows `{command}--last N
 /// --before FIRST`.
 fn say_more(rows: &[Value], seq: &str, page: Page, command: &str) {
-    let first = rows.first().and_then(|r| r[seq].as_i64());
-    let last = rows.last().and_then(|r| r[seq].as_i64());
-    let (Some(first), Some(last)) = (first, last) else {
-        return;
-    };
-    let shown = rows.len();
-    let command = if command.is_empty() {
-        String::new()
+    let seq_of = |r: Option<&Value>| r.and_then(|r| r[seq].as_i64());
+    let rest = if page.newest() {
+        seq_of(rows.first()).map(|first| {
+            format!(
+                "older with {command}--last {} --before {first}",
+                page.rows()
+            )
+        })
     } else {
-        format!("{command} ")
+        seq_of(rows.last()).map(|last| format!("more with {command}--after {last}"))
     };
-    if page.newest() {
-        let n = page.rows();
-        eprintln!("({shown} shown; older with {command}--last {n} --before {first})");
-    } else {
-        eprintln!("({shown} shown; more with {command}--after {last})");
+    if let Some(rest) = rest {
+        eprintln!("({} shown; {rest})", rows.len());
     }
 }
 
@@ -159,7 +156,7 @@ pub enum Page {
     After(i64, i64),
     /// The newest N.
     Last(i64),
-    /// The newest N before a sequence number (events only).
+    /// The newest N before a sequence number.
     Before(i64, i64),
 }
 
@@ -351,7 +348,7 @@ pub fn deliveries(
     print_deliveries(&rows, json, dead);
     if more {
         let command = if dead {
-            "hookhost deliveries --state dead"
+            "hookhost deliveries --state dead "
         } else {
             ""
         };

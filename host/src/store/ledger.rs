@@ -486,7 +486,8 @@ pub fn delivery_page(
     // One more than asked for tells whether there are more.
     let mut rows = select_deliveries(c, filter, limit.saturating_add(1), order)?;
     let more = rows.len() as i64 > limit;
-    if let Some(next) = more.then(|| rows.pop()).flatten() {
+    let next = if more { rows.pop() } else { None };
+    if let Some(next) = next {
         let keep = rows
             .iter()
             .rposition(|r| r.event_seq != next.event_seq)
