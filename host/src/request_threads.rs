@@ -100,7 +100,11 @@ fn start_one(i: usize, plan: Option<Arc<Pinning>>) -> std::io::Result<Started> {
             }
             let _ = ready_tx.send(Ok(rt.handle().clone()));
             rt.block_on(async {
+                // The store's answers to this thread's requests, all of a
+                // commit's in one wake-up.
+                let answers = tokio::spawn(crate::store::Answers::open_here().run());
                 let _ = stop_rx.await;
+                answers.abort();
             });
         })?;
     let handle = ready_rx

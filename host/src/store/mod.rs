@@ -3,6 +3,7 @@
 //! reads use their own connections. An event that received 200 is in the
 //! inbox, committed.
 
+mod answers;
 mod inbox;
 mod kv;
 mod ledger;
@@ -14,6 +15,7 @@ mod sends;
 pub mod serve_lock;
 mod writer;
 
+pub use answers::Answers;
 pub use inbox::{
     get as get_event, heads as event_heads, list as list_events, list_last as list_last_events,
     EventHead, EventRow, IngestOutcome, NewEvent,
@@ -223,6 +225,7 @@ impl Store {
             result: None,
             reply,
             guarded,
+            answer_to: answers::here(),
         });
         let sent = match self.inner.tx.read().unwrap().as_ref() {
             Some(tx) => tx.send(op).map_err(|e| e.0),

@@ -4,6 +4,7 @@
 //! itself), so one failing operation does not undo its neighbours;
 //! its caller hears back only after the batch's COMMIT succeeded.
 
+use super::answers::{self, ReturnAddress};
 use super::{StoreError, StoreOptions};
 use crate::metrics::{Fixed, LATENCY_BUCKETS};
 use crate::repeated::Repeated;
@@ -22,6 +23,9 @@ pub(super) trait WriteOp: Send {
     /// statement by itself, and a savepoint per event costs a copy of every
     /// page it touches.
     fn guarded(&self) -> bool;
+    /// Where its caller's thread wants the answer (see `answers`), taken
+    /// once.
+    fn return_address(&mut self) -> Option<ReturnAddress>;
     fn complete(self: Box<Self>, committed: Result<(), StoreError>);
 }
 
@@ -30,6 +34,7 @@ pub(super) struct Op<T, F> {
     pub result: Option<Result<T, StoreError>>,
     pub reply: tokio::sync::oneshot::Sender<Result<T, StoreError>>,
     pub guarded: bool,
+    pub answer_to: Option<ReturnAddress>,
 }
 
 impl<T, F> WriteOp for Op<T, F>
@@ -54,6 +59,10 @@ where
 
     fn guarded(&self) -> bool {
         self.guarded
+    }
+
+    fn return_address(&mut self) -> Option<ReturnAddress> {
+        self.answer_to.take()
     }
 
     fn complete(self: Box<Self>, committed: Result<(), StoreError>) {
@@ -197,9 +206,7 @@ impl Writer {
                     self.trouble.failed(e);
                 }
             }
-            for op in batch {
-                op.complete(outcome.clone());
-            }
+            answers::answer(batch, outcome);
         }
     }
 }
