@@ -13,6 +13,7 @@ pub mod retention;
 mod schema;
 mod sends;
 pub mod serve_lock;
+mod wal_writes;
 mod writer;
 
 pub use answers::Answers;
@@ -103,7 +104,13 @@ fn open_connection(path: &Path, opts: &StoreOptions, write: bool) -> rusqlite::R
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY
     } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let c = Connection::open_with_flags(path, flags)?;
+    // The write connection gathers its WAL writes (`wal_writes`); readers
+    // never write the WAL.
+    let c = if write && wal_writes::register() {
+        Connection::open_with_flags_and_vfs(path, flags, wal_writes::NAME)?
+    } else {
+        Connection::open_with_flags(path, flags)?
+    };
     // Every statement the store runs stays prepared (rusqlite keeps 16 by
     // default, fewer than the writer uses, and re-parses what it evicted).
     c.set_prepared_statement_cache_capacity(64);
