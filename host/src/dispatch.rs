@@ -564,14 +564,7 @@ mod tests {
     use std::time::Instant;
 
     fn event(key: &str) -> NewEvent {
-        NewEvent {
-            tenant: "default".into(),
-            key: key.into(),
-            event_type: "message".into(),
-            ordering_key: "chat".into(),
-            body: b"{}".to_vec(),
-            received_at: 0,
-        }
+        NewEvent::sample("default", key)
     }
 
     fn state(store: &Store, seq: i64) -> Option<String> {

@@ -99,14 +99,7 @@ mod tests {
     use crate::store::{Answers, NewEvent, Store};
 
     fn event(key: &str) -> NewEvent {
-        NewEvent {
-            tenant: "t".into(),
-            key: key.into(),
-            event_type: "message".into(),
-            ordering_key: "c".into(),
-            body: b"{}".to_vec(),
-            received_at: 0,
-        }
+        NewEvent::sample("t", key)
     }
 
     #[test]

@@ -14,6 +14,21 @@ pub struct NewEvent {
     pub received_at: i64,
 }
 
+#[cfg(test)]
+impl NewEvent {
+    /// An event of `tenant` with idempotency key `key`, for tests.
+    pub(crate) fn sample(tenant: &str, key: &str) -> NewEvent {
+        NewEvent {
+            tenant: tenant.into(),
+            key: key.into(),
+            event_type: "message".into(),
+            ordering_key: "chat".into(),
+            body: b"{}".to_vec(),
+            received_at: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IngestOutcome {
     Stored { seq: i64 },

@@ -254,14 +254,7 @@ mod tests {
     use crate::store::{NewEvent, Store, StoreError};
 
     fn event(key: &str) -> NewEvent {
-        NewEvent {
-            tenant: "t".into(),
-            key: key.into(),
-            event_type: "message".into(),
-            ordering_key: "c".into(),
-            body: b"{}".to_vec(),
-            received_at: 0,
-        }
+        NewEvent::sample("t", key)
     }
 
     #[test]
