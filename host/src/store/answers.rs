@@ -50,7 +50,7 @@ impl Answers {
 impl Drop for Answers {
     fn drop(&mut self) {
         // Answers sent here already are completed; later ones find the
-        // inbox closed and are answered directly.
+        // queue closed and are answered directly.
         self.0.close();
         while let Ok((ops, outcome)) = self.0.try_recv() {
             complete_all(ops, &outcome);
