@@ -204,17 +204,31 @@ pub fn fake_whapi(rt: &tokio::runtime::Runtime) -> String {
 
 /// One server's line: `share` is its share of the ceiling in percent,
 /// `cpu_ms` its CPU time during the load.
-fn row(name: &str, r: &LoadResult, share: f64, rss: Option<f64>, cpu_ms: f64) -> String {
+fn row(
+    name: &str,
+    r: &LoadResult,
+    share: f64,
+    rss: Option<f64>,
+    cpu_ms: f64,
+    load_cpu_ms: f64,
+) -> String {
+    let per = |ms: f64| ms * 1000.0 / r.requests.max(1) as f64;
     format!(
-        "| {name} | {:.0} | {share:.0} % | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
+        "| {name} | {:.0} | {share:.0} % | {:.1} | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} |\n",
         r.rps(),
-        cpu_ms * 1000.0 / r.requests.max(1) as f64,
+        per(cpu_ms),
+        per(load_cpu_ms),
         r.pct(0.50),
         r.pct(0.99),
         r.max_ms(),
         rss.map(|m| format!("{m:.0}")).unwrap_or_else(|| "–".into()),
         r.status_line()
     )
+}
+
+/// This process's CPU time so far, in ms.
+fn own_cpu_ms() -> f64 {
+    crate::store::process_cpu_ms(std::process::id())
 }
 
 /// The median of some figures (the upper one of an even count).
@@ -251,6 +265,9 @@ fn drive(
 struct Measured {
     load: LoadResult,
     cpu_ms: f64,
+    /// This process's CPU during the load: the load generator (and, with
+    /// the samples, the stand-in gateway the auto-reply sends to).
+    load_cpu_ms: f64,
     rss_mb: f64,
     /// hookhost's group commits during the load (none for bare axum).
     batches: Option<Batches>,
@@ -398,10 +415,12 @@ pub fn ingest_suite(
                 0 => {
                     let bare = spawn_bare()?;
                     let cpu0 = bare.cpu_ms();
+                    let own0 = own_cpu_ms();
                     let load = drive(rt, bare.addr, connections, duration, dups, true);
                     Measured {
                         load,
                         cpu_ms: bare.cpu_ms() - cpu0,
+                        load_cpu_ms: own_cpu_ms() - own0,
                         rss_mb: bare.peak_rss_mb(),
                         batches: None,
                         threads: Threads::default(),
@@ -421,10 +440,12 @@ pub fn ingest_suite(
                     let batches0 = Batches::read(srv.addr);
                     let threads0 = srv.threads_cpu_ms();
                     let cpu0 = srv.cpu_ms();
+                    let own0 = own_cpu_ms();
                     let load = drive(rt, srv.addr, connections, duration, dups, true);
                     let m = Measured {
                         load,
                         cpu_ms: srv.cpu_ms() - cpu0,
+                        load_cpu_ms: own_cpu_ms() - own0,
                         rss_mb: srv.peak_rss_mb(),
                         batches: Some(Batches::read(srv.addr).since(batches0)),
                         threads: Threads::since(srv.threads_cpu_ms(), &threads0),
@@ -454,7 +475,7 @@ pub fn ingest_suite(
     let cost: Vec<f64> = (0..rounds)
         .map(|r| 100.0 * (1.0 - rps(2, r) / rps(1, r)))
         .collect();
-    let mut out = String::from("## Ingest\n\n| server | req/s | of ceiling | server CPU µs/request | p50 ms | p99 ms | max ms | peak RSS MiB | statuses |\n|---|---|---|---|---|---|---|---|---|\n");
+    let mut out = String::from("## Ingest\n\n| server | req/s | of ceiling | server CPU µs/request | load generator CPU µs/request | p50 ms | p99 ms | max ms | peak RSS MiB | statuses |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for ((name, rs), sh) in names.iter().zip(&runs).zip(&share) {
         let m = median(rs);
         out.push_str(&row(
@@ -463,6 +484,7 @@ pub fn ingest_suite(
             median_of(sh.clone()),
             Some(m.rss_mb),
             m.cpu_ms,
+            m.load_cpu_ms,
         ));
     }
     let np = median_of(share[1].clone());
@@ -482,7 +504,7 @@ pub fn ingest_suite(
         m.threads.describe(m.cpu_ms, m.load.requests)
     };
     out.push_str(&format!(
-        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating; each share and cost is taken within its round, the table's other columns are each server's median round). Durable ingest without plugins: **{np:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{p3:.0} %** of the ceiling, {fewer:.0} % fewer requests per second than without (each request taking {:.0} % more of the machine's time). Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}. Server CPU in µs per request by thread: without plugins {}; with them {}.\n\n",
+        "\nMedian of {rounds} rounds (the three servers in turn, the order rotating; each share and cost is taken within its round, the table's other columns are each server's median round). Durable ingest without plugins: **{np:.0} %** of the ceiling (`synchronous = FULL`, group commit). With the three sample plugins: **{p3:.0} %** of the ceiling, {fewer:.0} % fewer requests per second than without (each request taking {:.0} % more of the machine's time). Each round, without / with plugins as a share of that round's ceiling (and the plugins' cost): {}. {drain_note} The store's group commits in those median rounds (`hookhost_store_batch_*`, apply and commit with `fsync`): without plugins {}; with them {}. Server CPU in µs per request by thread: without plugins {}; with them {}. The load generator runs on the same cores (its column is this process's CPU, with the plugins also the stand-in gateway's): where it costs less per request (a quieter machine), the ceiling gains more from it than a server doing more work per request, whose share then falls.\n\n",
         100.0 * (1.0 / (1.0 - fewer / 100.0) - 1.0),
         per_round.join("; "),
         commits(&runs[1]),
