@@ -203,7 +203,8 @@ pub fn fake_whapi(rt: &tokio::runtime::Runtime) -> String {
 }
 
 /// One server's line: `share` is its share of the ceiling in percent,
-/// `cpu_ms` its CPU time during the load.
+/// `cpu_ms` its CPU time during the load, `load_cpu_ms` the load
+/// generator's.
 fn row(
     name: &str,
     r: &LoadResult,

@@ -155,9 +155,14 @@ unsafe fn real(
     (real, &*(*real).pMethods)
 }
 
+/// What a WAL file holds, not yet written.
+unsafe fn held<'a>(f: *mut ffi::sqlite3_file) -> &'a mut Held {
+    &mut *(*(f as *mut WalFile)).held
+}
+
 /// Writes what is held, in one call.
 unsafe fn flush(f: *mut ffi::sqlite3_file) -> c_int {
-    let held = &mut *(*(f as *mut WalFile)).held;
+    let held = held(f);
     held.commit_next = false;
     if held.bytes.is_empty() {
         return ffi::SQLITE_OK;
@@ -199,15 +204,14 @@ unsafe extern "C" fn write(
     #[cfg(test)]
     count(1, 0);
     let bytes = std::slice::from_raw_parts(data.cast::<u8>(), amount.max(0) as usize);
-    let held = &mut *(*(f as *mut WalFile)).held;
-    let follows = held.at + held.bytes.len() as i64 == offset;
-    if !held.bytes.is_empty() && !follows {
+    let pending = held(f);
+    if !pending.bytes.is_empty() && pending.at + pending.bytes.len() as i64 != offset {
         let rc = flush(f);
         if rc != ffi::SQLITE_OK {
             return rc;
         }
     }
-    let held = &mut *(*(f as *mut WalFile)).held;
+    let held = held(f);
     if held.bytes.is_empty() {
         held.at = offset;
     }
