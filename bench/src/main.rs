@@ -12,6 +12,7 @@ mod load;
 mod plugins;
 mod procs;
 mod store;
+mod targets;
 
 use std::time::Duration;
 
@@ -103,9 +104,11 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut head = String::new();
     let mut report = String::new();
+    let mut targets = targets::Targets::default();
     let machine = procs::machine();
-    report.push_str(&format!(
+    head.push_str(&format!(
         "Machine: {machine}\nLoad: {connections} keep-alive connections, {seconds} s per server and round, {:.0} % duplicates, signed bodies in the gateway's event mix.\n\n",
         dups * 100.0
     ));
@@ -134,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             duration,
             dups,
             env_num("BENCH_ROUNDS", 5) as usize,
+            &mut targets,
         )?);
         eprintln!("ingest: the store alone…");
         report.push_str(&format!(
@@ -148,7 +152,12 @@ fn main() -> anyhow::Result<()> {
     }
     // 2. Plugins.
     if part("plugins") {
-        report.push_str(&plugins::suite(&rt, &plugins_dir, deliveries)?);
+        report.push_str(&plugins::suite(
+            &rt,
+            &plugins_dir,
+            deliveries,
+            &mut targets,
+        )?);
     }
     // 2b. A large plugin compiled in the background during ingest.
     if part("background") {
@@ -157,17 +166,19 @@ fn main() -> anyhow::Result<()> {
             &plugins_dir,
             connections,
             dups,
+            &mut targets,
         )?);
     }
     // 2c. Memory: 3 tenants x 5 plugins under 256 connections.
     if part("memory") {
-        report.push_str(&procs::memory_suite(&rt, &plugins_dir, dups)?);
+        report.push_str(&procs::memory_suite(&rt, &plugins_dir, dups, &mut targets)?);
     }
     // 3. Start-up with 10 cached plugins.
     if part("startup") {
-        report.push_str(&procs::startup_suite(&plugins_dir)?);
+        report.push_str(&procs::startup_suite(&plugins_dir, &mut targets)?);
     }
 
+    let report = format!("{head}{}{report}", targets.render());
     println!("\n{report}");
     let out = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into());
     let path = std::path::Path::new(&out).join("bench-report.md");

@@ -3,6 +3,7 @@
 //! per second through the dispatcher of a real server.
 
 use crate::load;
+use crate::targets::{self, Targets};
 use hookhost::capabilities::{Capabilities, SqlDb, SqlPool};
 use hookhost::config::{Grant, Limits, StoreConfig};
 use hookhost::runtime::{cache::CompileCache, convert, engine::Runtime, plugin, sandbox};
@@ -74,6 +75,7 @@ pub fn suite(
     rt: &tokio::runtime::Runtime,
     plugins_dir: &Path,
     deliveries: usize,
+    targets: &mut Targets,
 ) -> anyhow::Result<String> {
     let mut out = String::from(
         "## Plugins\n\n| plugin | language | size | compile | cached load | fresh instance + handle p50 | p99 | of which instantiate p50 | fuel / delivery | deliveries/s (dispatcher) |\n|---|---|---|---|---|---|---|---|---|---|\n",
@@ -186,6 +188,29 @@ pub fn suite(
                 .join(" / ")
         ));
         p50s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let p50 = pct(&p50s, 0.5);
+        let judged = match (m.name, m.lang) {
+            ("logger", _) => Some((
+                "small Rust plugin (logger), fresh instance + `handle` ≤ 50 µs p50",
+                targets::SMALL_RUST_P50_MAX_US,
+            )),
+            (_, "JavaScript") => Some((
+                "JavaScript plugin, fresh instance + `handle` ≤ 1 ms p50",
+                targets::SCRIPT_P50_MAX_US,
+            )),
+            (_, "Python") => Some((
+                "Python plugin, fresh instance + `handle` ≤ 1 ms p50",
+                targets::SCRIPT_P50_MAX_US,
+            )),
+            _ => None,
+        };
+        if let Some((target, max_us)) = judged {
+            targets.judge(
+                target,
+                format!("**{}** ({})", fmt_us(p50), m.name),
+                p50 <= max_us,
+            );
+        }
         let mut all: Vec<f64> = m.rounds.concat();
         all.sort_by(|a, b| a.partial_cmp(b).unwrap());
         m.instantiate.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -196,7 +221,7 @@ pub fn suite(
             m.size as f64 / 1024.0,
             m.compile.as_secs_f64() * 1000.0,
             m.cached_load.as_secs_f64() * 1000.0,
-            fmt_us(pct(&p50s, 0.5)),
+            fmt_us(p50),
             fmt_us(pct(&all, 0.99)),
             fmt_us(pct(&m.instantiate, 0.5)),
             m.fuel / all.len().max(1) as u64,

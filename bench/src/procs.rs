@@ -2,6 +2,7 @@
 //! binary with `--bare-server`) and `hookhost serve`.
 
 use crate::load::{self, LoadResult, LoadSpec};
+use crate::targets::{self, Targets};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -380,6 +381,7 @@ pub fn ingest_suite(
     duration: Duration,
     dups: f64,
     rounds: usize,
+    targets: &mut Targets,
 ) -> anyhow::Result<String> {
     let rounds = rounds.max(1);
     let dir = tempfile::tempdir()?;
@@ -499,6 +501,31 @@ pub fn ingest_suite(
             )
         })
         .collect();
+    targets.judge(
+        "durable ingest without plugins ≥ 70 % of the bare-axum ceiling",
+        format!(
+            "**{np:.0} %** ({:.1}k of {:.1}k req/s) [rounds {} %]",
+            median(&runs[1]).load.rps() / 1000.0,
+            median(&runs[0]).load.rps() / 1000.0,
+            share[1]
+                .iter()
+                .map(|s| format!("{s:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        np >= targets::INGEST_SHARE_MIN,
+    );
+    targets.judge(
+        "three sample plugins cost ingest ≤ 15 %",
+        format!(
+            "**{fewer:.0} %** [rounds {} %]",
+            cost.iter()
+                .map(|c| format!("{:+.0}", -c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        fewer <= targets::PLUGINS_COST_MAX,
+    );
     let commits = |rs: &[Measured]| median(rs).batches.map(|b| b.describe()).unwrap_or_default();
     let threads = |rs: &[Measured]| {
         let m = median(rs);
@@ -609,7 +636,7 @@ pub fn variant(bytes: &[u8], tag: u32) -> Vec<u8> {
     out
 }
 
-pub fn startup_suite(plugins_dir: &Path) -> anyhow::Result<String> {
+pub fn startup_suite(plugins_dir: &Path, targets: &mut Targets) -> anyhow::Result<String> {
     eprintln!("start-up with 10 cached plugins…");
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");
@@ -638,10 +665,16 @@ pub fn startup_suite(plugins_dir: &Path) -> anyhow::Result<String> {
         drop(srv);
     }
     warm.sort();
+    let restart_ms = warm[1].as_secs_f64() * 1000.0;
+    targets.judge(
+        "restart with 10 cached plugins ≤ 250 ms to ready",
+        format!("**{restart_ms:.0} ms**"),
+        restart_ms <= targets::RESTART_MAX_MS,
+    );
     Ok(format!(
         "## Start-up\n\nTen plugins (Rust samples, each a distinct file): first start compiles them in {:.0} ms after the listener is up; a restart with the compile cache reaches ready with all ten loaded in **{:.0} ms** (median of 3, process start included).\n\n",
         cold_listen.as_secs_f64() * 1000.0,
-        warm[1].as_secs_f64() * 1000.0
+        restart_ms
     ))
 }
 
@@ -652,6 +685,7 @@ pub fn background_compile(
     plugins_dir: &Path,
     connections: usize,
     dups: f64,
+    targets: &mut Targets,
 ) -> anyhow::Result<String> {
     eprintln!("ingest while the Python plugin compiles in the background…");
     let big = plugins_dir.join("keyword-alert.wasm");
@@ -682,11 +716,17 @@ pub fn background_compile(
     let r = rt.block_on(run)?;
     let (inside, outside, n) =
         r.p99_split(copy_at.as_micros() as u64, loaded_at.as_micros() as u64);
+    let ratio = if outside > 0.0 { inside / outside } else { 0.0 };
+    targets.judge(
+        "18 MB plugin compiled in the background: ingest p99 ≤ 2× steady",
+        format!("**{ratio:.2}×** ({inside:.2} against {outside:.2} ms)"),
+        outside > 0.0 && ratio <= targets::COMPILE_P99_MAX_RATIO,
+    );
     Ok(format!(
         "## Background compile\n\nWhile hookhost (no other plugins) took {:.0} req/s, the 18 MB Python component was dropped into the plugins folder and compiled in the background (a `hookhost compile-worker` child process started by the niced loader thread, single-threaded Cranelift) in {:.1} s. Ingest p99 during the compile: **{inside:.2} ms** ({n} requests) against {outside:.2} ms outside it: **{:.2}×**.\n\n",
         r.rps(),
         loaded.as_secs_f64(),
-        if outside > 0.0 { inside / outside } else { 0.0 }
+        ratio
     ))
 }
 
@@ -696,6 +736,7 @@ pub fn memory_suite(
     rt: &tokio::runtime::Runtime,
     plugins_dir: &Path,
     dups: f64,
+    targets: &mut Targets,
 ) -> anyhow::Result<String> {
     eprintln!("memory: 3 tenants x 5 plugins, 256 connections…");
     let names = [
@@ -754,6 +795,11 @@ pub fn memory_suite(
     let r = rt.block_on(load::run(spec));
     let peak = srv.peak_rss_mb();
     let delivered = metric_sum(srv.addr, "hookhost_deliveries_total{");
+    targets.judge(
+        "peak RSS ≤ 200 MB with 3 tenants × 5 plugins under 256 connections",
+        format!("**{peak:.0} MiB** ({idle_rss:.0} before the load)"),
+        peak * 1024.0 * 1024.0 <= targets::PEAK_RSS_MAX_BYTES,
+    );
     Ok(format!(
         "## Memory\n\nThree tenants, each with the five sample plugins (3 Rust, 1 JavaScript, 1 Python), 256 connections over the three tenants for 10 s: {:.0} req/s ({}), p99 {:.1} ms, {delivered} deliveries done meanwhile. Peak RSS **{peak:.0} MiB** ({idle_rss:.0} MiB with the plugins loaded from the compile cache, before the load; {}).\n\n",
         r.rps(),
