@@ -156,12 +156,11 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         event_type: event_type.clone(),
         message: e.to_string(),
     };
-    let key_of = |parts: serde_json::Value| format!("{event_type}:{parts}");
     let parsed = match event_type.as_str() {
         "message_received" | "message_sent" => {
             let m: Message = serde_json::from_slice(body).map_err(invalid)?;
             require_nonempty(&event_type, "id", &m.id)?;
-            let key = key_of(serde_json::json!([m.id]));
+            let key = key(&event_type, &(&m.id,));
             let ordering_key = if m.chat_id.is_empty() {
                 format!("chat:{}", m.from)
             } else {
@@ -183,7 +182,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             require_nonempty(&event_type, "id", &a.id)?;
             require_nonempty(&event_type, "ack", &a.ack)?;
             Parsed {
-                key: key_of(serde_json::json!([a.id, a.ack])),
+                key: key(&event_type, &(&a.id, &a.ack)),
                 ordering_key: format!("msg:{}", a.id),
                 event: Event::AckUpdate(a),
             }
@@ -193,12 +192,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             require_nonempty(&event_type, "message_id", &r.message_id)?;
             require_nonempty(&event_type, "from_number", &r.from_number)?;
             Parsed {
-                key: key_of(serde_json::json!([
-                    r.message_id,
-                    r.from_number,
-                    r.reaction,
-                    r.timestamp
-                ])),
+                key: key(
+                    &event_type,
+                    &(&r.message_id, &r.from_number, &r.reaction, r.timestamp),
+                ),
                 ordering_key: format!("msg:{}", r.message_id),
                 event: Event::MessageReaction(r),
             }
@@ -206,7 +203,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         "test_webhook" => {
             let t: TestPing = serde_json::from_slice(body).map_err(invalid)?;
             Parsed {
-                key: key_of(serde_json::json!([t.instance_id, t.timestamp])),
+                key: key(&event_type, &(&t.instance_id, t.timestamp)),
                 ordering_key: "test".to_string(),
                 event: Event::TestWebhook(t),
             }
@@ -214,12 +211,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         _ => {
             // Unknown types: an `id` when there is one, else the body itself.
             let key = match id {
-                Some(Scalar::Str(s)) if !s.is_empty() => key_of(serde_json::json!(["id", s])),
-                Some(Scalar::Num(n)) => key_of(serde_json::json!(["id", n.to_string()])),
-                _ => key_of(serde_json::json!([
-                    "sha256",
-                    hex::encode(Sha256::digest(body))
-                ])),
+                Some(Scalar::Str(s)) if !s.is_empty() => key(&event_type, &("id", &s)),
+                Some(Scalar::Num(n)) => key(&event_type, &("id", n.to_string())),
+                _ => key(&event_type, &("sha256", hex::encode(Sha256::digest(body)))),
             };
             let ordering_key = match chat_id {
                 Some(Scalar::Str(c)) => format!("chat:{c}"),
@@ -235,6 +229,18 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
         }
     };
     Ok(parsed)
+}
+
+/// An idempotency key: the event type, `:` and the parts as a compact
+/// JSON array (`message_received:["ABCD1234"]`). The format is stored:
+/// it must not change.
+fn key(event_type: &str, parts: &impl Serialize) -> String {
+    let mut out = Vec::with_capacity(event_type.len() + 64);
+    out.extend_from_slice(event_type.as_bytes());
+    out.push(b':');
+    // Strings and integers always serialize.
+    serde_json::to_writer(&mut out, parts).expect("key parts serialize");
+    String::from_utf8(out).expect("JSON is UTF-8")
 }
 
 fn require_nonempty(et: &str, field: &str, v: &str) -> Result<(), ParseError> {
@@ -498,5 +504,56 @@ mod tests {
         assert!(p.key.starts_with("presence:[\"sha256\""));
         let p2 = parse(br#"{"event_type":"presence","id":"7"}"#).unwrap();
         assert_eq!(p2.key, r#"presence:["id","7"]"#);
+    }
+
+    /// Keys are stored: each type's key must read exactly as the releases
+    /// before wrote it (the parts as a `serde_json::Value` array, shown).
+    #[test]
+    fn keys_keep_their_stored_format() {
+        use serde_json::json;
+        let cases: [(&str, serde_json::Value); 8] = [
+            (
+                r#"{"event_type":"message_received","id":"A\"B\\é\u0001"}"#,
+                json!(["A\"B\\é\u{1}"]),
+            ),
+            (r#"{"event_type":"message_sent","id":42}"#, json!(["42"])),
+            (
+                r#"{"event_type":"ack_update","id":"m1","ack":"read"}"#,
+                json!(["m1", "read"]),
+            ),
+            (
+                r#"{"event_type":"message_reaction","message_id":"m","from_number":"5","reaction":"👍","timestamp":-7}"#,
+                json!(["m", "5", "👍", -7]),
+            ),
+            (
+                r#"{"event_type":"test_webhook","timestamp":1700000000}"#,
+                json!([null, 1700000000]),
+            ),
+            (
+                r#"{"event_type":"test_webhook","instance_id":"i-1","timestamp":1}"#,
+                json!(["i-1", 1]),
+            ),
+            (
+                r#"{"event_type":"presence","id":"x/y"}"#,
+                json!(["id", "x/y"]),
+            ),
+            (
+                r#"{"event_type":"presence","id":1.5}"#,
+                json!(["id", "1.5"]),
+            ),
+        ];
+        for (body, parts) in cases {
+            let p = parse(body.as_bytes()).unwrap();
+            let t = p.event.event_type().to_string();
+            assert_eq!(p.key, format!("{t}:{parts}"), "{body}");
+        }
+        let body = br#"{"event_type":"presence"}"#;
+        assert_eq!(
+            parse(body).unwrap().key,
+            format!(
+                "presence:{}",
+                json!(["sha256", hex::encode(Sha256::digest(body))])
+            )
+        );
     }
 }

@@ -8,8 +8,9 @@ use crate::store::{IngestOutcome, NewEvent};
 use crate::{event, signature};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -22,9 +23,23 @@ pub struct Ack {
     key: String,
 }
 
+/// The request's `X-Whapi-Signature`, taken on its own (the `HeaderMap`
+/// extractor would copy every header for it).
+pub struct SignatureHeader(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for SignatureHeader {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(SignatureHeader(
+            parts.headers.get(signature::HEADER).cloned(),
+        ))
+    }
+}
+
 pub async fn default_tenant(
     state: State<AppState>,
-    headers: HeaderMap,
+    headers: SignatureHeader,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Ack>, AppError> {
     receive(state, DEFAULT_TENANT, headers, body).await
@@ -33,7 +48,7 @@ pub async fn default_tenant(
 pub async fn tenant(
     state: State<AppState>,
     Path(tenant): Path<String>,
-    headers: HeaderMap,
+    headers: SignatureHeader,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Ack>, AppError> {
     receive(state, &tenant, headers, body).await
@@ -42,7 +57,7 @@ pub async fn tenant(
 async fn receive(
     State(state): State<AppState>,
     tenant_name: &str,
-    headers: HeaderMap,
+    SignatureHeader(sig): SignatureHeader,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Ack>, AppError> {
     let metrics = &state.metrics;
@@ -61,8 +76,7 @@ async fn receive(
             )
         })?;
         if !tenant.secrets.is_empty() {
-            let sig = headers.get(signature::HEADER).map(|v| v.as_bytes());
-            signature::verify(&tenant.secrets, sig, &body)
+            signature::verify(&tenant.secrets, sig.as_ref().map(|v| v.as_bytes()), &body)
                 .map_err(|e| AppError::Unauthorized(e.to_string()))?;
         }
         state
