@@ -130,13 +130,19 @@ pub struct EventHead {
     pub ordering_key: String,
 }
 
-/// Heads of all tenants' events after `after_seq`, oldest first.
+const HEADS: &str =
+    "SELECT seq, tenant, event_type, ordering_key FROM events WHERE seq > ?1 ORDER BY seq";
+
+/// Heads of all tenants' events after `after_seq`, oldest first, at most
+/// `limit`.
 pub fn heads(c: &Connection, after_seq: i64, limit: i64) -> Result<Vec<EventHead>, StoreError> {
-    let mut st = c.prepare_cached(
-        "SELECT seq, tenant, event_type, ordering_key FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
+    // The rows come in `seq` order as they are stepped, so the limit is
+    // where the reading stops rather than a `LIMIT ?`: SQLite plans a bound
+    // `LIMIT` for its value and so parses the statement again each time one
+    // is bound, which the dispatcher did at every pass.
+    let mut st = c.prepare_cached(HEADS)?;
     let rows = st
-        .query_map(params![after_seq, limit], |r| {
+        .query_map(params![after_seq], |r| {
             Ok(EventHead {
                 seq: r.get(0)?,
                 tenant: r.get(1)?,
@@ -144,6 +150,7 @@ pub fn heads(c: &Connection, after_seq: i64, limit: i64) -> Result<Vec<EventHead
                 ordering_key: r.get(3)?,
             })
         })?
+        .take(limit.max(0) as usize)
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -190,5 +197,33 @@ impl Store {
 
     pub fn event(&self, seq: i64) -> Result<Option<EventRow>, StoreError> {
         self.read(|c| get(c, seq))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_stop_at_the_limit_and_their_statement_is_never_prepared_again() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c, std::path::Path::new(":memory:")).unwrap();
+        for i in 0..10 {
+            insert(&c, &NewEvent::sample("t", &format!("k{i}"))).unwrap();
+        }
+        let seqs = |after, limit| -> Vec<i64> {
+            heads(&c, after, limit)
+                .unwrap()
+                .iter()
+                .map(|h| h.seq)
+                .collect()
+        };
+        assert_eq!(seqs(0, 3), [1, 2, 3]);
+        assert_eq!(seqs(3, 100), (4..=10).collect::<Vec<_>>());
+        assert_eq!(seqs(8, 1), [9]);
+        assert!(seqs(10, 5).is_empty());
+        assert!(seqs(0, 0).is_empty());
+        let st = c.prepare_cached(HEADS).unwrap();
+        assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 }

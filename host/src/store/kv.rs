@@ -167,6 +167,9 @@ fn usage_row(r: &rusqlite::Row) -> rusqlite::Result<Usage> {
     })
 }
 
+const ENTRIES: &str = "SELECT key, length(value) FROM kv WHERE tenant = ?1 AND plugin = ?2
+     AND key >= ?3 AND key < ?4 ORDER BY key";
+
 /// The keys that start with `prefix`, in order, with their values' sizes.
 /// One index range: it stops at the first key past the prefix instead of
 /// reading the plugin's later keys (and `%` or `_` are plain characters).
@@ -177,26 +180,18 @@ pub fn entries(
     prefix: &str,
     limit: u64,
 ) -> Result<Vec<Entry>, StoreError> {
-    let mut st = c.prepare_cached(
-        "SELECT key, length(value) FROM kv WHERE tenant = ?1 AND plugin = ?2
-         AND key >= ?3 AND key < ?4 ORDER BY key LIMIT ?5",
-    )?;
+    // The limit is where the reading stops, not a `LIMIT ?`: SQLite plans a
+    // bound `LIMIT` for its value and so parses the statement again at
+    // every call.
+    let mut st = c.prepare_cached(ENTRIES)?;
     let rows = st
-        .query_map(
-            params![
-                tenant,
-                plugin,
-                prefix,
-                prefix_end(prefix),
-                limit.min(i64::MAX as u64) as i64
-            ],
-            |r| {
-                Ok(Entry {
-                    key: r.get(0)?,
-                    bytes: r.get(1)?,
-                })
-            },
-        )?
+        .query_map(params![tenant, plugin, prefix, prefix_end(prefix)], |r| {
+            Ok(Entry {
+                key: r.get(0)?,
+                bytes: r.get(1)?,
+            })
+        })?
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -351,5 +346,31 @@ mod tests {
         assert_eq!(list("", 100).len(), 8);
         assert!(list("c", 100).is_empty());
         store.close();
+    }
+
+    #[test]
+    fn listing_stops_at_the_limit_without_preparing_its_statement_again() {
+        let mut c = Connection::open_in_memory().unwrap();
+        super::super::schema::migrate(&mut c, std::path::Path::new(":memory:")).unwrap();
+        for k in ["k1", "k2", "k3", "x"] {
+            c.execute(
+                "INSERT INTO kv (tenant, plugin, key, value) VALUES ('t', 'p', ?1, x'00')",
+                [k],
+            )
+            .unwrap();
+        }
+        let keys = |limit| -> Vec<String> {
+            entries(&c, "t", "p", "k", limit)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect()
+        };
+        assert_eq!(keys(2), ["k1", "k2"]);
+        assert_eq!(keys(10), ["k1", "k2", "k3"]);
+        assert_eq!(keys(1), ["k1"]);
+        assert!(keys(0).is_empty());
+        let st = c.prepare_cached(ENTRIES).unwrap();
+        assert_eq!(st.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 }
