@@ -142,6 +142,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     use crate::json_strict::{check, Scalar};
     // One pass checks the whole body and reads the top-level fields the
     // keys need; known types are then read straight into their structs.
+    // JSON text is UTF-8 (RFC 8259): checked here once for the whole body,
+    // both passes below then read it as text.
+    let body = std::str::from_utf8(body)
+        .map_err(|e| ParseError::Json(format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
     let top = check(body, ["event_type", "id", "chat_id"])
         .map_err(|e| ParseError::Json(e.to_string()))?;
     if !top.is_object {
@@ -158,7 +162,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
     };
     let parsed = match event_type.as_str() {
         "message_received" | "message_sent" => {
-            let m: Message = serde_json::from_slice(body).map_err(invalid)?;
+            let m: Message = serde_json::from_str(body).map_err(invalid)?;
             require_nonempty(&event_type, "id", &m.id)?;
             let key = key(&event_type, &(&m.id,));
             let ordering_key = if m.chat_id.is_empty() {
@@ -178,7 +182,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "ack_update" => {
-            let a: AckUpdate = serde_json::from_slice(body).map_err(invalid)?;
+            let a: AckUpdate = serde_json::from_str(body).map_err(invalid)?;
             require_nonempty(&event_type, "id", &a.id)?;
             require_nonempty(&event_type, "ack", &a.ack)?;
             Parsed {
@@ -188,7 +192,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "message_reaction" => {
-            let r: Reaction = serde_json::from_slice(body).map_err(invalid)?;
+            let r: Reaction = serde_json::from_str(body).map_err(invalid)?;
             require_nonempty(&event_type, "message_id", &r.message_id)?;
             require_nonempty(&event_type, "from_number", &r.from_number)?;
             Parsed {
@@ -201,7 +205,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             }
         }
         "test_webhook" => {
-            let t: TestPing = serde_json::from_slice(body).map_err(invalid)?;
+            let t: TestPing = serde_json::from_str(body).map_err(invalid)?;
             Parsed {
                 key: key(&event_type, &(&t.instance_id, t.timestamp)),
                 ordering_key: "test".to_string(),
@@ -213,7 +217,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, ParseError> {
             let key = match id {
                 Some(Scalar::Str(s)) if !s.is_empty() => key(&event_type, &("id", &s)),
                 Some(Scalar::Num(n)) => key(&event_type, &("id", n.to_string())),
-                _ => key(&event_type, &("sha256", hex::encode(Sha256::digest(body)))),
+                _ => key(
+                    &event_type,
+                    &("sha256", hex::encode(Sha256::digest(body.as_bytes()))),
+                ),
             };
             let ordering_key = match chat_id {
                 Some(Scalar::Str(c)) => format!("chat:{c}"),
@@ -490,6 +497,17 @@ mod tests {
     fn duplicate_object_keys_are_refused() {
         let e = parse(br#"{"event_type":"ack_update","id":"a","id":"b","ack":"read"}"#);
         assert!(matches!(e, Err(ParseError::Json(_))), "{e:?}");
+    }
+
+    #[test]
+    fn bodies_that_are_not_utf8_are_refused_where_the_bytes_go_wrong() {
+        // In a string, and outside one.
+        let e = parse(b"{\"event_type\":\"ack_update\",\"id\":\"\xff\",\"ack\":\"read\"}");
+        assert_eq!(e, Err(ParseError::Json("invalid UTF-8 at byte 33".into())));
+        assert!(matches!(parse(b"\xef\xbb\xbf{}"), Err(ParseError::Json(_))));
+        // Escaped non-ASCII text is read as before.
+        let p = parse(r#"{"event_type":"ack_update","id":"caf\u00e9","ack":"read"}"#.as_bytes());
+        assert_eq!(p.unwrap().key, "ack_update:[\"café\",\"read\"]");
     }
 
     #[test]
