@@ -1,5 +1,6 @@
 //! The inbox: every accepted event, once per (tenant, idempotency key).
 
+use super::writer::Batch;
 use super::{Store, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -48,12 +49,11 @@ pub struct EventRow {
     pub body: Vec<u8>,
 }
 
-fn insert(c: &Connection, e: &NewEvent) -> Result<IngestOutcome, StoreError> {
-    let mut st = c.prepare_cached(
-        "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant, key) DO NOTHING",
-    )?;
-    let n = st.execute(params![
+const INSERT: &str = "INSERT INTO events (tenant, key, event_type, ordering_key, body, received_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant, key) DO NOTHING";
+
+fn insert(b: &mut Batch<'_>, e: &NewEvent) -> Result<IngestOutcome, StoreError> {
+    let n = b.statement(INSERT)?.execute(params![
         e.tenant,
         e.key,
         e.event_type,
@@ -63,10 +63,11 @@ fn insert(c: &Connection, e: &NewEvent) -> Result<IngestOutcome, StoreError> {
     ])?;
     if n == 1 {
         return Ok(IngestOutcome::Stored {
-            seq: c.last_insert_rowid(),
+            seq: b.conn.last_insert_rowid(),
         });
     }
-    let seq = c
+    let seq = b
+        .conn
         .prepare_cached("SELECT seq FROM events WHERE tenant = ?1 AND key = ?2")?
         .query_row(params![e.tenant, e.key], |r| r.get(0))?;
     Ok(IngestOutcome::Duplicate { seq })
@@ -164,7 +165,10 @@ impl Store {
     /// Commits `event` (or finds its duplicate) before returning.
     pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
         let _waiting = self.inner.pressure.wait();
-        self.write_statement(move |c| insert(c, &event)).await
+        // One statement: no savepoint of its own.
+        self.submit_batch_op(move |b: &mut Batch<'_>| insert(b, &event), false)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
     }
 
     /// Whether webhook events have been queueing for the store (see
@@ -208,9 +212,11 @@ mod tests {
     fn heads_stop_at_the_limit_and_their_statement_is_never_prepared_again() {
         let mut c = Connection::open_in_memory().unwrap();
         super::super::schema::migrate(&mut c, std::path::Path::new(":memory:")).unwrap();
+        let mut b = Batch::new(&c);
         for i in 0..10 {
-            insert(&c, &NewEvent::sample("t", &format!("k{i}"))).unwrap();
+            insert(&mut b, &NewEvent::sample("t", &format!("k{i}"))).unwrap();
         }
+        drop(b);
         let seqs = |after, limit| -> Vec<i64> {
             heads(&c, after, limit)
                 .unwrap()

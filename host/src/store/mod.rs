@@ -44,7 +44,7 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Duration;
-use writer::{Op, WriteOp, Writer};
+use writer::{Batch, Op, WriteOp, Writer};
 
 /// The store's file in the data directory.
 pub const STORE_FILE: &str = "hookhost.sqlite";
@@ -225,6 +225,20 @@ impl Store {
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit_batch_op(move |b: &mut Batch<'_>| f(b.conn), guarded)
+    }
+
+    /// [`Store::submit_op`] for an operation that runs statements the
+    /// batch keeps prepared ([`Batch::statement`]).
+    fn submit_batch_op<T, F>(
+        &self,
+        f: F,
+        guarded: bool,
+    ) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let op: Box<dyn WriteOp> = Box::new(Op {

@@ -8,7 +8,7 @@ use super::answers::{self, ReturnAddress};
 use super::{StoreError, StoreOptions};
 use crate::metrics::{Fixed, LATENCY_BUCKETS};
 use crate::repeated::Repeated;
-use rusqlite::Connection;
+use rusqlite::{CachedStatement, Connection, Statement};
 use std::path::PathBuf;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 pub(super) trait WriteOp: Send {
     /// `Ok(false)`: this operation failed on its own and its savepoint is
     /// rolled back; `Err`: the storage failed and the whole batch with it.
-    fn apply(&mut self, c: &Connection) -> rusqlite::Result<bool>;
+    fn apply(&mut self, b: &mut Batch<'_>) -> rusqlite::Result<bool>;
     /// Whether the operation needs its own savepoint. An operation whose
     /// only change is one SQL statement does not: SQLite undoes a failed
     /// statement by itself, and a savepoint per event costs a copy of every
@@ -29,6 +29,38 @@ pub(super) trait WriteOp: Send {
     fn complete(self: Box<Self>, committed: Result<(), StoreError>);
 }
 
+/// The batch being applied: the write connection, and the statements its
+/// operations asked for, each taken from the connection's statement cache
+/// once per batch instead of once per operation (a cache lookup hashes the
+/// statement's text, twice: out and back in).
+pub(super) struct Batch<'c> {
+    pub conn: &'c Connection,
+    kept: Vec<(&'static str, CachedStatement<'c>)>,
+}
+
+impl<'c> Batch<'c> {
+    pub(super) fn new(conn: &'c Connection) -> Self {
+        Batch {
+            conn,
+            kept: Vec::new(),
+        }
+    }
+
+    /// `sql` prepared, for as long as the batch: run it as often as needed
+    /// (rusqlite resets a statement after each `execute`).
+    pub fn statement(&mut self, sql: &'static str) -> rusqlite::Result<&mut Statement<'c>> {
+        let i = match self.kept.iter().position(|(k, _)| *k == sql) {
+            Some(i) => i,
+            None => {
+                self.kept.push((sql, self.conn.prepare_cached(sql)?));
+                self.kept.len() - 1
+            }
+        };
+        Ok(&mut self.kept[i].1)
+    }
+}
+
+/// An operation from a closure over the batch (see `Store::submit_op`).
 pub(super) struct Op<T, F> {
     pub f: Option<F>,
     pub result: Option<Result<T, StoreError>>,
@@ -40,11 +72,11 @@ pub(super) struct Op<T, F> {
 impl<T, F> WriteOp for Op<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send,
+    F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send,
 {
-    fn apply(&mut self, c: &Connection) -> rusqlite::Result<bool> {
+    fn apply(&mut self, b: &mut Batch<'_>) -> rusqlite::Result<bool> {
         let f = self.f.take().expect("applied once");
-        let r = f(c);
+        let r = f(b);
         // A storage failure (disk full, I/O) fails the whole batch; a
         // domain error (quota, constraint) fails this operation only.
         if let Err(StoreError::Sqlite(e)) = &r {
@@ -214,17 +246,20 @@ impl Writer {
 fn commit_batch(c: &mut Connection, batch: &mut [Box<dyn WriteOp>]) -> Result<(), StoreError> {
     let run = |c: &mut Connection, batch: &mut [Box<dyn WriteOp>]| -> rusqlite::Result<()> {
         c.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        let mut b = Batch::new(c);
         for op in batch.iter_mut() {
             if !op.guarded() {
-                op.apply(c)?;
+                op.apply(&mut b)?;
                 continue;
             }
-            c.prepare_cached("SAVEPOINT op")?.execute([])?;
-            if !op.apply(c)? {
-                c.prepare_cached("ROLLBACK TO op")?.execute([])?;
+            b.statement("SAVEPOINT op")?.execute([])?;
+            if !op.apply(&mut b)? {
+                b.statement("ROLLBACK TO op")?.execute([])?;
             }
-            c.prepare_cached("RELEASE op")?.execute([])?;
+            b.statement("RELEASE op")?.execute([])?;
         }
+        // Back into the cache before the commit.
+        drop(b);
         c.prepare_cached("COMMIT")?.execute([])?;
         Ok(())
     };
