@@ -207,6 +207,64 @@ fn slow_senders_and_idle_connections_are_cut_off() {
     assert_eq!(s.stored().len(), 2);
 }
 
+/// Past `max_inflight` requests at once, the next is answered 503 with
+/// `Retry-After` at once (not queued behind them), and the permits come
+/// back when the requests holding them end: here one held by a body that
+/// never finishes, until the request timeout cuts it off.
+#[test]
+fn requests_past_the_in_flight_cap_are_shed_until_a_place_frees() {
+    let s = TestServer::start(&CONFIG.replace("[server]", "[server]\nmax_inflight = 1"));
+    let addr = s.handle.as_ref().unwrap().addr;
+    let body = hookhost::samples::TEST_WEBHOOK.as_bytes();
+    let hold = || {
+        let mut held = TcpStream::connect(addr).unwrap();
+        held.write_all(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            .unwrap();
+        held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        held
+    };
+    // The held request must take the place first: had the other reached
+    // the server before it, the held one is the one shed. Try again then.
+    let mut tries = 0;
+    let (mut held, shed) = loop {
+        tries += 1;
+        assert!(tries <= 20, "the held request never took the place");
+        let held = hold();
+        std::thread::sleep(Duration::from_millis(100));
+        let r = post_signed(&s.url("/webhook"), body, SECRET);
+        if r.status == 503 {
+            break (held, r);
+        }
+    };
+    assert!(
+        shed.headers
+            .iter()
+            .any(|(k, v)| k == "retry-after" && v == "1"),
+        "{:?}",
+        shed.headers
+    );
+    assert!(shed.body["error"].is_string());
+    // Answered at once, not queued behind the held request: that one is
+    // still unanswered.
+    held.set_nonblocking(true).unwrap();
+    let unanswered = held.peek(&mut [0u8; 1]);
+    assert!(
+        matches!(&unanswered, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "{unanswered:?}"
+    );
+    held.set_nonblocking(false).unwrap();
+    // The timeout ends the held request and gives its place back.
+    let mut buf = [0u8; 256];
+    let n = held.read(&mut buf).unwrap_or(0);
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 408") || n == 0,
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(post_signed(&s.url("/webhook"), body, SECRET).status, 200);
+    assert_eq!(s.stored().len(), 1);
+}
+
 /// A server out of file descriptors (its limit lowered under it, then
 /// more connections than it can take): it says so once, not at every
 /// accept it retries, keeps its open connections, and says when accepting

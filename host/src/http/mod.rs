@@ -3,6 +3,7 @@
 
 mod admin;
 mod backfill;
+mod deadline;
 mod error;
 mod kv;
 mod limits;
@@ -16,9 +17,8 @@ use crate::metrics::Metrics;
 use crate::runtime::Registry;
 use crate::store::Store;
 use crate::wake::Wake;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -76,11 +76,7 @@ pub fn router(state: AppState) -> Router {
         // A receiver URL pasted with a trailing slash works as well.
         .route("/webhook/", post(webhook::default_tenant))
         .route("/webhook/{tenant}/", post(webhook::tenant))
-        .layer(DefaultBodyLimit::max(state.max_body_bytes))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            webhook::admit,
-        ));
+        .layer(DefaultBodyLimit::max(state.max_body_bytes));
     Router::new()
         .merge(webhook)
         .route("/healthz", get(healthz))
@@ -89,20 +85,8 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::routes(state.clone()))
         .fallback(|| async { AppError::NoRoute })
         .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
-        .layer(middleware::from_fn_with_state(state.clone(), timeout))
+        .layer(deadline::DeadlineLayer(state.clone()))
         .with_state(state)
-}
-
-/// Sheds load past the in-flight cap and cuts off a request (slow body
-/// included) that takes longer than allowed.
-async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Ok(_permit) = state.inflight.clone().try_acquire_owned() else {
-        return AppError::Busy.into_response();
-    };
-    match tokio::time::timeout(state.request_timeout, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => AppError::Timeout.into_response(),
-    }
 }
 
 async fn healthz() -> Json<serde_json::Value> {

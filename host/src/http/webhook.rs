@@ -8,10 +8,8 @@ use crate::store::{IngestOutcome, NewEvent};
 use crate::{event, signature};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -23,41 +21,54 @@ pub struct Ack {
     key: String,
 }
 
-/// The request's `X-Whapi-Signature`, taken on its own (the `HeaderMap`
-/// extractor would copy every header for it).
-pub struct SignatureHeader(Option<HeaderValue>);
-
-impl<S: Send + Sync> FromRequestParts<S> for SignatureHeader {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(SignatureHeader(
-            parts.headers.get(signature::HEADER).cloned(),
-        ))
-    }
-}
-
-pub async fn default_tenant(
-    state: State<AppState>,
-    headers: SignatureHeader,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Ack>, AppError> {
-    receive(state, DEFAULT_TENANT, headers, body).await
+pub async fn default_tenant(State(state): State<AppState>, req: Request) -> Response {
+    take(&state, DEFAULT_TENANT, req).await
 }
 
 pub async fn tenant(
-    state: State<AppState>,
+    State(state): State<AppState>,
     Path(tenant): Path<String>,
-    headers: SignatureHeader,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Json<Ack>, AppError> {
-    receive(state, &tenant, headers, body).await
+    req: Request,
+) -> Response {
+    take(&state, &tenant, req).await
+}
+
+/// Times the request into `hookhost_webhook_seconds`, from the moment it
+/// is routed (so a slow upload counts) to its answer, or to the moment it
+/// is given up (a timeout drops this future, and the timer with it);
+/// answers a sender that asks before it sends (`Expect: 100-continue`) a
+/// body declared larger than the limit with 413 at once, instead of
+/// `100 Continue`, then reads the body and takes the event. (A sender that
+/// does not ask is answered 413 once the limit is read: refused before it
+/// has finished writing, most clients see a broken connection rather than
+/// the answer.)
+async fn take(state: &AppState, tenant: &str, req: Request) -> Response {
+    let _timer = Timer(std::time::Instant::now(), &state.metrics);
+    let headers = req.headers();
+    let asks = headers
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if asks && declared.is_some_and(|n| n > state.max_body_bytes as u64) {
+        state
+            .metrics
+            .received(known(state, tenant), "-", "too_large");
+        return AppError::TooLarge(state.max_body_bytes).into_response();
+    }
+    // Of the headers, only the signature is needed past this point.
+    let sig = headers.get(signature::HEADER).cloned();
+    // Within the route's `DefaultBodyLimit`.
+    let body = Bytes::from_request(req, state).await;
+    receive(state, tenant, sig, body).await.into_response()
 }
 
 async fn receive(
-    State(state): State<AppState>,
+    state: &AppState,
     tenant_name: &str,
-    SignatureHeader(sig): SignatureHeader,
+    sig: Option<HeaderValue>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Ack>, AppError> {
     let metrics = &state.metrics;
@@ -135,7 +146,7 @@ async fn receive(
                 AppError::RateLimited { .. } => "rate_limited",
                 _ => "error",
             };
-            metrics.received(known(&state, tenant_name), "-", label);
+            metrics.received(known(state, tenant_name), "-", label);
             Err(e)
         }
     }
@@ -149,37 +160,6 @@ fn known<'a>(state: &AppState, tenant: &'a str) -> &'a str {
     } else {
         "-"
     }
-}
-
-/// Before a webhook's body is read: times the request into
-/// `hookhost_webhook_seconds`, from the moment it is routed (so a slow
-/// upload counts) to its answer, or to the moment it is given up (a
-/// timeout drops this future, and the timer with it); and answers a
-/// sender that asks before it sends (`Expect: 100-continue`) a body
-/// declared larger than the limit with 413 at once, instead of
-/// `100 Continue`. (A sender that does not ask is answered 413 once the
-/// limit is read: refused before it has finished writing, most clients
-/// see a broken connection rather than the answer.)
-pub async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let _timer = Timer(std::time::Instant::now(), &state.metrics);
-    let headers = req.headers();
-    let asks = headers
-        .get(axum::http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if asks && declared.is_some_and(|n| n > state.max_body_bytes as u64) {
-        let path = req.uri().path().trim_end_matches('/');
-        let tenant = known(
-            &state,
-            path.strip_prefix("/webhook/").unwrap_or(DEFAULT_TENANT),
-        );
-        state.metrics.received(tenant, "-", "too_large");
-        return AppError::TooLarge(state.max_body_bytes).into_response();
-    }
-    next.run(req).await
 }
 
 /// Observes `hookhost_webhook_seconds` when dropped.
