@@ -175,6 +175,14 @@ pub fn suite(
             format!("{us:.0} µs")
         }
     };
+    // A threshold in whole milliseconds reads as one (`1 ms`, not `1.00 ms`).
+    let fmt_limit = |us: f64| {
+        if us >= 1000.0 && us % 1000.0 == 0.0 {
+            format!("{} ms", us / 1000.0)
+        } else {
+            fmt_us(us)
+        }
+    };
     let mut per_round = Vec::new();
     for m in &mut measured {
         let dps = dispatcher_rate(rt, plugins_dir, m.name)?;
@@ -199,7 +207,7 @@ pub fn suite(
             targets.judge(
                 format!(
                     "{which}, fresh instance + `handle` ≤ {} p50",
-                    fmt_us(max_us)
+                    fmt_limit(max_us)
                 ),
                 format!("**{}** ({})", fmt_us(p50), m.name),
                 p50 <= max_us,
