@@ -113,30 +113,43 @@ fn number<E: de::Error>(v: f64) -> Result<Number, E> {
 
 /// The keys of one object so far. Small objects are searched in a list;
 /// a large one (a hostile body may have many thousands of keys) in a set.
+/// In the list, a key is compared only with those that share a bit of
+/// its length and last byte (`marks`): most keys are new, and are then
+/// compared with none.
 #[derive(Default)]
 struct Seen<'a> {
     few: Vec<Cow<'a, str>>,
-    many: HashSet<Cow<'a, str>>,
+    marks: u64,
+    many: Option<HashSet<Cow<'a, str>>>,
 }
 
 impl<'a> Seen<'a> {
     const FEW: usize = 64;
 
     fn insert<E: de::Error>(&mut self, k: Cow<'a, str>) -> Result<(), E> {
-        let dup = if self.many.is_empty() {
-            let dup = self.few.contains(&k);
-            if !dup && self.few.len() == Self::FEW {
-                self.many.extend(self.few.drain(..));
-                self.many.insert(k.clone());
-            } else if !dup {
-                self.few.push(k.clone());
+        let dup = match &self.many {
+            None => {
+                let at = k.len() + usize::from(k.as_bytes().last().copied().unwrap_or(0));
+                let bit = 1u64 << (at % 64);
+                let dup = self.marks & bit != 0 && self.few.contains(&k);
+                self.marks |= bit;
+                dup
             }
-            dup
-        } else {
-            !self.many.insert(k.clone())
+            Some(many) => many.contains(&k),
         };
         if dup {
             return Err(E::custom(format_args!("duplicate key `{k}`")));
+        }
+        match &mut self.many {
+            Some(many) => {
+                many.insert(k);
+            }
+            None if self.few.len() < Self::FEW => self.few.push(k),
+            None => {
+                let mut many: HashSet<_> = self.few.drain(..).collect();
+                many.insert(k);
+                self.many = Some(many);
+            }
         }
         Ok(())
     }
@@ -262,6 +275,10 @@ mod tests {
         assert!(check(&ok, []).is_ok());
         let dup = format!("{{{},\"k3\":0}}", many.join(","));
         assert!(check(&dup, []).is_err());
+        // Keys of one length and last byte are told apart, and caught
+        // when they repeat.
+        assert!(check(r#"{"ab":1,"cb":2,"db":3}"#, []).is_ok());
+        assert!(check(r#"{"ab":1,"cb":2,"ab":3}"#, []).is_err());
         // Equal keys in different objects are fine.
         assert!(check(r#"{"a":{"a":1},"b":{"a":2}}"#, []).is_ok());
     }
