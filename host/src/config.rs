@@ -553,6 +553,8 @@ impl std::fmt::Debug for Secret {
 pub struct Tenant {
     pub name: String,
     pub secrets: Vec<Secret>,
+    /// The secrets as the signature check uses them.
+    pub keys: crate::signature::Keys,
     pub config: TenantConfig,
     pub whapi: Option<ResolvedWhapi>,
 }
@@ -635,6 +637,7 @@ impl Config {
                 name.clone(),
                 Tenant {
                     name: name.clone(),
+                    keys: crate::signature::Keys::new(&secrets),
                     secrets,
                     config: tc.clone(),
                     whapi,

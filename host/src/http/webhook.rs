@@ -86,8 +86,8 @@ async fn receive(
                 crate::config::valid_name(tenant_name).then(|| tenant_name.to_string()),
             )
         })?;
-        if !tenant.secrets.is_empty() {
-            signature::verify(&tenant.secrets, sig.as_ref().map(|v| v.as_bytes()), &body)
+        if !tenant.keys.is_empty() {
+            signature::verify_keys(&tenant.keys, sig.as_ref().map(|v| v.as_bytes()), &body)
                 .map_err(|e| AppError::Unauthorized(e.to_string()))?;
         }
         state
