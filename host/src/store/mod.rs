@@ -46,6 +46,9 @@ use std::sync::{mpsc, Arc, Mutex, RwLock};
 use std::time::Duration;
 use writer::{Batch, Op, WriteOp, Writer};
 
+/// Where a write's result arrives once its batch is committed.
+type Reply<T> = tokio::sync::oneshot::Receiver<Result<T, StoreError>>;
+
 /// The store's file in the data directory.
 pub const STORE_FILE: &str = "hookhost.sqlite";
 /// The folder of the data directory that holds each plugin's SQL database,
@@ -209,7 +212,7 @@ impl Store {
         }
     }
 
-    pub(crate) fn submit<T, F>(&self, f: F) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
+    pub(crate) fn submit<T, F>(&self, f: F) -> Reply<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -217,11 +220,7 @@ impl Store {
         self.submit_op(f, true)
     }
 
-    fn submit_op<T, F>(
-        &self,
-        f: F,
-        guarded: bool,
-    ) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
+    fn submit_op<T, F>(&self, f: F, guarded: bool) -> Reply<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -231,11 +230,7 @@ impl Store {
 
     /// [`Store::submit_op`] for an operation that runs statements the
     /// batch keeps prepared ([`Batch::statement`]).
-    fn submit_batch_op<T, F>(
-        &self,
-        f: F,
-        guarded: bool,
-    ) -> tokio::sync::oneshot::Receiver<Result<T, StoreError>>
+    fn submit_batch_op<T, F>(&self, f: F, guarded: bool) -> Reply<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
