@@ -165,10 +165,8 @@ impl Store {
     /// Commits `event` (or finds its duplicate) before returning.
     pub async fn ingest(&self, event: NewEvent) -> Result<IngestOutcome, StoreError> {
         let _waiting = self.inner.pressure.wait();
-        // One statement: no savepoint of its own.
-        self.submit_batch_op(move |b: &mut Batch<'_>| insert(b, &event), false)
+        self.write_batch_statement(move |b: &mut Batch<'_>| insert(b, &event))
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
     }
 
     /// Whether webhook events have been queueing for the store (see

@@ -49,6 +49,12 @@ use writer::{Batch, Op, WriteOp, Writer};
 /// Where a write's result arrives once its batch is committed.
 type Reply<T> = tokio::sync::oneshot::Receiver<Result<T, StoreError>>;
 
+/// A write's answer when its reply was dropped unanswered: the writer is
+/// gone.
+fn writer_stopped<T>(_: tokio::sync::oneshot::error::RecvError) -> Result<T, StoreError> {
+    Err(StoreError::Unavailable("writer stopped".into()))
+}
+
 /// The store's file in the data directory.
 pub const STORE_FILE: &str = "hookhost.sqlite";
 /// The folder of the data directory that holds each plugin's SQL database,
@@ -217,20 +223,13 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit_op(f, true)
+        self.submit_op(move |b: &mut Batch<'_>| f(b.conn), true)
     }
 
+    /// Queues `f` for the writer's next batch, where it may run statements
+    /// the batch keeps prepared ([`Batch::statement`]); `guarded` gives it
+    /// a savepoint of its own.
     fn submit_op<T, F>(&self, f: F, guarded: bool) -> Reply<T>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.submit_batch_op(move |b: &mut Batch<'_>| f(b.conn), guarded)
-    }
-
-    /// [`Store::submit_op`] for an operation that runs statements the
-    /// batch keeps prepared ([`Batch::statement`]).
-    fn submit_batch_op<T, F>(&self, f: F, guarded: bool) -> Reply<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -259,9 +258,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(f)
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+        self.submit(f).await.unwrap_or_else(writer_stopped)
     }
 
     /// [`Store::write`] for an `f` that changes the database with at most one
@@ -271,9 +268,20 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        self.write_batch_statement(move |b: &mut Batch<'_>| f(b.conn))
+            .await
+    }
+
+    /// [`Store::write_statement`] for an `f` that runs a statement the
+    /// batch keeps prepared ([`Batch::statement`]).
+    async fn write_batch_statement<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
         self.submit_op(f, false)
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+            .unwrap_or_else(writer_stopped)
     }
 
     /// The same as [`Store::write`] for threads outside the async runtime.
@@ -284,7 +292,7 @@ impl Store {
     {
         self.submit(f)
             .blocking_recv()
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("writer stopped".into())))
+            .unwrap_or_else(writer_stopped)
     }
 
     /// How many times an operator changed the ledger through this store
